@@ -1,0 +1,147 @@
+# Megalodon trainer. `make` builds build/megalodon and the test binaries; `make test` installs what is
+# missing (scripts/setup.sh), builds and runs the whole suite; `make deps` only installs.
+# Optional parts are detected and reported; the build works without each of them.
+
+CC      ?= gcc
+BUILD   ?= build
+OPT     ?= -O3 -march=native
+# NO_BLAS=1, NO_OPENMP=1, NO_HDF5=1, NO_MPI=1, NO_CUDA=1 force a part off (used by tests of the fallbacks).
+
+CFLAGS_BASE := -std=c11 -Wall -Wextra -Wno-unknown-pragmas -D_GNU_SOURCE -g $(OPT) -fno-math-errno
+CPPFLAGS    := -I. -MMD -MP
+LDLIBS      := -lm
+FEATURES    :=
+
+# ---- OpenMP -----------------------------------------------------------------------------------------
+ifndef NO_OPENMP
+  HAVE_OPENMP := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo 1)
+endif
+ifeq ($(HAVE_OPENMP),1)
+  CFLAGS_BASE += -fopenmp
+  LDLIBS      += -fopenmp
+  FEATURES    += OpenMP:yes
+else
+  FEATURES    += OpenMP:no
+endif
+
+# ---- BLAS (OpenBLAS; the OpenMP flavour is preferred so BLAS calls inside parallel regions stay serial)
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)
+ifndef NO_BLAS
+  ifneq ($(wildcard /usr/lib/$(MULTIARCH)/openblas-openmp/libopenblas.so),)
+    BLAS_LIB  := /usr/lib/$(MULTIARCH)/openblas-openmp/libopenblas.so
+    BLAS_INC  := -I/usr/include/$(MULTIARCH)/openblas-openmp
+    BLAS_NAME := OpenBLAS (openmp)
+  else ifneq ($(wildcard /usr/lib/$(MULTIARCH)/openblas-pthread/libopenblas.so),)
+    BLAS_LIB  := /usr/lib/$(MULTIARCH)/openblas-pthread/libopenblas.so
+    BLAS_INC  := -I/usr/include/$(MULTIARCH)/openblas-pthread
+    BLAS_NAME := OpenBLAS (pthread)
+  else ifneq ($(shell pkg-config --exists openblas 2>/dev/null && echo 1),)
+    BLAS_LIB  := $(shell pkg-config --libs openblas)
+    BLAS_INC  := $(shell pkg-config --cflags openblas)
+    BLAS_NAME := OpenBLAS
+  endif
+endif
+ifneq ($(BLAS_LIB),)
+  CPPFLAGS += $(BLAS_INC) -DMG_HAVE_BLAS '-DMG_BLAS_NAME="$(BLAS_NAME)"'
+  LDLIBS   += $(BLAS_LIB) -Wl,-rpath,$(dir $(BLAS_LIB))
+  FEATURES += BLAS:$(subst $() ,_,$(BLAS_NAME))
+else
+  FEATURES += BLAS:no(fallback-gemm)
+endif
+
+# ---- HDF5 (serial flavour named explicitly: libhdf5-openmpi-dev flips the plain hdf5.pc) -----------
+ifndef NO_HDF5
+  HDF5_PC := $(shell pkg-config --exists hdf5-serial 2>/dev/null && echo hdf5-serial)
+endif
+ifneq ($(HDF5_PC),)
+  CPPFLAGS += $(shell pkg-config --cflags $(HDF5_PC)) -DMG_HAVE_HDF5
+  LDLIBS   += $(shell pkg-config --libs $(HDF5_PC))
+  FEATURES += HDF5:yes
+else
+  FEATURES += HDF5:no
+endif
+
+# ---- MPI (Open MPI's mpicc wraps the compiler; the binary then bootstraps ranks through MPI) ---------
+ifndef NO_MPI
+  HAVE_MPI := $(shell command -v mpicc >/dev/null 2>&1 && echo 1)
+endif
+ifeq ($(HAVE_MPI),1)
+  MPI_CFLAGS := $(shell mpicc --showme:compile 2>/dev/null)
+  MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null)
+  CPPFLAGS   += $(MPI_CFLAGS) -DMG_HAVE_MPI
+  LDLIBS     += $(MPI_LIBS)
+  FEATURES   += MPI:yes
+else
+  FEATURES   += MPI:no
+endif
+
+# ---- CUDA (compiled where nvcc exists; the backend itself arrives in a later milestone) -------------
+ifndef NO_CUDA
+  NVCC := $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+endif
+ifneq ($(NVCC),)
+  FEATURES += CUDA:yes(nvcc)
+else
+  FEATURES += CUDA:no
+endif
+
+CFLAGS := $(CFLAGS_BASE)
+
+# ---- sources ----------------------------------------------------------------------------------------
+CPU_KERNEL_SRC := $(wildcard kernels/cpu/*.c)
+COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) $(wildcard parallel/*.c)
+CPU_F32_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f32/%.o,$(CPU_KERNEL_SRC))
+CPU_F64_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f64/%.o,$(CPU_KERNEL_SRC))
+COMMON_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC))
+LIB_OBJ        := $(CPU_F32_OBJ) $(CPU_F64_OBJ) $(COMMON_OBJ)
+
+TEST_SRC       := $(wildcard tests/test_*.c)
+TEST_BIN       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out tests/test_util.c,$(TEST_SRC)))
+TEST_UTIL_OBJ  := $(BUILD)/obj/tests/test_util.o
+
+.PHONY: all deps test test-only clean features quickstart
+all: features $(BUILD)/megalodon $(TEST_BIN)
+
+features:
+	@echo "megalodon build: $(FEATURES)"
+
+$(BUILD)/obj/cpu_f32/%.o: kernels/cpu/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/cpu_f64/%.o: kernels/cpu/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -DMG_FP64 $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+# Objects are linked directly (no archive) so that every op object is always part of the link.
+$(BUILD)/megalodon: $(BUILD)/obj/src/main.o $(LIB_OBJ)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+deps:
+	@scripts/setup.sh
+
+# The whole suite: install missing packages, build, run every C test, script test and the PyTorch
+# reference comparison; prints "N passed, N failed" and fails if anything failed.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run_tests.sh $(BUILD)
+
+# Run the suite without the install step (for development loops).
+test-only: all
+	@scripts/run_tests.sh $(BUILD)
+
+quickstart:
+	@scripts/quickstart.sh
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

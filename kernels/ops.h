@@ -1,0 +1,304 @@
+/* The op interface every backend implements (CPU today, CUDA next).
+ *
+ * One op = one argument struct + one forward and one backward function in the backend table MgBackend.
+ * The model graph (src/model.c) only ever talks to a backend through this header, so it runs unchanged
+ * on the CPU backend in float32 (training), the CPU backend in float64 (gradient checks), and later CUDA.
+ *
+ * Conventions (read these once; every op follows them):
+ *  - Tensors are dense and row-major. Activations are "token-major": (B, L, features), T = B*L rows.
+ *    Multi-head tensors are (B, L, H, d_head), i.e. exactly what a linear layer with H*d_head outputs gives.
+ *  - Pointers are void* in the backend's storage dtype (be->dtype: float32 or float64 on the CPU).
+ *    Carried states (CEMA h, TimestepNorm mean/var) use be->state_dtype; counts are int64; tokens int32.
+ *  - Forward fields are marked [in]/[out]/[saved]. [saved] buffers are written by forward and read by
+ *    backward; the caller owns them (sizes are given next to each field).
+ *  - Backward: parameter gradients ALWAYS accumulate (+=), so gradient accumulation over micro-batches is
+ *    free. Input gradients are overwritten, unless `accumulate` is set, in which case they are added (+=).
+ *  - A NULL gradient output means "not needed" and the op skips that work where it can.
+ *  - Ops are deterministic: no atomics, reductions in a fixed order, independent of the thread count.
+ *  - Ops validate their shapes and fail with a message naming the op and the offending value.
+ */
+#ifndef MG_OPS_H
+#define MG_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../src/common.h"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Embedding lookup: out[t, :] = weight[tokens[t], :].                                              */
+typedef struct {
+    int64_t T;            /* tokens */
+    int D, V;             /* width, vocabulary size */
+    const int32_t *tokens; /* [in] T, each in [0, V) (checked) */
+    const void *weight;   /* [in] V x D */
+    void *out;            /* [out] T x D */
+    /* backward */
+    const void *dout;     /* [in] T x D */
+    void *dweight;        /* [acc] V x D; rows are accumulated in token order (deterministic) */
+} MgEmbeddingArgs;
+
+/* Linear layer: y = x W^T (+ b). */
+typedef struct {
+    int64_t T;            /* rows */
+    int in, out;          /* in_features, out_features */
+    const void *x;        /* [in] T x in */
+    const void *weight;   /* [in] out x in */
+    const void *bias;     /* [in] out, or NULL */
+    void *y;              /* [out] T x out */
+    /* backward */
+    const void *dy;       /* [in] T x out */
+    void *dx;             /* [out] T x in (or NULL); += when accumulate */
+    void *dweight;        /* [acc] out x in (or NULL) */
+    void *dbias;          /* [acc] out (or NULL) */
+    int accumulate;
+} MgLinearArgs;
+
+/* TimestepNorm (spec §3): grouped cumulative mean/variance over time with the block-Welford merge.
+ * The carried state is (count, mean, var) per (batch row, group); a fresh sequence has count 0, mean 0,
+ * var 1 (pass NULL for all three *_in pointers). Padded steps (pad_mask[b*L+t] != 0) output 0 and leave
+ * the state unchanged. */
+typedef struct {
+    int B, L, D, G;             /* G groups of D/G channels; D % G == 0 */
+    double eps;                 /* inside the square root */
+    const void *x;              /* [in] B x L x D */
+    const uint8_t *pad_mask;    /* [in] B x L, nonzero = padding; NULL = no padding */
+    const void *weight, *bias;  /* [in] D each; scale is (1 + weight) */
+    const int64_t *count_in;    /* [in] B (NULL = fresh state) */
+    const void *mean_in, *var_in; /* [in] B x G, state dtype (NULL = fresh) */
+    int64_t *count_out;         /* [out] B (may be NULL) */
+    void *mean_out, *var_out;   /* [out] B x G, state dtype (may be NULL) */
+    void *y;                    /* [out] B x L x D */
+    void *saved_mean, *saved_rstd; /* [saved] B x L x G: running mean and (var+eps)^-1/2 after step t */
+    /* backward */
+    const void *dy;             /* [in] B x L x D */
+    const void *dmean_out, *dvar_out; /* [in] B x G, gradient w.r.t. the carried-out state (NULL = 0) */
+    void *dx;                   /* [out] B x L x D; += when accumulate */
+    void *dweight, *dbias;      /* [acc] D each */
+    void *dmean_in, *dvar_in;   /* [out] B x G, gradient w.r.t. the carried-in state (may be NULL) */
+    int accumulate;
+} MgTimestepNormArgs;
+
+/* CEMA (spec §2): per channel j and order n,
+ *   h_t = p x_t + q h_{t-1},  y_t = Re(sum_n gamma_n h_{t,n}) + omega x_t,
+ * with p, q, gamma computed from the raw parameters inside the op. State h is complex, stored as
+ * (B, D, N, 2) = (re, im) in the state dtype; NULL h_in = zero state. Requires 1 <= N <= 64. */
+typedef struct {
+    int B, L, D, N;
+    const void *x;              /* [in] B x L x D */
+    const void *alpha, *delta;  /* [in] D x N raw (sigmoid applied inside) */
+    const void *theta;          /* [in] D raw */
+    const void *gamma;          /* [in] D x N x 2 raw (re, im); scaled by 1/sqrt(N) inside */
+    const void *omega;          /* [in] D (skip weight) */
+    const void *h_in;           /* [in] B x D x N x 2 or NULL (zeros) */
+    void *h_out;                /* [out] B x D x N x 2 final state, or NULL if not needed */
+    void *y;                    /* [out] B x L x D */
+    /* backward (recomputes the recurrence; nothing time-indexed is saved) */
+    const void *dy;             /* [in] B x L x D */
+    const void *dh_out;         /* [in] B x D x N x 2 gradient of h_out (complex gradient), NULL = 0 */
+    void *dx;                   /* [out] B x L x D; += when accumulate */
+    void *dalpha, *ddelta, *dtheta, *dgamma, *domega; /* [acc] raw-parameter gradients */
+    void *dh_in;                /* [out] B x D x N x 2 (may be NULL) */
+    int accumulate;
+} MgCemaArgs;
+
+/* RMSNorm over the last dimension: y = x / sqrt(mean(x^2) + eps) * (1 + weight); weight NULL = no affine. */
+typedef struct {
+    int64_t T;
+    int D;
+    double eps;
+    const void *x;              /* [in] T x D */
+    const void *weight;         /* [in] D or NULL */
+    void *y;                    /* [out] T x D */
+    void *saved_rstd;           /* [saved] T */
+    const void *dy;             /* [in] */
+    void *dx;                   /* [out]; += when accumulate */
+    void *dweight;              /* [acc] D (ignored when weight is NULL) */
+    int accumulate;
+} MgRMSNormArgs;
+
+/* LayerNorm over the last dimension: y = (x - mean) * rstd * (1 + weight) + bias. */
+typedef struct {
+    int64_t T;
+    int D;
+    double eps;
+    const void *x, *weight, *bias; /* [in] T x D, D, D */
+    void *y;                    /* [out] T x D */
+    void *saved_mean, *saved_rstd; /* [saved] T each */
+    const void *dy;
+    void *dx;                   /* += when accumulate */
+    void *dweight, *dbias;      /* [acc] */
+    int accumulate;
+} MgLayerNormArgs;
+
+/* Shared-Z normalisation into Q and K (spec §4): per head h of width dz = Z/H,
+ *   zh = z_h / sqrt(mean(z_h^2) + eps),  q = zh * (1 + gamma[0]) / sqrt(dz) + beta[0],
+ *                                        k = zh * (1 + gamma[1]) / sqrt(dz) + beta[1]. */
+typedef struct {
+    int64_t T;
+    int Z, H;
+    double eps;
+    const void *z;              /* [in] T x Z */
+    const void *gamma, *beta;   /* [in] 2 x Z each (row 0 for Q, row 1 for K) */
+    void *q, *k;                /* [out] T x Z each */
+    void *saved_rstd;           /* [saved] T x H */
+    const void *dq, *dk;        /* [in] */
+    void *dz;                   /* [out]; += when accumulate */
+    void *dgamma, *dbeta;       /* [acc] 2 x Z */
+    int accumulate;
+} MgQKNormArgs;
+
+/* Rotary embedding, interleaved pairs (2i, 2i+1), chunk-local positions:
+ * position of token t = (pos_offset + t) mod chunk; angle = pos * base^(-2i/dh). In place allowed. */
+typedef struct {
+    int B, L, H, dh;            /* dh even */
+    int chunk;                  /* positions restart every `chunk` tokens */
+    int64_t pos_offset;         /* absolute position of t = 0 (decoding); 0 in training */
+    double base;
+    const void *x;              /* [in] B x L x H x dh */
+    void *y;                    /* [out] same (may equal x) */
+    const void *dy;             /* [in] */
+    void *dx;                   /* [out] (may equal dy); += when accumulate */
+    int accumulate;
+} MgRopeArgs;
+
+/* Chunk-wise causal softmax attention (spec §5), scale applied to QK^T (Megalodon: 1.0).
+ * Training: Lq == Lk == L; the sequence is cut into chunks of c = min(chunk, L) tokens (L % c == 0) and
+ * each chunk attends causally to itself only. Decoding: Lq < Lk <= chunk; one chunk, the Lq queries are
+ * the last Lq positions of the Lk keys. Never holds more than one c x c score block per head per thread:
+ * backward recomputes the scores from the saved log-sum-exp. */
+typedef struct {
+    int B, H, Dqk, Dv;
+    int Lq, Lk, chunk;
+    double scale;
+    const void *q;              /* [in] B x Lq x H x Dqk */
+    const void *k;              /* [in] B x Lk x H x Dqk */
+    const void *v;              /* [in] B x Lk x H x Dv */
+    void *o;                    /* [out] B x Lq x H x Dv */
+    void *saved_lse;            /* [saved] B x H x Lq log-sum-exp of each score row (may be NULL when no backward) */
+    const void *dout;           /* [in] B x Lq x H x Dv */
+    void *dq, *dk, *dv;         /* [out]; += when accumulate */
+    int accumulate;
+} MgAttentionArgs;
+
+/* Elementwise activations on n elements.
+ *   SILU:   y = silu(a)
+ *   SWIGLU: y = silu(a) * b    (FFN SwiGLU, and the reset gate: O * silu(r) = SWIGLU(r, O))
+ *   MUL:    y = a * b
+ *   ADD:    y = a + b
+ * Backward writes da (and db for binary ops) from dy; += when accumulate. */
+typedef enum { MG_ACT_SILU = 0, MG_ACT_SWIGLU, MG_ACT_MUL, MG_ACT_ADD } MgActKind;
+typedef struct {
+    MgActKind kind;
+    int64_t n;
+    const void *a, *b;          /* [in] (b unused for SILU) */
+    void *y;                    /* [out] */
+    const void *dy;
+    void *da, *db;              /* [out] (may be NULL); += when accumulate */
+    int accumulate;
+} MgActArgs;
+
+/* Dropout with a counter-based RNG: element i is kept iff hash(seed, offset + i) >= p, and scaled by
+ * 1/(1-p). Backward regenerates the same mask, so nothing is saved. p == 0 is an exact copy. */
+typedef struct {
+    int64_t n;
+    double p;
+    uint64_t seed, offset;
+    const void *x;              /* [in] */
+    void *y;                    /* [out] (may equal x) */
+    const void *dy;
+    void *dx;                   /* [out] (may equal dy); += when accumulate */
+    int accumulate;
+} MgDropoutArgs;
+
+/* Softmax cross-entropy over the vocabulary, fused with its backward.
+ * Forward writes per-token losses (0 at ignored targets). If dlogits is non-NULL the gradient
+ * grad_scale * (softmax(logits) - onehot(target)) is written there (it may alias logits: in place), and
+ * rows with target == ignore_index get 0. Targets outside [0, V) other than ignore_index are an error. */
+typedef struct {
+    int64_t T;
+    int V;
+    int ignore_index;
+    const void *logits;         /* [in] T x V */
+    const int32_t *targets;     /* [in] T */
+    double grad_scale;          /* usually 1 / (number of counted tokens) */
+    void *losses;               /* [out] T, in the backend's state dtype (fp32, or fp64 on cpu-f64) */
+    void *dlogits;              /* [out] T x V or NULL */
+} MgCrossEntropyArgs;
+
+/* AdamW with decoupled weight decay on a flat float32 buffer (master weights and moments are fp32):
+ *   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+ *   param -= lr * ( (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps) + weight_decay * param ) */
+typedef struct {
+    int64_t n;
+    float *param;
+    const float *grad;
+    float *m, *v;
+    double lr, beta1, beta2, eps, weight_decay, grad_scale;
+    int64_t step;               /* 1-based, after increment */
+} MgAdamWArgs;
+
+/* ---------------------------------------------------------------------------------------------- */
+typedef struct MgBackend MgBackend;
+struct MgBackend {
+    const char *name;           /* "cpu-f32", "cpu-f64", later "cuda-bf16" */
+    MgDtype dtype;              /* activation/parameter storage type of this backend's ops */
+    MgDtype state_dtype;        /* carried CEMA/TimestepNorm states */
+    void *ctx;                  /* backend private (streams, handles, workspaces) */
+
+    /* memory (device memory on accelerators; plain host memory on the CPU) */
+    void *(*alloc)(const MgBackend *be, size_t bytes);   /* zero-filled */
+    void (*free)(const MgBackend *be, void *p);
+    void (*memset0)(const MgBackend *be, void *p, size_t bytes);
+    void (*to_device)(const MgBackend *be, void *dst, const void *src_host, size_t bytes);
+    void (*to_host)(const MgBackend *be, void *dst_host, const void *src, size_t bytes);
+    void (*copy)(const MgBackend *be, void *dst, const void *src, size_t bytes);
+    void (*synchronize)(const MgBackend *be);
+
+    void (*embedding_forward)(const MgBackend *be, const MgEmbeddingArgs *a);
+    void (*embedding_backward)(const MgBackend *be, const MgEmbeddingArgs *a);
+    void (*linear_forward)(const MgBackend *be, const MgLinearArgs *a);
+    void (*linear_backward)(const MgBackend *be, const MgLinearArgs *a);
+    void (*timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs *a);
+    void (*timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArgs *a);
+    void (*cema_forward)(const MgBackend *be, const MgCemaArgs *a);
+    void (*cema_backward)(const MgBackend *be, const MgCemaArgs *a);
+    void (*rmsnorm_forward)(const MgBackend *be, const MgRMSNormArgs *a);
+    void (*rmsnorm_backward)(const MgBackend *be, const MgRMSNormArgs *a);
+    void (*layernorm_forward)(const MgBackend *be, const MgLayerNormArgs *a);
+    void (*layernorm_backward)(const MgBackend *be, const MgLayerNormArgs *a);
+    void (*qknorm_forward)(const MgBackend *be, const MgQKNormArgs *a);
+    void (*qknorm_backward)(const MgBackend *be, const MgQKNormArgs *a);
+    void (*rope_forward)(const MgBackend *be, const MgRopeArgs *a);
+    void (*rope_backward)(const MgBackend *be, const MgRopeArgs *a);
+    void (*attention_forward)(const MgBackend *be, const MgAttentionArgs *a);
+    void (*attention_backward)(const MgBackend *be, const MgAttentionArgs *a);
+    void (*act_forward)(const MgBackend *be, const MgActArgs *a);
+    void (*act_backward)(const MgBackend *be, const MgActArgs *a);
+    void (*dropout_forward)(const MgBackend *be, const MgDropoutArgs *a);
+    void (*dropout_backward)(const MgBackend *be, const MgDropoutArgs *a);
+    void (*cross_entropy)(const MgBackend *be, const MgCrossEntropyArgs *a);
+
+    /* Optimizer-side ops on float32 buffers (master weights, gradients, moments). */
+    void (*adamw_update)(const MgBackend *be, const MgAdamWArgs *a);
+    /* Sum of squares of n elements of x (storage dtype), accumulated in double, fixed order. */
+    double (*sum_squares)(const MgBackend *be, const void *x, int64_t n);
+    /* y[i] += alpha * x[i] (storage dtype). */
+    void (*axpy)(const MgBackend *be, int64_t n, double alpha, const void *x, void *y);
+    /* x[i] *= alpha (storage dtype). */
+    void (*scale)(const MgBackend *be, int64_t n, double alpha, void *x);
+};
+
+/* The CPU backends (kernels/cpu). Thread count comes from OpenMP (OMP_NUM_THREADS / mg_set_threads). */
+extern const MgBackend mg_cpu_backend_f32;
+extern const MgBackend mg_cpu_backend_f64;
+
+/* Look a backend up by name ("cpu", "cpu-f32", "cpu-f64", "cuda"); exits with a clear message if the
+ * backend is not built in or no device is present. */
+const MgBackend *mg_backend_get(const char *name);
+
+/* Set the number of CPU threads used by OpenMP regions and BLAS (0 = leave the default). */
+void mg_set_threads(int n);
+int mg_get_threads(void);
+
+#endif

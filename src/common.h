@@ -1,0 +1,60 @@
+/* Shared helpers for every part of the project: checked allocation, fatal errors that say file:line
+ * and what to do, and small numeric utilities. Host code only (C11). */
+#ifndef MG_COMMON_H
+#define MG_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#if defined(__GNUC__)
+#define MG_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define MG_NORETURN __attribute__((noreturn))
+#else
+#define MG_PRINTF(a, b)
+#define MG_NORETURN
+#endif
+
+/* Print "error: <message>" (with file:line when MG_DEBUG_LOCATIONS is set) and exit(1). */
+MG_NORETURN void mg_fatal_at(const char *file, int line, const char *fmt, ...) MG_PRINTF(3, 4);
+#define mg_fatal(...) mg_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+
+/* Hard invariant (programming error or bad argument to an op): prints the condition, file:line and a hint. */
+#define MG_CHECK(cond, ...)                                                                            \
+    do {                                                                                               \
+        if (!(cond)) mg_fatal_at(__FILE__, __LINE__, __VA_ARGS__);                                     \
+    } while (0)
+
+void *mg_malloc_at(size_t bytes, const char *file, int line);
+void *mg_calloc_at(size_t n, size_t size, const char *file, int line);
+void *mg_realloc_at(void *p, size_t bytes, const char *file, int line);
+/* 64-byte aligned, for SIMD-friendly activation/parameter arenas. Free with mg_free_aligned. */
+void *mg_malloc_aligned_at(size_t bytes, const char *file, int line);
+void mg_free_aligned(void *p);
+char *mg_strdup_at(const char *s, const char *file, int line);
+#define mg_malloc(bytes) mg_malloc_at((bytes), __FILE__, __LINE__)
+#define mg_calloc(n, size) mg_calloc_at((n), (size), __FILE__, __LINE__)
+#define mg_realloc(p, bytes) mg_realloc_at((p), (bytes), __FILE__, __LINE__)
+#define mg_malloc_aligned(bytes) mg_malloc_aligned_at((bytes), __FILE__, __LINE__)
+#define mg_strdup(s) mg_strdup_at((s), __FILE__, __LINE__)
+
+/* fopen that exits with a clear message naming the path and the reason. */
+FILE *mg_fopen_at(const char *path, const char *mode, const char *file, int line);
+#define mg_fopen(path, mode) mg_fopen_at((path), (mode), __FILE__, __LINE__)
+
+/* Wall-clock seconds (monotonic). */
+double mg_now(void);
+
+/* Element types understood by backends and checkpoints. */
+typedef enum { MG_F32 = 0, MG_F64 = 1, MG_BF16 = 2 } MgDtype;
+size_t mg_dtype_size(MgDtype t);
+const char *mg_dtype_name(MgDtype t);
+
+/* Human-readable byte counts ("12.3 MiB"). Returns buf. */
+char *mg_format_bytes(double bytes, char *buf, size_t n);
+
+#define MG_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MG_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,53 @@
+/* build/megalodon: the one command-line tool. `megalodon <subcommand> [--key value ...]`. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../kernels/cpu/cpu_ops.h"
+#include "../kernels/ops.h"
+#include "cli.h"
+
+static const MgCommand COMMANDS[] = {
+    {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
+};
+static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: megalodon <command> [options]\n\ncommands:\n");
+    for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "\n`megalodon <command> --help` describes a command's options.\n");
+}
+
+int cmd_features(int argc, char **argv) {
+    (void)argc;
+    (void)argv;
+    printf("BLAS:   %s\n", cpu_blas_info());
+#ifdef _OPENMP
+    printf("OpenMP: yes (%d threads)\n", mg_get_threads());
+#else
+    printf("OpenMP: no\n");
+#endif
+#ifdef MG_HAVE_MPI
+    printf("MPI:    yes\n");
+#else
+    printf("MPI:    no\n");
+#endif
+#ifdef MG_HAVE_HDF5
+    printf("HDF5:   yes\n");
+#else
+    printf("HDF5:   no (checkpoints disabled)\n");
+#endif
+    printf("CUDA:   not yet (CPU backends: %s, %s)\n", mg_cpu_backend_f32.name, mg_cpu_backend_f64.name);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (int i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "error: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

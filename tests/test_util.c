@@ -1,0 +1,170 @@
+#define _POSIX_C_SOURCE 200809L
+#include "test_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const char *g_prog = "test";
+static int g_pass = 0, g_fail = 0;
+static uint64_t g_seed = 1234, g_state = 0;
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void tu_init(const char *program_name) {
+    g_prog = program_name;
+    const char *s = getenv("MG_TEST_SEED");
+    if (s && !strcmp(s, "random")) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        g_seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+    } else if (s && *s) {
+        g_seed = strtoull(s, NULL, 10);
+    }
+    g_state = g_seed;
+    printf("# %s: seed %llu (set MG_TEST_SEED to change)\n", g_prog, (unsigned long long)g_seed);
+    fflush(stdout);
+}
+
+int tu_finish(void) {
+    printf("# %s: %d passed, %d failed\n", g_prog, g_pass, g_fail);
+    fflush(stdout);
+    return g_fail ? 1 : 0;
+}
+
+int tu_check(int cond, const char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (cond) {
+        g_pass++;
+        printf("PASS %s", name);
+        if (fmt && *fmt) {
+            printf(" (");
+            vprintf(fmt, ap);
+            printf(")");
+        }
+    } else {
+        g_fail++;
+        printf("FAIL %s", name);
+        if (fmt && *fmt) {
+            printf(": ");
+            vprintf(fmt, ap);
+        }
+    }
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    return cond;
+}
+
+int tu_check_err(const char *name, double err, double tol) {
+    return tu_check(err <= tol && !isnan(err), name, "error %.3e, tolerance %.1e", err, tol);
+}
+
+uint64_t tu_seed(void) { return g_seed; }
+double tu_uniform(void) { return (double)(splitmix64(&g_state) >> 11) * 0x1.0p-53; }
+double tu_normal(void) {
+    double u1 = tu_uniform(), u2 = tu_uniform();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+void tu_fill_uniform(double *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * tu_uniform();
+}
+void tu_fill_normal(double *x, size_t n, double std) {
+    for (size_t i = 0; i < n; i++) x[i] = std * tu_normal();
+}
+void tu_fill_signed(double *x, size_t n, double lo, double hi) {
+    for (size_t i = 0; i < n; i++) {
+        double v = lo + (hi - lo) * tu_uniform();
+        x[i] = tu_uniform() < 0.5 ? -v : v;
+    }
+}
+
+void tu_to_f32(float *dst, const double *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = (float)src[i];
+}
+void tu_from_f32(double *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = (double)src[i];
+}
+
+double tu_max_rel_err(const double *a, const double *b, size_t n, double floor) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(a[i] - b[i]);
+        double s = fmax(fmax(fabs(a[i]), fabs(b[i])), floor);
+        double e = s > 0 ? d / s : d;
+        if (isnan(a[i]) || isnan(b[i])) return NAN;
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
+double tu_max_rel_err_f32(const float *a, const double *b, size_t n, double floor) {
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double ai = (double)a[i];
+        double d = fabs(ai - b[i]);
+        double s = fmax(fmax(fabs(ai), fabs(b[i])), floor);
+        double e = s > 0 ? d / s : d;
+        if (isnan(ai) || isnan(b[i])) return NAN;
+        if (e > worst) worst = e;
+    }
+    return worst;
+}
+
+double tu_max_abs(const double *a, size_t n) {
+    double m = 0.0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+    return m;
+}
+
+double tu_grad_floor(const double *ref, size_t n) { return fmax(1e-3 * tu_max_abs(ref, n), 1e-12); }
+
+double tu_dot(const double *a, const double *b, size_t n) {
+    double sum = 0.0, comp = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double v = a[i] * b[i];
+        double t = sum + v;
+        if (fabs(sum) >= fabs(v)) comp += (sum - t) + v;
+        else comp += (v - t) + sum;
+        sum = t;
+    }
+    return sum + comp;
+}
+
+void tu_numeric_grad(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel_h, double *num) {
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        double h = rel_h * fmax(1.0, fabs(x0));
+        x[i] = x0 + h;
+        double fp1 = loss(ctx);
+        x[i] = x0 - h;
+        double fm1 = loss(ctx);
+        x[i] = x0 + 2 * h;
+        double fp2 = loss(ctx);
+        x[i] = x0 - 2 * h;
+        double fm2 = loss(ctx);
+        x[i] = x0;
+        num[i] = (fm2 - 8.0 * fm1 + 8.0 * fp1 - fp2) / (12.0 * h);
+    }
+}
+
+double tu_grad_check(const char *name, double *x, size_t n, const double *analytic, tu_loss_fn loss,
+                     void *ctx, double tol) {
+    double *num = malloc(sizeof(double) * (n ? n : 1));
+    tu_numeric_grad(x, n, loss, ctx, 1e-4, num);
+    double err = tu_max_rel_err(analytic, num, n, tu_grad_floor(num, n));
+    tu_check(err <= tol && !isnan(err), name, "worst relative error %.3e over %zu elements, tolerance %.0e",
+             err, n, tol);
+    free(num);
+    return err;
+}

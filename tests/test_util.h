@@ -1,0 +1,58 @@
+/* Minimal test harness shared by every C test program.
+ *
+ * Each check prints one line, "PASS <name> ..." or "FAIL <name>: ...", which scripts/run_tests.sh counts.
+ * A test program ends with `return tu_finish();` (exit status 1 if anything failed).
+ * Random inputs come from a seeded generator: the seed is printed at start-up and can be changed with
+ * MG_TEST_SEED=<n> (or MG_TEST_SEED=random for a time-based seed). */
+#ifndef MG_TEST_UTIL_H
+#define MG_TEST_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/ops.h"
+
+void tu_init(const char *program_name);
+int tu_finish(void);
+
+/* Record one check; returns cond. */
+int tu_check(int cond, const char *name, const char *fmt, ...) MG_PRINTF(3, 4);
+/* Check that err <= tol and print the measured error either way. */
+int tu_check_err(const char *name, double err, double tol);
+
+/* Random numbers (seeded per program). */
+uint64_t tu_seed(void);
+double tu_uniform(void);                 /* [0, 1) */
+double tu_normal(void);                  /* N(0, 1) */
+void tu_fill_uniform(double *x, size_t n, double lo, double hi);
+void tu_fill_normal(double *x, size_t n, double std);
+/* Uniform in [lo, hi] with a random sign, i.e. |x| >= lo: keeps values away from 0 when that matters. */
+void tu_fill_signed(double *x, size_t n, double lo, double hi);
+
+/* Conversions between the double test data and a backend's storage dtype. */
+void tu_to_f32(float *dst, const double *src, size_t n);
+void tu_from_f32(double *dst, const float *src, size_t n);
+
+/* max_i |a_i - b_i| / max(|a_i|, |b_i|, floor). floor guards elements that are (nearly) zero in both. */
+double tu_max_rel_err(const double *a, const double *b, size_t n, double floor);
+double tu_max_rel_err_f32(const float *a, const double *b, size_t n, double floor);
+double tu_max_abs(const double *a, size_t n);
+/* The floor used by gradient checks: 1e-3 * max|reference| (never below 1e-12). */
+double tu_grad_floor(const double *ref, size_t n);
+
+/* Compensated (Neumaier) dot product; used to build scalar losses L = sum(dy * y) whose finite
+ * differences are not swamped by summation round-off. */
+double tu_dot(const double *a, const double *b, size_t n);
+
+/* Central finite differences in float64 of loss(ctx) with respect to every element of x[0..n)
+ * (x is perturbed in place and restored). Writes the numerical gradient to num (length n). Uses the
+ * 4-point stencil (f(-2h) - 8f(-h) + 8f(h) - f(2h)) / 12h, with h = rel_h * max(1, |x_i|). */
+typedef double (*tu_loss_fn)(void *ctx);
+void tu_numeric_grad(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel_h, double *num);
+
+/* Convenience: numeric gradient of x, compare with `analytic`, record a check named `name` with
+ * tolerance tol (worst elementwise relative error, floor tu_grad_floor). Returns the error. */
+double tu_grad_check(const char *name, double *x, size_t n, const double *analytic, tu_loss_fn loss,
+                     void *ctx, double tol);
+
+#endif
