@@ -712,13 +712,14 @@ double mg_model_forward_backward(MgModel *m, const int32_t *tokens, const int32_
 }
 
 double mg_model_forward_loss(MgModel *m, const int32_t *tokens, const int32_t *targets, int B, int L,
-                             const MgModelState *state_in, MgModelState *state_out, int64_t *n_counted) {
+                             const MgForwardOpts *opts, const MgModelState *state_in, MgModelState *state_out,
+                             int64_t *n_counted) {
     check_shape(m, B, L);
     const int64_t T = (int64_t)B * L;
     check_tokens(m, tokens, targets, T);
     ensure_arena(m, B, L);
     MgForwardOpts eval = {.seed = 0, .training = 0};
-    forward_body(m, tokens, B, L, &eval, state_in, state_out);
+    forward_body(m, tokens, B, L, opts ? opts : &eval, state_in, state_out);
     m->be->to_device(m->be, m->targets_dev, targets, (size_t)T * sizeof(int32_t));
     double loss = head_loss(m, T, 1.0, 0);
     if (n_counted) *n_counted = count_targets(targets, T);

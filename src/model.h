@@ -63,9 +63,12 @@ double mg_model_forward_backward(MgModel *m, const int32_t *tokens, const int32_
                                  double grad_scale, const MgForwardOpts *opts, const MgModelState *state_in,
                                  MgModelState *state_out, int64_t *n_counted);
 
-/* Forward only: returns the summed loss over counted targets (evaluation). */
+/* Forward only: returns the summed loss over counted targets. opts NULL = evaluation (no dropout);
+ * with opts->training set, dropout masks are exactly those mg_model_forward_backward uses for the same
+ * seed (gradient checks rely on this). */
 double mg_model_forward_loss(MgModel *m, const int32_t *tokens, const int32_t *targets, int B, int L,
-                             const MgModelState *state_in, MgModelState *state_out, int64_t *n_counted);
+                             const MgForwardOpts *opts, const MgModelState *state_in, MgModelState *state_out,
+                             int64_t *n_counted);
 
 /* Forward only, full logits (B x L x V, backend dtype, host memory) for tests and analysis. */
 void mg_model_forward_logits(MgModel *m, const int32_t *tokens, int B, int L, const MgModelState *state_in,

@@ -168,3 +168,41 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
     free(num);
     return err;
 }
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+int tu_expect_failure(const char *name, void (*fn)(void *ctx), void *ctx, const char *expect) {
+    int fds[2];
+    if (pipe(fds) != 0) return tu_check(0, name, "pipe() failed");
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        dup2(fds[1], 2);
+        dup2(fds[1], 1);
+        fn(ctx);
+        fflush(stdout);
+        fflush(stderr);
+        _exit(0);
+    }
+    close(fds[1]);
+    char buf[8192];
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(fds[0], buf + len, sizeof(buf) - 1 - len)) > 0) {
+        len += (size_t)r;
+        if (len >= sizeof(buf) - 1) break;
+    }
+    buf[len] = 0;
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int failed = WIFEXITED(status) ? WEXITSTATUS(status) != 0 : 1;
+    int has_msg = !expect || strstr(buf, expect) != NULL;
+    char *nl = strchr(buf, '\n');
+    if (nl) *nl = 0;
+    return tu_check(failed && has_msg, name, "%s; message: \"%.300s\"",
+                    failed ? "refused" : "NOT refused", buf);
+}

@@ -55,4 +55,9 @@ void tu_numeric_grad(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel
 double tu_grad_check(const char *name, double *x, size_t n, const double *analytic, tu_loss_fn loss,
                      void *ctx, double tol);
 
+
+
+/* Run fn(ctx) in a forked child and check that it exits with a non-zero status and that its stderr
+ * contains `expect` (NULL = any message). Records one check named `name`. */
+int tu_expect_failure(const char *name, void (*fn)(void *ctx), void *ctx, const char *expect);
 #endif
