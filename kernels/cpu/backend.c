@@ -68,6 +68,9 @@ void cpu_adamw_update(const MgBackend *be, const MgAdamWArgs *a) {
     const double bc1 = 1.0 - pow(a->beta1, (double)a->step);
     const double bc2 = 1.0 - pow(a->beta2, (double)a->step);
     const float b1 = (float)a->beta1, b2 = (float)a->beta2, eps = (float)a->eps;
+    /* 1 - beta in double: (1.0f - (float)0.999) is off by 1.3e-5 relative, which biases v against the
+     * double-precision bias correction below. */
+    const float omb1 = (float)(1.0 - a->beta1), omb2 = (float)(1.0 - a->beta2);
     const float lr = (float)a->lr, wd = (float)a->weight_decay, gs = (float)a->grad_scale;
     const float inv_bc1 = (float)(1.0 / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
     float *p = a->param, *m = a->m, *v = a->v;
@@ -75,8 +78,8 @@ void cpu_adamw_update(const MgBackend *be, const MgAdamWArgs *a) {
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < a->n; i++) {
         float gi = g[i] * gs;
-        float mi = b1 * m[i] + (1.0f - b1) * gi;
-        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        float mi = b1 * m[i] + omb1 * gi;
+        float vi = b2 * v[i] + omb2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
         float update = (mi * inv_bc1) / (sqrtf(vi) * inv_sqrt_bc2 + eps);

@@ -1,0 +1,178 @@
+/* Elementwise activations (SiLU, SwiGLU, product, sum) and counter-based dropout. */
+#include <string.h>
+
+#include "cpu_real.h"
+
+/* Below this many elements a parallel region costs more than it saves. */
+#define ACT_PAR_MIN 32768
+
+/* sigma(x) from exp(-|x|) <= 1: never overflows, and stays accurate for large negative x where
+ * 1 - 1/(1+e) would cancel. */
+static inline real sigmoid_r(real x) {
+    real e = exp(-fabs(x));
+    real r = (real)1 / ((real)1 + e);
+    return x >= 0 ? r : e * r;
+}
+
+void CPU_FN(act_forward)(const MgBackend *be, const MgActArgs *a) {
+    (void)be;
+    const int64_t n = a->n;
+    MG_CHECK(n >= 0, "act_forward: n=%lld must be >= 0", (long long)n);
+    const real *x = a->a, *b = a->b;
+    real *y = a->y;
+    MG_CHECK(a->kind == MG_ACT_SILU || b, "act_forward: kind %d needs a second input b (b is NULL)", (int)a->kind);
+    switch (a->kind) {
+    case MG_ACT_SILU:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * sigmoid_r(x[i]);
+        break;
+    case MG_ACT_SWIGLU:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * sigmoid_r(x[i]) * b[i];
+        break;
+    case MG_ACT_MUL:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] * b[i];
+        break;
+    case MG_ACT_ADD:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] + b[i];
+        break;
+    default: mg_fatal("act_forward: unknown activation kind %d (expected 0..3, see MgActKind)", (int)a->kind);
+    }
+}
+
+/* Write or accumulate one gradient element. `acc` is loop-invariant, so the compiler unswitches it. */
+#define PUT(dst, i, v)                                                                                 \
+    do {                                                                                               \
+        if (acc) (dst)[i] += (v);                                                                      \
+        else (dst)[i] = (v);                                                                           \
+    } while (0)
+
+void CPU_FN(act_backward)(const MgBackend *be, const MgActArgs *a) {
+    (void)be;
+    const int64_t n = a->n;
+    MG_CHECK(n >= 0, "act_backward: n=%lld must be >= 0", (long long)n);
+    const real *x = a->a, *b = a->b, *dy = a->dy;
+    real *da = a->da, *db = a->db;
+    const int acc = a->accumulate;
+    if (a->kind == MG_ACT_SILU) db = NULL;
+    if (!da && !db) return;
+    MG_CHECK(a->kind == MG_ACT_SILU || b, "act_backward: kind %d needs a second input b (b is NULL)",
+             (int)a->kind);
+    /* Every element's inputs are read before its outputs are written, so da/db may alias dy. */
+    switch (a->kind) {
+    case MG_ACT_SILU:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            real s = sigmoid_r(x[i]);
+            real g = dy[i] * s * ((real)1 + x[i] * ((real)1 - s));
+            PUT(da, i, g);
+        }
+        break;
+    case MG_ACT_SWIGLU:
+        if (da && db) {
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+            for (int64_t i = 0; i < n; i++) {
+                real s = sigmoid_r(x[i]), g = dy[i];
+                real ga = g * b[i] * s * ((real)1 + x[i] * ((real)1 - s));
+                real gb = g * x[i] * s;
+                PUT(da, i, ga);
+                PUT(db, i, gb);
+            }
+        } else if (da) {
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+            for (int64_t i = 0; i < n; i++) {
+                real s = sigmoid_r(x[i]);
+                real ga = dy[i] * b[i] * s * ((real)1 + x[i] * ((real)1 - s));
+                PUT(da, i, ga);
+            }
+        } else {
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+            for (int64_t i = 0; i < n; i++) {
+                real gb = dy[i] * x[i] * sigmoid_r(x[i]);
+                PUT(db, i, gb);
+            }
+        }
+        break;
+    case MG_ACT_MUL:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            real g = dy[i], ga = g * b[i], gb = g * x[i];
+            if (da) PUT(da, i, ga);
+            if (db) PUT(db, i, gb);
+        }
+        break;
+    case MG_ACT_ADD:
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            real g = dy[i];
+            if (da) PUT(da, i, g);
+            if (db) PUT(db, i, g);
+        }
+        break;
+    default: mg_fatal("act_backward: unknown activation kind %d (expected 0..3, see MgActKind)", (int)a->kind);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Dropout. Element i draws u = (h >> 11) * 2^-53 from
+ *   h = fmix64(fmix64(seed) + (offset + i) * 0x9E3779B97F4A7C15)     (fmix64 = splitmix64's finaliser)
+ * and is kept iff u >= p. The mask is a pure function of (seed, offset + i), so backward regenerates it,
+ * a slice of a tensor can be processed with offset + start, and another backend can reproduce it. */
+
+static inline uint64_t fmix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* u >= p  <=>  (h >> 11) >= ceil(p * 2^53): an integer compare, exact since p * 2^53 is representable. */
+static uint64_t keep_threshold(double p) { return (uint64_t)ceil(p * 0x1.0p53); }
+
+static void check_p(const char *op, const MgDropoutArgs *a) {
+    MG_CHECK(a->p >= 0.0 && a->p < 1.0, "%s: probability p=%g must be in [0, 1)", op, a->p);
+    MG_CHECK(a->n >= 0, "%s: n=%lld must be >= 0", op, (long long)a->n);
+}
+
+/* dst = mask * src * scale (or += when acc). Shared by forward (x -> y) and backward (dy -> dx). */
+static void dropout_apply(const MgDropoutArgs *a, const real *src, real *dst, int acc) {
+    const int64_t n = a->n;
+    const uint64_t key = fmix64(a->seed), base = a->offset, thr = keep_threshold(a->p);
+    const real scale = (real)(1.0 / (1.0 - a->p));
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t h = fmix64(key + (base + (uint64_t)i) * 0x9E3779B97F4A7C15ull);
+        real v = (h >> 11) >= thr ? src[i] * scale : (real)0;
+        PUT(dst, i, v);
+    }
+}
+
+void CPU_FN(dropout_forward)(const MgBackend *be, const MgDropoutArgs *a) {
+    (void)be;
+    check_p("dropout_forward", a);
+    if (a->p == 0.0) {
+        if (a->y != a->x) memmove(a->y, a->x, sizeof(real) * (size_t)a->n);
+        return;
+    }
+    dropout_apply(a, a->x, a->y, 0);
+}
+
+void CPU_FN(dropout_backward)(const MgBackend *be, const MgDropoutArgs *a) {
+    (void)be;
+    check_p("dropout_backward", a);
+    if (!a->dx) return;
+    const real *dy = a->dy;
+    real *dx = a->dx;
+    if (a->p == 0.0) {
+        if (a->accumulate) {
+            const int64_t n = a->n;
+#pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
+            for (int64_t i = 0; i < n; i++) dx[i] += dy[i];
+        } else if (dx != dy) {
+            memmove(dx, dy, sizeof(real) * (size_t)a->n);
+        }
+        return;
+    }
+    dropout_apply(a, dy, dx, a->accumulate);
+}
