@@ -9,5 +9,6 @@ typedef struct {
 } MgCommand;
 
 int cmd_features(int argc, char **argv);
+int cmd_info(int argc, char **argv); /* info.c */
 
 #endif

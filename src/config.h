@@ -65,6 +65,7 @@ typedef struct {
     uint64_t seed;
     int threads;                 /* 0 = OpenMP default */
     char device[MG_NAME_MAX];    /* cpu (cuda later) */
+    char precision[MG_NAME_MAX]; /* fp32 | bf16 (bf16: CUDA backend; today only `info`'s memory estimate) */
     char tokenizer[MG_PATH_MAX]; /* tokenizer file (see docs/data.md) */
 
     /* ---- checkpoints and continual pre-training ---- */

@@ -8,6 +8,7 @@
 
 static const MgCommand COMMANDS[] = {
     {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
+    {"info", cmd_info, "parameter count, FLOPs and memory of a config, without allocating the model"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 

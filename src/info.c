@@ -1,0 +1,218 @@
+#include "info.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "common.h"
+
+/* H100 SXM bf16 dense peak (design.md), used only to put FLOPs per step in seconds. */
+#define H100_BF16_PEAK 989.4e12
+
+double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes) {
+    const double d = c->model_dim, z = c->z_dim, v = c->value_dim, f = c->ffn_hidden_dim, G = c->norm_num_groups,
+                 H = c->num_heads, V = c->vocab_size;
+    const double tokens = (double)B * (double)L;
+    /* fc1, fc3 and their product with SwiGLU; fc1 and its activation without. */
+    const double ffn = (c->swiglu ? 3.0 : 2.0) * f;
+    const double per_layer = 7 * d + 3 * z + 5 * v + ffn + 2 * G + 2 * H + 4;
+    const double final_norm = d + 2 * G;
+    const double residual = d;
+    const double scratch = 4.0 * MG_MAX(MG_MAX(d, v), MG_MAX(f, z));
+    /* The head is run over blocks of 256 tokens; a micro-batch smaller than one block needs fewer rows. */
+    const double logits = MG_MIN(256.0, tokens) * V;
+    const double values = tokens * (c->n_layers * per_layer + final_norm + residual + scratch) + logits;
+    return values * act_bytes;
+}
+
+void mg_memory_estimate(const MgConfig *c, const MgParamTable *t, MgMemoryEstimate *m) {
+    memset(m, 0, sizeof(*m));
+    const int bf16 = !strcmp(c->precision, "bf16");
+    m->param_bytes = bf16 ? 2 : 4;
+    m->act_bytes = bf16 ? 2 : 4;
+    const double n = (double)t->total;
+    m->params = n * m->param_bytes;
+    m->grads = n * m->param_bytes;
+    m->moments = n * 2 * 4.0;
+    m->master = bf16 ? n * 4.0 : 0.0;
+    m->activations = mg_activation_bytes(c, c->batch_size, c->seq_len, m->act_bytes);
+    m->total = m->params + m->grads + m->moments + m->master + m->activations;
+}
+
+/* 7385817088 -> "7,385,817,088" */
+static const char *commas(int64_t x, char *buf, size_t n) {
+    char tmp[32];
+    snprintf(tmp, sizeof(tmp), "%" PRId64, x < 0 ? -x : x);
+    size_t len = strlen(tmp), j = 0;
+    if (x < 0 && j + 1 < n) buf[j++] = '-';
+    for (size_t i = 0; i < len && j + 2 < n; i++) {
+        buf[j++] = tmp[i];
+        if ((len - i - 1) % 3 == 0 && i + 1 < len) buf[j++] = ',';
+    }
+    buf[j] = 0;
+    return buf;
+}
+
+/* Decimal SI prefix: 7.39e9 -> "7.39 G". */
+static const char *si(double x, const char *unit, char *buf, size_t n) {
+    const char *p[] = {"", "k", "M", "G", "T", "P", "E", "Z"};
+    int i = 0;
+    while (fabs(x) >= 1000.0 && i < 7) {
+        x /= 1000.0;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.3g %s%s" : "%.0f %s%s", x, p[i], unit);
+    return buf;
+}
+
+/* Parameter counts the way model names say them: 7.39e9 -> "7.39 B". */
+static const char *human_count(double x, char *buf, size_t n) {
+    const char *p[] = {"", " K", " M", " B", " T"};
+    int i = 0;
+    while (x >= 1000.0 && i < 4) {
+        x /= 1000.0;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.3g%s" : "%.0f%s", x, p[i]);
+    return buf;
+}
+
+/* Per-layer modules, in the order of the parameter table; a parameter name after "layers.{i}." is matched
+ * by prefix. */
+static const struct {
+    const char *prefix, *label;
+} MODULES[] = {
+    {"attn.norm.", "attn TimestepNorm"}, {"attn.cema.", "attn CEMA"},  {"attn.rmsnorm.", "attn RMSNorm"},
+    {"attn.wz.", "attn wz (shared Q/K)"}, {"attn.wv.", "attn wv (values)"}, {"attn.wr.", "attn wr (reset gate)"},
+    {"attn.wh1.", "attn wh1"},           {"attn.wh2.", "attn wh2"},   {"attn.qk_", "attn Q/K affine"},
+    {"ffn.norm.", "ffn LayerNorm"},      {"ffn.fc1.", "ffn fc1"},     {"ffn.fc3.", "ffn fc3"},
+    {"ffn.fc2.", "ffn fc2"},
+};
+#define NMODULES ((int)(sizeof(MODULES) / sizeof(MODULES[0])))
+
+static int module_of(const char *name) {
+    const char *p = strchr(name, '.'); /* after "layers" */
+    p = p ? strchr(p + 1, '.') : NULL; /* after the layer index */
+    if (!p) return -1;
+    p++;
+    for (int i = 0; i < NMODULES; i++)
+        if (!strncmp(p, MODULES[i].prefix, strlen(MODULES[i].prefix))) return i;
+    return -1;
+}
+
+void mg_info_print(const MgConfig *c, FILE *f) {
+    MgParamTable t;
+    mg_param_table_build(c, &t);
+    char a[64], b[64], e[64], g[64];
+
+    fprintf(f, "model: %s, %d layers, d %d, %d heads, z %d (%d per head), v %d (%d per head), f %d %s, "
+               "N %d, G %d, chunk %d, V %d, rope_base %g, %s head%s\n",
+            c->arch, c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->z_dim / c->num_heads, c->value_dim,
+            c->value_dim / c->num_heads, c->ffn_hidden_dim, c->swiglu ? "SwiGLU" : "silu", c->cema_ndim,
+            c->norm_num_groups, c->chunk_size, c->vocab_size, c->rope_base, c->share_emb ? "tied" : "untied",
+            c->scale_emb ? ", embeddings scaled by sqrt(d)" : "");
+
+    /* ---- parameters ---- */
+    int64_t embed = 0, head = 0, final_norm = 0, layers = 0, other = 0, mod[NMODULES] = {0}, unmatched = 0;
+    for (int i = 0; i < t.count; i++) {
+        const MgParam *p = &t.params[i];
+        if (p->layer >= 0) {
+            layers += p->numel;
+            int m = module_of(p->name);
+            if (m >= 0) mod[m] += p->numel;
+            else unmatched += p->numel;
+        } else if (!strncmp(p->name, "embed.", 6)) {
+            embed += p->numel;
+        } else if (!strncmp(p->name, "lm_head.", 8)) {
+            head += p->numel;
+        } else if (!strncmp(p->name, "final_norm.", 11)) {
+            final_norm += p->numel;
+        } else {
+            other += p->numel;
+        }
+    }
+    const double total = (double)t.total;
+    fprintf(f, "\nparameters: %s (%s)\n", commas(t.total, a, sizeof(a)), human_count(total, b, sizeof(b)));
+    fprintf(f, "  %-26s %16s  %5.1f%%\n", "embedding (V x d)", commas(embed, a, sizeof(a)), 100.0 * embed / total);
+    const int L = c->n_layers;
+    fprintf(f, "  %-26s %16s  %5.1f%%   (%s per layer)\n", "layers", commas(layers, a, sizeof(a)),
+            100.0 * layers / total, commas(L ? layers / L : 0, b, sizeof(b)));
+    for (int m = 0; m < NMODULES; m++) {
+        if (!mod[m]) continue;
+        fprintf(f, "    %-24s %16s per layer  %5.1f%%\n", MODULES[m].label, commas(L ? mod[m] / L : 0, a, sizeof(a)),
+                100.0 * mod[m] / total);
+    }
+    if (unmatched)
+        fprintf(f, "    %-24s %16s per layer\n", "other", commas(L ? unmatched / L : 0, a, sizeof(a)));
+    fprintf(f, "  %-26s %16s  %5.1f%%\n", "final TimestepNorm", commas(final_norm, a, sizeof(a)), 100.0 * final_norm / total);
+    if (c->share_emb)
+        fprintf(f, "  %-26s %16s   (tied to the embedding)\n", "LM head (V x d)", "0");
+    else
+        fprintf(f, "  %-26s %16s  %5.1f%%\n", "LM head (V x d)", commas(head, a, sizeof(a)), 100.0 * head / total);
+    if (other) fprintf(f, "  %-26s %16s\n", "other", commas(other, a, sizeof(a)));
+    fprintf(f, "  %-26s %16s   (used in matrix products, incl. the LM head, excl. the embedding)\n",
+            "matmul parameters", commas(t.matmul_total, a, sizeof(a)));
+
+    /* ---- FLOPs ---- */
+    const double fpt = mg_flops_per_token(c, &t);
+    const int c_eff = MG_MIN(c->chunk_size, c->seq_len);
+    const double attn = 6.0 * (c_eff / 2.0) * (double)(c->z_dim + c->value_dim) * L;
+    const int64_t micro = (int64_t)c->batch_size * c->seq_len;
+    const int64_t step_tokens = c->batch_tokens > 0 ? c->batch_tokens : micro;
+    fprintf(f, "\nFLOPs per token (training): %s = 6 x %s matmul params (%s) + chunk attention %s\n",
+            si(fpt, "FLOP", a, sizeof(a)), commas(t.matmul_total, b, sizeof(b)),
+            si(6.0 * (double)t.matmul_total, "FLOP", e, sizeof(e)), si(attn, "FLOP", g, sizeof(g)));
+    fprintf(f, "  convention: 6 x (parameters in matrix products, incl. the LM head) + per layer 6*(c/2)*(z+v)\n"
+               "  for chunk attention (QK^T and PV, forward + 2x backward, causal useful FLOPs) with\n"
+               "  c = min(chunk_size, seq_len) = %d; CEMA, norms and the embedding lookup are not counted\n",
+            c_eff);
+    fprintf(f, "tokens per step: %s = %" PRId64 " micro-batch%s of %d x %d (batch_size x seq_len)\n",
+            commas(step_tokens, a, sizeof(a)), step_tokens / micro, step_tokens / micro == 1 ? "" : "es",
+            c->batch_size, c->seq_len);
+    const double fps = fpt * (double)step_tokens;
+    fprintf(f, "FLOPs per step: %s (%.3e); one H100 at its bf16 dense peak (989.4 TFLOP/s) would take "
+               "%.3g s per step\n",
+            si(fps, "FLOP", a, sizeof(a)), fps, fps / H100_BF16_PEAK);
+    if (c->max_steps > 0) {
+        double run_tokens = (double)step_tokens * (double)c->max_steps;
+        fprintf(f, "run: %" PRId64 " steps = %s tokens (%.3g tokens per parameter), %s\n", c->max_steps,
+                human_count(run_tokens, a, sizeof(a)), run_tokens / total, si(fps * (double)c->max_steps, "FLOP", b, sizeof(b)));
+    }
+
+    /* ---- memory ---- */
+    MgMemoryEstimate m;
+    mg_memory_estimate(c, &t, &m);
+    const char *pn = m.param_bytes == 2 ? "bf16" : "fp32";
+    fprintf(f, "\nmemory per device for one training step (micro-batch %d x %d tokens, precision %s):\n",
+            c->batch_size, c->seq_len, c->precision);
+    char lbl[64];
+    snprintf(lbl, sizeof(lbl), "parameters (%s)", pn);
+    fprintf(f, "  %-30s %12s\n", lbl, mg_format_bytes(m.params, a, sizeof(a)));
+    snprintf(lbl, sizeof(lbl), "gradients (%s)", pn);
+    fprintf(f, "  %-30s %12s\n", lbl, mg_format_bytes(m.grads, a, sizeof(a)));
+    fprintf(f, "  %-30s %12s\n", "AdamW moments (fp32, 2 x)", mg_format_bytes(m.moments, a, sizeof(a)));
+    if (m.master > 0) fprintf(f, "  %-30s %12s\n", "master weights (fp32)", mg_format_bytes(m.master, a, sizeof(a)));
+    snprintf(lbl, sizeof(lbl), "activations (%s)", pn);
+    fprintf(f, "  %-30s %12s\n", lbl, mg_format_bytes(m.activations, a, sizeof(a)));
+    fprintf(f, "  %-30s %12s\n", "total", mg_format_bytes(m.total, a, sizeof(a)));
+    fprintf(f, "  assumes one device holds the whole model and its optimizer state (no data-parallel sharding\n"
+               "  yet; sequence parallelism would divide the activations by its size)\n");
+    mg_param_table_free(&t);
+}
+
+int cmd_info(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: megalodon info --config FILE [--KEY VALUE ...]   (e.g. --config configs/tiny.conf;\n"
+                        "       `megalodon info --help` lists every key)\n");
+        return 2;
+    }
+    MgConfig c;
+    mg_config_defaults(&c);
+    mg_config_from_args(&c, argc, argv, NULL, NULL);
+    char err[4096];
+    if (mg_config_validate(&c, err, sizeof(err))) mg_fatal("%s", err);
+    mg_info_print(&c, stdout);
+    return 0;
+}
