@@ -9,5 +9,7 @@ typedef struct {
 } MgCommand;
 
 int cmd_features(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);  /* src/cmd_prepare.c */
+int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */
 
 #endif
