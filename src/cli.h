@@ -10,5 +10,7 @@ typedef struct {
 
 int cmd_features(int argc, char **argv);
 int cmd_info(int argc, char **argv); /* info.c */
+int cmd_prepare(int argc, char **argv);  /* src/cmd_prepare.c */
+int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */
 
 #endif

@@ -9,6 +9,8 @@
 static const MgCommand COMMANDS[] = {
     {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
     {"info", cmd_info, "parameter count, FLOPs and memory of a config, without allocating the model"},
+    {"prepare", cmd_prepare, "tokenize text files into train/val token shards (docs/data.md)"},
+    {"tokenize", cmd_tokenize, "encode text to token ids, or decode ids to text"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 
