@@ -206,3 +206,21 @@ int tu_expect_failure(const char *name, void (*fn)(void *ctx), void *ctx, const 
     return tu_check(failed && has_msg, name, "%s; message: \"%.300s\"",
                     failed ? "refused" : "NOT refused", buf);
 }
+
+void tu_numeric_grad6(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel_h, double *num) {
+    static const double w[3] = {45.0, -9.0, 1.0};
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        double h = rel_h * fmax(1.0, fabs(x0));
+        double acc = 0.0;
+        for (int k = 1; k <= 3; k++) {
+            x[i] = x0 + k * h;
+            double fp = loss(ctx);
+            x[i] = x0 - k * h;
+            double fm = loss(ctx);
+            acc += w[k - 1] * (fp - fm);
+        }
+        x[i] = x0;
+        num[i] = acc / (60.0 * h);
+    }
+}

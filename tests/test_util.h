@@ -50,6 +50,10 @@ double tu_dot(const double *a, const double *b, size_t n);
 typedef double (*tu_loss_fn)(void *ctx);
 void tu_numeric_grad(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel_h, double *num);
 
+/* 6-point stencil (error O(h^6)): allows a larger step, so it suits losses whose rounding noise is large
+ * (e.g. a whole model with a 32000-way softmax). */
+void tu_numeric_grad6(double *x, size_t n, tu_loss_fn loss, void *ctx, double rel_h, double *num);
+
 /* Convenience: numeric gradient of x, compare with `analytic`, record a check named `name` with
  * tolerance tol (worst elementwise relative error, floor tu_grad_floor). Returns the error. */
 double tu_grad_check(const char *name, double *x, size_t n, const double *analytic, tu_loss_fn loss,
