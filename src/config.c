@@ -103,6 +103,8 @@ static const KeyDef KEYS[] = {
     {"device", T_CHOICE, F(device), "cpu", "run", R_ANY, "cpu|cuda", "compute device"},
     {"precision", T_CHOICE, F(precision), "fp32", "run", R_ANY, "fp32|bf16", "storage/compute precision (bf16: CUDA backend, fp32 master weights; today used only by `info`)"},
     {"tokenizer", T_STRING, F(tokenizer), "data/tokenizer/llama2.tok", "run", R_ANY, NULL, "tokenizer file"},
+    {"stop_at", T_INT64, F(stop_at), "0", "run", R_NONNEG, NULL, "stop with a checkpoint once this step is done (resume later); 0 = run to max_steps"},
+    {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100 bf16 dense, cuda)"},
 
     /* ---- checkpoints and continual pre-training ---- */
     {"ckpt_every", T_INT64, F(ckpt_every), "0", "ckpt", R_NONNEG, NULL, "steps between checkpoints; 0 = only at the end (and on SIGINT/SIGTERM)"},
@@ -765,6 +767,10 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     else if (nunset > 1)
         problem(&P, "set %s (e.g. in a config file from configs/, or --KEY VALUE)", unset);
 
+    if (c->attention_dropout > 0)
+        problem(&P, "attention_dropout = %g is not supported yet (DropKey on attention probabilities is not "
+                "implemented): set attention_dropout = 0; dropout and hidden_dropout work",
+                c->attention_dropout);
     if (c->cema_ndim < 1 || c->cema_ndim > 64)
         problem(&P, "cema_ndim = %d is out of range: the CEMA order N must be in [1, 64] (the official configs use 16)",
                 c->cema_ndim);

@@ -67,6 +67,8 @@ typedef struct {
     char device[MG_NAME_MAX];    /* cpu (cuda later) */
     char precision[MG_NAME_MAX]; /* fp32 | bf16 (bf16: CUDA backend; today only `info`'s memory estimate) */
     char tokenizer[MG_PATH_MAX]; /* tokenizer file (see docs/data.md) */
+    int64_t stop_at;             /* stop (with a checkpoint) once this step is done; 0 = run to max_steps */
+    double peak_tflops;          /* peak used for MFU; 0 = measured sgemm peak on cpu, 989.4 (H100 bf16) on cuda */
 
     /* ---- checkpoints and continual pre-training ---- */
     int64_t ckpt_every;          /* 0 = only at the end (and on SIGINT/SIGTERM) */
