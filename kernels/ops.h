@@ -297,6 +297,11 @@ extern const MgBackend mg_cpu_backend_f64;
  * backend is not built in or no device is present. */
 const MgBackend *mg_backend_get(const char *name);
 
+/* Profiling: a backend that forwards to `inner` and times every op (kernels/profile.c). */
+const MgBackend *mg_backend_profile_wrap(const MgBackend *inner);
+void mg_profile_reset(void);
+void mg_profile_report(FILE *f, int steps);
+
 /* Set the number of CPU threads used by OpenMP regions and BLAS (0 = leave the default). */
 void mg_set_threads(int n);
 int mg_get_threads(void);

@@ -12,5 +12,9 @@ int cmd_features(int argc, char **argv);
 int cmd_info(int argc, char **argv); /* info.c */
 int cmd_prepare(int argc, char **argv);  /* src/cmd_prepare.c */
 int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */
+int cmd_train(int argc, char **argv);    /* src/train.c */
+int cmd_eval(int argc, char **argv);     /* src/train.c */
+int cmd_sample(int argc, char **argv);   /* src/sample.c */
+int cmd_bench(int argc, char **argv);    /* src/bench.c */
 
 #endif

@@ -11,6 +11,7 @@ static const MgCommand COMMANDS[] = {
     {"info", cmd_info, "parameter count, FLOPs and memory of a config, without allocating the model"},
     {"prepare", cmd_prepare, "tokenize text files into train/val token shards (docs/data.md)"},
     {"tokenize", cmd_tokenize, "encode text to token ids, or decode ids to text"},
+    {"bench", cmd_bench, "training-step throughput (tokens/s, MFU) and peak memory on random tokens"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 

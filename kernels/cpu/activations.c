@@ -9,7 +9,7 @@
 /* sigma(x) from exp(-|x|) <= 1: never overflows, and stays accurate for large negative x where
  * 1 - 1/(1+e) would cancel. */
 static inline real sigmoid_r(real x) {
-    real e = exp(-fabs(x));
+    real e = mg_exp(-fabs(x));
     real r = (real)1 / ((real)1 + e);
     return x >= 0 ? r : e * r;
 }

@@ -111,13 +111,13 @@ static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, co
         const int vis = MG_MIN(kend, i0 + r + off + 1); /* keys [0, vis) are visible */
         if (lse_in) {
             const real l = lse_in[i0 + r];
-            for (int j = 0; j < vis; j++) s[j] = exp(s[j] - l);
+            for (int j = 0; j < vis; j++) s[j] = mg_exp(s[j] - l);
         } else {
             real m = s[0];
             for (int j = 1; j < vis; j++) m = s[j] > m ? s[j] : m;
             acc_t sum = 0;
             for (int j = 0; j < vis; j++) {
-                s[j] = exp(s[j] - m);
+                s[j] = mg_exp(s[j] - m);
                 sum += s[j];
             }
             const real inv = (real)(1.0 / sum);

@@ -31,23 +31,40 @@ void CPU_FN(cross_entropy)(const MgBackend *be, const MgCrossEntropyArgs *a) {
         }
         /* Read before the row is overwritten when d aliases x. */
         const real xy = x[y];
-        int jm = 0; /* first position of the maximum: its term exp(0) = 1 is kept out of the sum */
-        for (int j = 1; j < V; j++)
-            if (x[j] > x[jm]) jm = j;
-        const real m = x[jm];
-        /* exp in the storage precision (each term within ~1 ulp), summed in double: rows are up to 32000
-         * wide, where a float sum would lose ~3 digits. rest = s - 1 is summed without the 1, so a confident
-         * row (rest ~ 1e-11) keeps its digits in log1p(rest) and in p - 1. With d, e_j is parked in d[j]. */
+        real m = x[0];
+#pragma omp simd reduction(max : m)
+        for (int j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+        /* s = sum_j exp(x_j - m) = ties + rest, where the maxima (each exactly exp(0) = 1) are counted in
+         * `ties` and kept out of `rest`: a confident row (rest ~ 1e-11) keeps its digits in log1p(rest)
+         * and in p - 1. The exps run vectorised (mg_exp); each block of 512 terms is summed in the working
+         * precision and the blocks in double, since rows are up to 32000 wide. With d, e_j is parked in d[j]. */
         acc_t rest = 0;
-        if (d) {
-            for (int j = 0; j < V; j++) {
-                real e = exp(x[j] - m);
-                d[j] = e;
-                rest += j == jm ? 0 : (acc_t)e;
+        int ties = 0;
+        for (int j0 = 0; j0 < V; j0 += 512) {
+            const int j1 = j0 + 512 < V ? j0 + 512 : V;
+            real part = 0;
+            int nt = 0;
+            if (d) {
+#pragma omp simd reduction(+ : part, nt)
+                for (int j = j0; j < j1; j++) {
+                    const real xj = x[j]; /* before d[j] is written: d may alias x */
+                    const real e = mg_exp(xj - m);
+                    part += xj == m ? (real)0 : e;
+                    nt += xj == m;
+                    d[j] = e;
+                }
+            } else {
+#pragma omp simd reduction(+ : part, nt)
+                for (int j = j0; j < j1; j++) {
+                    real e = mg_exp(x[j] - m);
+                    part += x[j] == m ? (real)0 : e;
+                    nt += x[j] == m;
+                }
             }
-        } else {
-            for (int j = 0; j < V; j++) rest += j == jm ? 0 : (acc_t)exp(x[j] - m);
+            rest += (acc_t)part;
+            ties += nt;
         }
+        rest += (acc_t)(ties - 1);
         const acc_t s = 1 + rest;
         if (losses) losses[t] = (real)(((acc_t)m - (acc_t)xy) + log1p(rest));
         if (d) {
@@ -55,7 +72,7 @@ void CPU_FN(cross_entropy)(const MgBackend *be, const MgCrossEntropyArgs *a) {
 #pragma omp simd
             for (int j = 0; j < V; j++) d[j] *= r;
             /* gs * (p_y - 1) = -gs * (mass of the other entries) / s, without forming p_y - 1. */
-            const acc_t other = y == jm ? rest : s - (acc_t)(real)exp(xy - m);
+            const acc_t other = xy == m ? rest : s - (acc_t)mg_exp(xy - m);
             d[y] = (real)(-gs * (other / s));
         }
     }
