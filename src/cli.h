@@ -9,5 +9,6 @@ typedef struct {
 } MgCommand;
 
 int cmd_features(int argc, char **argv);
+int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */
 
 #endif

@@ -8,6 +8,7 @@
 
 static const MgCommand COMMANDS[] = {
     {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
+    {"ckpt", cmd_ckpt, "inspect checkpoints: info FILE, diff A B (and bench: save/load MB/s)"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 
