@@ -16,5 +16,6 @@ int cmd_train(int argc, char **argv);    /* src/train.c */
 int cmd_eval(int argc, char **argv);     /* src/train.c */
 int cmd_sample(int argc, char **argv);   /* src/sample.c */
 int cmd_bench(int argc, char **argv);    /* src/bench.c */
+int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */
 
 #endif

@@ -7,11 +7,15 @@
 #include "cli.h"
 
 static const MgCommand COMMANDS[] = {
+    {"train", cmd_train, "train a model: --config F [--key value ...] (docs/training.md)"},
+    {"eval", cmd_eval, "validation loss of a checkpoint: --ckpt F --data PATH"},
+    {"sample", cmd_sample, "generate text from a checkpoint: --ckpt F --prompt TEXT"},
     {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
     {"info", cmd_info, "parameter count, FLOPs and memory of a config, without allocating the model"},
     {"prepare", cmd_prepare, "tokenize text files into train/val token shards (docs/data.md)"},
     {"tokenize", cmd_tokenize, "encode text to token ids, or decode ids to text"},
     {"bench", cmd_bench, "training-step throughput (tokens/s, MFU) and peak memory on random tokens"},
+    {"ckpt", cmd_ckpt, "inspect checkpoints: info FILE, diff A B (and bench: save/load MB/s)"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 
