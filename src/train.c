@@ -58,6 +58,18 @@ static void fill_meta(Trainer *t, MgCkptMeta *meta) {
     mg_ckpt_meta_set_i64_array(meta, "loader_state", st, n);
     free(st);
     mg_ckpt_meta_set_str(meta, "train_data", mg_loader_spec_normalised(t->train));
+    /* The mixture as realised so far: windows drawn from each source, next to the requested weights. */
+    int ns = mg_loader_num_sources(t->train);
+    int64_t *counts = mg_malloc(sizeof(int64_t) * (size_t)ns);
+    double *weights = mg_malloc(sizeof(double) * (size_t)ns);
+    for (int i = 0; i < ns; i++) {
+        counts[i] = mg_loader_source_count(t->train, i);
+        weights[i] = mg_loader_source_weight(t->train, i);
+    }
+    mg_ckpt_meta_set_i64_array(meta, "mixture_counts", counts, ns);
+    mg_ckpt_meta_set_f64_array(meta, "mixture_weights", weights, ns);
+    free(counts);
+    free(weights);
     mg_ckpt_meta_set_i64(meta, "seed", (int64_t)t->cfg.seed);
     double sched[6] = {t->sched.peak_lr, t->sched.warmup_init_ratio, t->sched.min_lr_ratio,
                        (double)t->sched.warmup_steps, (double)t->sched.max_steps, (double)t->sched.kind};
