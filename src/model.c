@@ -9,7 +9,7 @@
 
 #define IGNORE_INDEX (-1)
 /* Rows of the LM head + cross-entropy processed at once (bounds the logits buffer to HEAD_ROWS x V). */
-#define HEAD_ROWS 256
+#define HEAD_ROWS 512
 
 /* Parameter (or gradient) pointers of one layer, resolved once from the table. */
 typedef struct {
