@@ -18,7 +18,7 @@ static const char *const GROUPS[3] = {"model", "optimizer/m", "optimizer/v"};
 static void ckpt_usage(FILE *f) {
     fprintf(f, "usage: megalodon ckpt info FILE [--no-config]\n"
                "       megalodon ckpt diff A B\n"
-               "       megalodon ckpt bench [--dir DIR] [--mparams M] [--seed S] [--step N] [--weights-only]\n"
+               "       megalodon ckpt bench [--dir DIR] [--config F | --mparams M] [--seed S] [--step N] [--weights-only]\n"
                "                            [--out FILE --keep]\n"
                "\n"
                "info   format version, step, tokens, extra attributes, the stored config, and every tensor's shape,\n"
@@ -386,7 +386,7 @@ static void synth_config(MgConfig *c, double target) {
 }
 
 static int ckpt_bench(int argc, char **argv) {
-    const char *dir = "/tmp", *out = NULL;
+    const char *dir = "/tmp", *out = NULL, *config = NULL;
     double mparams = 10;
     uint64_t seed = 1;
     long long step = 1000;
@@ -407,6 +407,8 @@ static int ckpt_bench(int argc, char **argv) {
             out = val, i++;
         else if (!strcmp(a, "--mparams"))
             mparams = atof(val), i++;
+        else if (!strcmp(a, "--config"))
+            config = val, i++;
         else if (!strcmp(a, "--seed"))
             seed = strtoull(val, NULL, 10), i++;
         else if (!strcmp(a, "--step"))
@@ -421,7 +423,17 @@ static int ckpt_bench(int argc, char **argv) {
         return 2;
     }
     MgConfig c;
-    synth_config(&c, mparams * 1e6);
+    if (config) {
+        /* The exact tensor set of a real config (e.g. configs/mega200m.conf). */
+        char cerr[2048];
+        mg_config_defaults(&c);
+        if (mg_config_load_file(&c, config, cerr, sizeof(cerr))) {
+            fprintf(stderr, "error: %s\n", cerr);
+            return 2;
+        }
+    } else {
+        synth_config(&c, mparams * 1e6);
+    }
     MgParamTable t;
     mg_param_table_build(&c, &t);
     size_t n = (size_t)t.total;

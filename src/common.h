@@ -11,9 +11,11 @@
 #if defined(__GNUC__)
 #define MG_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define MG_NORETURN __attribute__((noreturn))
+#define MG_MAYBE_UNUSED __attribute__((unused))
 #else
 #define MG_PRINTF(a, b)
 #define MG_NORETURN
+#define MG_MAYBE_UNUSED
 #endif
 
 /* Print "error: <message>" (with file:line when MG_DEBUG_LOCATIONS is set) and exit(1). */

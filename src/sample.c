@@ -154,6 +154,7 @@ int cmd_sample(int argc, char **argv) {
     double secs = 0;
     int made = generate(m, tok, ids.ids, (int)ids.n, cfg.max_new_tokens, &so, &rng, stdout, &secs);
     printf("\n");
+    fflush(stdout);
     fprintf(stderr, "[%zu prompt tokens, %d generated, %.1f tokens/s, temperature %g, top_k %d, top_p %g]\n", ids.n,
             made, (double)(ids.n + (size_t)made) / (secs > 0 ? secs : 1e-9), cfg.temperature, cfg.top_k, cfg.top_p);
     free(text);

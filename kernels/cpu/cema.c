@@ -48,7 +48,7 @@ static void cema_validate(const MgCemaArgs *a, const char *op, int backward) {
 }
 
 /* Threads only pay off above a few tens of microseconds of work (gradient checks call tiny sizes). */
-static int cema_parallel(const MgCemaArgs *a) { return (double)a->B * a->L * a->D * a->N >= 65536.0; }
+MG_MAYBE_UNUSED static int cema_parallel(const MgCemaArgs *a) { return (double)a->B * a->L * a->D * a->N >= 65536.0; }
 
 /* p, Re q, Im q, Re gamma, Im gamma laid out per channel block as [block][n][c], c = channel within the
  * block. The lanes of a partial last block are zero: their states stay 0 and contribute nothing. */

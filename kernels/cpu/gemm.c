@@ -24,6 +24,7 @@ static void gemm_fallback(int ta, int tb, int M, int N, int K, real alpha, const
 #else
     int in_par = 1;
 #endif
+    (void)in_par; /* unused without OpenMP */
 #pragma omp parallel for schedule(dynamic, 1) if (!in_par && (double)M * N * K > 1e6)
     for (int bi = 0; bi < nblocks; bi++) {
         int i0 = bi * MB, i1 = MG_MIN(M, i0 + MB);

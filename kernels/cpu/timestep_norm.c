@@ -10,7 +10,7 @@
 #include "cpu_real.h"
 
 /* Threads only pay off above a few tens of microseconds of work (gradient checks call tiny sizes). */
-static int tsn_parallel(const MgTimestepNormArgs *a) { return (double)a->B * a->L * a->D >= 32768.0; }
+MG_MAYBE_UNUSED static int tsn_parallel(const MgTimestepNormArgs *a) { return (double)a->B * a->L * a->D >= 32768.0; }
 
 static void tsn_validate(const MgTimestepNormArgs *a, const char *op, int backward) {
     MG_CHECK(a->B >= 1 && a->L >= 1 && a->D >= 1 && a->G >= 1,
