@@ -35,14 +35,6 @@
 
 #define NO_HDF5_MSG "this build has no HDF5; install libhdf5-dev and rebuild"
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) MG_PRINTF(3, 4);
-static void seterr(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 int mg_ckpt_available(void) {
 #ifdef MG_HAVE_HDF5
@@ -281,15 +273,15 @@ static const MgMetaEntry *meta_get(const MgCkptMeta *m, const char *name, MgMeta
     static const char *tn[] = {"int64", "double", "string"};
     const MgMetaEntry *e = mg_ckpt_meta_find(m, name);
     if (!e) {
-        seterr(err, errlen, "checkpoint has no attribute '%s'", name);
+        mg_errf(err, errlen, "checkpoint has no attribute '%s'", name);
         return NULL;
     }
     if (e->type != type) {
-        seterr(err, errlen, "checkpoint attribute '%s' is a %s, expected a %s", name, tn[e->type], tn[type]);
+        mg_errf(err, errlen, "checkpoint attribute '%s' is a %s, expected a %s", name, tn[e->type], tn[type]);
         return NULL;
     }
     if (n >= 0 && e->n != n) {
-        seterr(err, errlen, "checkpoint attribute '%s' holds %lld values, expected %lld", name, (long long)e->n,
+        mg_errf(err, errlen, "checkpoint attribute '%s' holds %lld values, expected %lld", name, (long long)e->n,
                (long long)n);
         return NULL;
     }
@@ -364,14 +356,14 @@ HDF5_ONLY static char *dir_of(const char *path) {
 static int fsync_dir(const char *dir, char *err, size_t errlen) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd < 0) {
-        seterr(err, errlen, "cannot open directory '%s' to sync it: %s", dir, strerror(errno));
+        mg_errf(err, errlen, "cannot open directory '%s' to sync it: %s", dir, strerror(errno));
         return -1;
     }
     int rc = fsync(fd);
     int e = errno;
     close(fd);
     if (rc != 0 && e != EINVAL) {
-        seterr(err, errlen, "cannot sync directory '%s': %s", dir, strerror(e));
+        mg_errf(err, errlen, "cannot sync directory '%s': %s", dir, strerror(e));
         return -1;
     }
     return 0;
@@ -380,14 +372,14 @@ static int fsync_dir(const char *dir, char *err, size_t errlen) {
 HDF5_ONLY static int fsync_path(const char *path, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
-        seterr(err, errlen, "cannot reopen '%s' to sync it: %s", path, strerror(errno));
+        mg_errf(err, errlen, "cannot reopen '%s' to sync it: %s", path, strerror(errno));
         return -1;
     }
     int rc = fsync(fd);
     int e = errno;
     close(fd);
     if (rc != 0) {
-        seterr(err, errlen, "cannot sync '%s' to disk: %s", path, strerror(e));
+        mg_errf(err, errlen, "cannot sync '%s' to disk: %s", path, strerror(e));
         return -1;
     }
     return 0;
@@ -647,13 +639,13 @@ static int stat_checkpoint(const char *path, char *err, size_t errlen) {
     struct stat st;
     if (stat(path, &st) != 0) {
         if (errno == ENOENT)
-            seterr(err, errlen, "checkpoint '%s' does not exist", path);
+            mg_errf(err, errlen, "checkpoint '%s' does not exist", path);
         else
-            seterr(err, errlen, "cannot access checkpoint '%s': %s", path, strerror(errno));
+            mg_errf(err, errlen, "cannot access checkpoint '%s': %s", path, strerror(errno));
         return -1;
     }
     if (S_ISDIR(st.st_mode)) {
-        seterr(err, errlen,
+        mg_errf(err, errlen,
                "'%s' is a directory, not a checkpoint file (a run directory? its newest checkpoint is "
                "named in '%s/latest')",
                path, path);
@@ -667,27 +659,27 @@ static int meta_from_attrs(const char *path, MgCkptMeta *all, MgCkptMeta *meta, 
     mg_ckpt_meta_init(meta);
     const MgMetaEntry *f = mg_ckpt_meta_find(all, "format");
     if (!f) {
-        seterr(err, errlen, "'%s' is an HDF5 file but not a megalodon checkpoint (no root attribute 'format')", path);
+        mg_errf(err, errlen, "'%s' is an HDF5 file but not a megalodon checkpoint (no root attribute 'format')", path);
         return -1;
     }
     if (f->type != MG_META_STR || strcmp(f->str, MG_CKPT_FORMAT) != 0) {
-        seterr(err, errlen, "'%s' is an HDF5 file but not a megalodon checkpoint (format '%s', expected '%s')", path,
+        mg_errf(err, errlen, "'%s' is an HDF5 file but not a megalodon checkpoint (format '%s', expected '%s')", path,
                f->type == MG_META_STR ? f->str : "(not a string)", MG_CKPT_FORMAT);
         return -1;
     }
     const MgMetaEntry *v = mg_ckpt_meta_find(all, "format_version");
     if (!v || v->type != MG_META_I64 || v->n != 1) {
-        seterr(err, errlen, "checkpoint '%s' has no integer 'format_version' attribute (damaged?)", path);
+        mg_errf(err, errlen, "checkpoint '%s' has no integer 'format_version' attribute (damaged?)", path);
         return -1;
     }
     if (v->i64[0] > MG_CKPT_FORMAT_VERSION) {
-        seterr(err, errlen,
+        mg_errf(err, errlen,
                "checkpoint '%s' was written by a newer version of megalodon (format v%lld > v%d): upgrade megalodon",
                path, (long long)v->i64[0], MG_CKPT_FORMAT_VERSION);
         return -1;
     }
     if (v->i64[0] < 1) {
-        seterr(err, errlen, "checkpoint '%s' has an invalid format_version %lld", path, (long long)v->i64[0]);
+        mg_errf(err, errlen, "checkpoint '%s' has an invalid format_version %lld", path, (long long)v->i64[0]);
         return -1;
     }
     meta->format_version = (int)v->i64[0];
@@ -696,7 +688,7 @@ static int meta_from_attrs(const char *path, MgCkptMeta *all, MgCkptMeta *meta, 
     for (int i = 0; i < 2; i++) {
         const MgMetaEntry *e = mg_ckpt_meta_find(all, ints[i]);
         if (!e || e->type != MG_META_I64 || e->n != 1) {
-            seterr(err, errlen, "checkpoint '%s' has no integer '%s' attribute (damaged, or not written by megalodon)",
+            mg_errf(err, errlen, "checkpoint '%s' has no integer '%s' attribute (damaged, or not written by megalodon)",
                    path, ints[i]);
             return -1;
         }
@@ -704,7 +696,7 @@ static int meta_from_attrs(const char *path, MgCkptMeta *all, MgCkptMeta *meta, 
     }
     const MgMetaEntry *c = mg_ckpt_meta_find(all, "config");
     if (!c || c->type != MG_META_STR) {
-        seterr(err, errlen, "checkpoint '%s' has no string 'config' attribute (damaged, or not written by megalodon)",
+        mg_errf(err, errlen, "checkpoint '%s' has no string 'config' attribute (damaged, or not written by megalodon)",
                path);
         return -1;
     }
@@ -749,14 +741,14 @@ MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, si
     htri_t is = H5Fis_hdf5(path);
     if (is <= 0) {
         if (is < 0)
-            seterr(err, errlen, "cannot read '%s': %s", path, REASON());
+            mg_errf(err, errlen, "cannot read '%s': %s", path, REASON());
         else
-            seterr(err, errlen, "'%s' is not an HDF5 file (no HDF5 signature): not a checkpoint, or damaged", path);
+            mg_errf(err, errlen, "'%s' is not an HDF5 file (no HDF5 signature): not a checkpoint, or damaged", path);
         return NULL;
     }
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (file < 0) {
-        seterr(err, errlen, "cannot open checkpoint '%s' (truncated or damaged file?): %s", path, REASON());
+        mg_errf(err, errlen, "cannot open checkpoint '%s' (truncated or damaged file?): %s", path, REASON());
         return NULL;
     }
     MgCkptMeta all, meta;
@@ -769,10 +761,10 @@ MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, si
     free(it.order);
     if (rc < 0) {
         if (it.failed)
-            seterr(err, errlen, "cannot read attribute '%s' of checkpoint '%s' (damaged?): %s", it.name, path,
+            mg_errf(err, errlen, "cannot read attribute '%s' of checkpoint '%s' (damaged?): %s", it.name, path,
                    REASON());
         else
-            seterr(err, errlen, "cannot read the attributes of checkpoint '%s' (damaged?): %s", path, REASON());
+            mg_errf(err, errlen, "cannot read the attributes of checkpoint '%s' (damaged?): %s", path, REASON());
         mg_ckpt_meta_free(&all);
         H5Fclose(file);
         return NULL;
@@ -880,7 +872,7 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     if (!mg_ckpt_has_group(r, group)) return 0;
     hid_t g = H5Gopen2(r->file, group, H5P_DEFAULT);
     if (g < 0) {
-        seterr(err, errlen, "cannot open group '/%s' of checkpoint '%s': %s", group, r->path, REASON());
+        mg_errf(err, errlen, "cannot open group '/%s' of checkpoint '%s': %s", group, r->path, REASON());
         return -1;
     }
     ListIter it = {0};
@@ -893,10 +885,10 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     H5Gclose(g);
     if (rc < 0) {
         if (it.failed)
-            seterr(err, errlen, "checkpoint '%s': cannot read tensor '/%s/%s' (more than 4 dimensions, or damaged): %s",
+            mg_errf(err, errlen, "checkpoint '%s': cannot read tensor '/%s/%s' (more than 4 dimensions, or damaged): %s",
                    r->path, group, it.bad, REASON());
         else
-            seterr(err, errlen, "cannot list group '/%s' of checkpoint '%s' (damaged?): %s", group, r->path, REASON());
+            mg_errf(err, errlen, "cannot list group '/%s' of checkpoint '%s' (damaged?): %s", group, r->path, REASON());
         free(it.list);
         return -1;
     }
@@ -911,22 +903,22 @@ static int read_tensor_scan(MgCkptReader *r, const char *group, const char *name
     char dpath[256];
     snprintf(dpath, sizeof(dpath), "%s/%s", group, name);
     if (!link_exists(r->file, dpath)) {
-        seterr(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, dpath);
+        mg_errf(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, dpath);
         return -1;
     }
     hid_t ds = H5Dopen2(r->file, dpath, H5P_DEFAULT);
     if (ds < 0) {
-        seterr(err, errlen, "cannot open tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
+        mg_errf(err, errlen, "cannot open tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
         return -1;
     }
     MgCkptTensorInfo ti;
     if (tensor_info(ds, name, &ti) != 0) {
-        seterr(err, errlen, "cannot read the shape of tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
+        mg_errf(err, errlen, "cannot read the shape of tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
         H5Dclose(ds);
         return -1;
     }
     if (ti.numel != numel) {
-        seterr(err, errlen, "tensor '/%s' in checkpoint '%s' has %lld elements, expected %lld", dpath, r->path,
+        mg_errf(err, errlen, "tensor '/%s' in checkpoint '%s' has %lld elements, expected %lld", dpath, r->path,
                (long long)ti.numel, (long long)numel);
         H5Dclose(ds);
         return -1;
@@ -937,7 +929,7 @@ static int read_tensor_scan(MgCkptReader *r, const char *group, const char *name
     if (rc < 0) note();
     H5Dclose(ds);
     if (rc < 0) {
-        seterr(err, errlen, "cannot read tensor '/%s' from checkpoint '%s' (truncated or damaged?): %s", dpath, r->path,
+        mg_errf(err, errlen, "cannot read tensor '/%s' from checkpoint '%s' (truncated or damaged?): %s", dpath, r->path,
                REASON());
         return -1;
     }
@@ -946,7 +938,7 @@ static int read_tensor_scan(MgCkptReader *r, const char *group, const char *name
     Scan s = scan_f32(dst, numel);
     g_stats.crc_seconds += mg_now() - t0;
     if (ti.has_crc && ti.is_f32 && s.crc != ti.crc) {
-        seterr(err, errlen,
+        mg_errf(err, errlen,
                "tensor '/%s' in checkpoint '%s' is corrupt: CRC32 of its data is 0x%08x, the file records 0x%08x (the "
                "file was damaged after it was written; use an older checkpoint)",
                dpath, r->path, s.crc, ti.crc);
@@ -983,7 +975,7 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
     if (meta_out) mg_ckpt_meta_init(meta_out); /* valid (empty) on failure too */
     double t_start = mg_now();
     if ((m == NULL) != (v == NULL)) {
-        seterr(err, errlen, "mg_ckpt_load('%s'): pass both optimizer moments m and v, or neither", path);
+        mg_errf(err, errlen, "mg_ckpt_load('%s'): pass both optimizer moments m and v, or neither", path);
         return -1;
     }
     MgCkptMeta meta;
@@ -991,7 +983,7 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
     if (!r) return -1;
     int rc = -1;
     if (m && !meta.has_optimizer) {
-        seterr(err, errlen,
+        mg_errf(err, errlen,
                "checkpoint '%s' holds weights only (no /optimizer/m and /optimizer/v): it cannot resume the optimizer; "
                "start from its weights without optimizer state instead",
                path);
@@ -1005,14 +997,14 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
     /* Validate every group's names, shapes and dtypes before reading any data. */
     for (int gi = 0; gi < ngroups; gi++) {
         if (!mg_ckpt_has_group(r, groups[gi])) {
-            seterr(err, errlen, "checkpoint '%s' has no group '/%s' (damaged, or not written by megalodon)", path,
+            mg_errf(err, errlen, "checkpoint '%s' has no group '/%s' (damaged, or not written by megalodon)", path,
                    groups[gi]);
             goto free_lists;
         }
         if (mg_ckpt_list(r, groups[gi], &lists[gi], &counts[gi], err, errlen)) goto free_lists;
         for (int i = 0; i < counts[gi]; i++) {
             if (mg_param_find(t, lists[gi][i].name) < 0) {
-                seterr(err, errlen,
+                mg_errf(err, errlen,
                        "checkpoint '%s' has tensor '/%s/%s', which this model does not have: the checkpoint was "
                        "written with a different model config (see `megalodon ckpt info %s`)",
                        path, groups[gi], lists[gi][i].name, path);
@@ -1025,7 +1017,7 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
             for (int i = 0; i < counts[gi] && !ti; i++)
                 if (!strcmp(lists[gi][i].name, P->name)) ti = &lists[gi][i];
             if (!ti) {
-                seterr(err, errlen,
+                mg_errf(err, errlen,
                        "checkpoint '%s' has no tensor '/%s/%s', which this model needs: the checkpoint was written "
                        "with a different model config (see `megalodon ckpt info %s`)",
                        path, groups[gi], P->name, path);
@@ -1037,14 +1029,14 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
                 char a[96], b[96];
                 shape_str(a, sizeof(a), ti->ndim, ti->shape);
                 shape_str(b, sizeof(b), P->ndim, P->shape);
-                seterr(err, errlen,
+                mg_errf(err, errlen,
                        "tensor '/%s/%s' has shape %s in checkpoint '%s' but this model expects %s: the checkpoint's "
                        "config differs from this run's (see `megalodon ckpt info %s`)",
                        groups[gi], P->name, a, path, b, path);
                 goto free_lists;
             }
             if (!ti->is_f32) {
-                seterr(err, errlen, "tensor '/%s/%s' in checkpoint '%s' is not float32", groups[gi], P->name, path);
+                mg_errf(err, errlen, "tensor '/%s/%s' in checkpoint '%s' is not float32", groups[gi], P->name, path);
                 goto free_lists;
             }
         }
@@ -1056,7 +1048,7 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
             if (read_tensor_scan(r, groups[gi], P->name, bases[gi] + P->offset, P->numel, &s, err, errlen))
                 goto free_lists;
             if (s.nonfinite) {
-                seterr(err, errlen,
+                mg_errf(err, errlen,
                        "tensor '/%s/%s' in checkpoint '%s' holds %lld NaN/Inf values (first at element %lld): the run "
                        "had diverged when it was saved; use an older checkpoint",
                        groups[gi], P->name, path, (long long)s.nonfinite, (long long)s.first_bad);
@@ -1149,7 +1141,7 @@ MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, cha
     w->tmp = mg_malloc(n);
     snprintf(w->tmp, n, "%s.tmp", path);
     if (unlink(w->tmp) != 0 && errno != ENOENT) {
-        seterr(err, errlen, "cannot write checkpoint '%s': cannot remove the stale temp file '%s': %s", path, w->tmp,
+        mg_errf(err, errlen, "cannot write checkpoint '%s': cannot remove the stale temp file '%s': %s", path, w->tmp,
                strerror(errno));
         writer_discard(w, err, errlen);
         return NULL;
@@ -1170,7 +1162,7 @@ MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, cha
     H5Pclose(fcpl);
     H5Pclose(fapl);
     if (w->file < 0) {
-        seterr(err, errlen, "cannot create checkpoint file '%s': %s", w->path, REASON());
+        mg_errf(err, errlen, "cannot create checkpoint file '%s': %s", w->path, REASON());
         writer_discard(w, err, errlen);
         return NULL;
     }
@@ -1190,7 +1182,7 @@ MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, cha
             ok = attr_write_str(w->file, e->name, e->str) == 0;
     }
     if (!ok) {
-        seterr(err, errlen, "cannot write the attributes of checkpoint '%s': %s", w->path, REASON());
+        mg_errf(err, errlen, "cannot write the attributes of checkpoint '%s': %s", w->path, REASON());
         writer_discard(w, err, errlen);
         return NULL;
     }
@@ -1239,7 +1231,7 @@ int mg_ckpt_writer_add(MgCkptWriter *w, const char *group, const MgParam *p, uin
     }
     hid_t g = w->group;
     if (g < 0) {
-        seterr(err, errlen, "cannot write checkpoint '%s': creating group '/%s' failed: %s", w->path, group, REASON());
+        mg_errf(err, errlen, "cannot write checkpoint '%s': creating group '/%s' failed: %s", w->path, group, REASON());
         return -1;
     }
     hsize_t dims[4];
@@ -1253,7 +1245,7 @@ int mg_ckpt_writer_add(MgCkptWriter *w, const char *group, const MgParam *p, uin
     int rc = -1;
     if (ds >= 0 && attr_write(ds, "crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, 0, 1, &crc) == 0) rc = 0;
     if (rc)
-        seterr(err, errlen, "cannot write checkpoint '%s': creating tensor '/%s/%s' failed: %s", w->path, group,
+        mg_errf(err, errlen, "cannot write checkpoint '%s': creating tensor '/%s/%s' failed: %s", w->path, group,
                p->name, REASON());
     if (rc == 0) {
         w->ds = ds;
@@ -1301,7 +1293,7 @@ int mg_ckpt_writer_put(MgCkptWriter *w, const char *group, const MgParam *p, int
     h5_init();
     snprintf(dpath, sizeof(dpath), "%s/%s", group, p->name);
     if (start < 0 || count < 0 || start + count > p->numel) {
-        seterr(err, errlen, "internal error: slice [%lld, %lld) outside tensor '%s' of %lld elements", (long long)start,
+        mg_errf(err, errlen, "internal error: slice [%lld, %lld) outside tensor '%s' of %lld elements", (long long)start,
                (long long)(start + count), p->name, (long long)p->numel);
         return -1;
     }
@@ -1309,7 +1301,7 @@ int mg_ckpt_writer_put(MgCkptWriter *w, const char *group, const MgParam *p, int
     int cached = w->ds >= 0 && !strcmp(w->ds_path, dpath);
     hid_t ds = cached ? w->ds : H5Dopen2(w->file, dpath, H5P_DEFAULT);
     if (ds < 0) {
-        seterr(err, errlen, "cannot write checkpoint '%s': tensor '/%s' was not created: %s", w->path, dpath, REASON());
+        mg_errf(err, errlen, "cannot write checkpoint '%s': tensor '/%s' was not created: %s", w->path, dpath, REASON());
         return -1;
     }
     hid_t fspace = H5S_ALL, mspace = H5S_ALL;
@@ -1328,7 +1320,7 @@ int mg_ckpt_writer_put(MgCkptWriter *w, const char *group, const MgParam *p, int
     if (rc == 0) rc = H5Dwrite(ds, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, src);
     g_stats.io_seconds += mg_now() - t0;
     if (rc < 0)
-        seterr(err, errlen, "cannot write checkpoint '%s': writing tensor '/%s' failed: %s", w->path, dpath, REASON());
+        mg_errf(err, errlen, "cannot write checkpoint '%s': writing tensor '/%s' failed: %s", w->path, dpath, REASON());
     else
         g_stats.bytes += (double)count * 4;
     if (fspace != H5S_ALL) close_id(fspace);
@@ -1351,7 +1343,7 @@ int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen) {
         int fd = *(int *)handle;
         if (eoa > 0 && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)eoa) != 0 && errno != EOPNOTSUPP &&
             errno != ENOSYS) {
-            seterr(err, errlen, "cannot write checkpoint '%s': reserving %llu bytes of disk space failed: %s", w->path,
+            mg_errf(err, errlen, "cannot write checkpoint '%s': reserving %llu bytes of disk space failed: %s", w->path,
                    (unsigned long long)eoa, strerror(errno));
             writer_discard(w, err, errlen);
             return -1;
@@ -1360,14 +1352,14 @@ int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen) {
     H5Eclear2(H5E_DEFAULT);
     hook("before-close", 0);
     if (H5Fflush(w->file, H5F_SCOPE_GLOBAL) < 0) {
-        seterr(err, errlen, "cannot write checkpoint '%s': flushing failed: %s", w->path, REASON());
+        mg_errf(err, errlen, "cannot write checkpoint '%s': flushing failed: %s", w->path, REASON());
         writer_discard(w, err, errlen);
         return -1;
     }
     herr_t rc = H5Fclose(w->file);
     w->file = -1;
     if (rc < 0) {
-        seterr(err, errlen, "cannot write checkpoint '%s': closing failed: %s", w->path, REASON());
+        mg_errf(err, errlen, "cannot write checkpoint '%s': closing failed: %s", w->path, REASON());
         writer_discard(w, err, errlen);
         return -1;
     }
@@ -1377,7 +1369,7 @@ int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen) {
     }
     hook("before-rename", 0);
     if (rename(w->tmp, w->path) != 0) {
-        seterr(err, errlen, "cannot rename '%s' to '%s': %s", w->tmp, w->path, strerror(errno));
+        mg_errf(err, errlen, "cannot rename '%s' to '%s': %s", w->tmp, w->path, strerror(errno));
         writer_discard(w, err, errlen);
         return -1;
     }
@@ -1403,7 +1395,7 @@ static int preflight(const char *path, const MgParamTable *t, int ngroups, const
     char a[32], b[32];
     struct rlimit rl;
     if (getrlimit(RLIMIT_FSIZE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (double)rl.rlim_cur < need) {
-        seterr(err, errlen,
+        mg_errf(err, errlen,
                "cannot write checkpoint '%s': it needs about %s but the file size limit (ulimit -f) is %s; nothing was "
                "written",
                path, mg_format_bytes(need, a, sizeof(a)), mg_format_bytes((double)rl.rlim_cur, b, sizeof(b)));
@@ -1415,7 +1407,7 @@ static int preflight(const char *path, const MgParamTable *t, int ngroups, const
     if (statvfs(dir, &vfs) == 0) {
         double avail = (double)vfs.f_bavail * (double)vfs.f_frsize;
         if (avail < need) {
-            seterr(err, errlen,
+            mg_errf(err, errlen,
                    "cannot write checkpoint '%s': it needs about %s but only %s is free there (disk full); nothing was "
                    "written and earlier checkpoints are kept",
                    path, mg_format_bytes(need, a, sizeof(a)), mg_format_bytes(avail, b, sizeof(b)));
@@ -1432,7 +1424,7 @@ int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, c
     memset(&g_stats, 0, sizeof(g_stats));
     double t_start = mg_now();
     if ((m == NULL) != (v == NULL)) {
-        seterr(err, errlen, "mg_ckpt_save('%s'): pass both optimizer moments m and v, or neither", path);
+        mg_errf(err, errlen, "mg_ckpt_save('%s'): pass both optimizer moments m and v, or neither", path);
         return -1;
     }
     const char *groups[3] = {"model", "optimizer/m", "optimizer/v"};
@@ -1447,7 +1439,7 @@ int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, c
             const MgParam *P = &t->params[p];
             Scan s = scan_f32(bases[gi] + P->offset, P->numel);
             if (s.nonfinite) {
-                seterr(err, errlen,
+                mg_errf(err, errlen,
                        "refusing to save checkpoint '%s': tensor '/%s/%s' holds %lld NaN/Inf values (first at element "
                        "%lld); the run has diverged, earlier checkpoints are kept",
                        path, groups[gi], P->name, (long long)s.nonfinite, (long long)s.first_bad);
@@ -1496,24 +1488,24 @@ struct MgCkptWriter {
 int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
                  const MgCkptMeta *meta, char *err, size_t errlen) {
     (void)t, (void)params, (void)m, (void)v, (void)meta;
-    seterr(err, errlen, "cannot write checkpoint '%s': " NO_HDF5_MSG, path);
+    mg_errf(err, errlen, "cannot write checkpoint '%s': " NO_HDF5_MSG, path);
     return -1;
 }
 int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
                  char *err, size_t errlen) {
     (void)t, (void)params, (void)m, (void)v;
     if (meta_out) mg_ckpt_meta_init(meta_out);
-    seterr(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
+    mg_errf(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
     return -1;
 }
 int mg_ckpt_read_meta(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen) {
     if (meta_out) mg_ckpt_meta_init(meta_out);
-    seterr(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
+    mg_errf(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
     return -1;
 }
 MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen) {
     if (meta_out) mg_ckpt_meta_init(meta_out);
-    seterr(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
+    mg_errf(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
     return NULL;
 }
 void mg_ckpt_close(MgCkptReader *r) { (void)r; }
@@ -1525,34 +1517,34 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     (void)r, (void)group;
     *out = NULL;
     *n = 0;
-    seterr(err, errlen, NO_HDF5_MSG);
+    mg_errf(err, errlen, NO_HDF5_MSG);
     return -1;
 }
 int mg_ckpt_read_tensor(MgCkptReader *r, const char *group, const char *name, float *dst, int64_t numel, char *err,
                         size_t errlen) {
     (void)r, (void)group, (void)name, (void)dst, (void)numel;
-    seterr(err, errlen, NO_HDF5_MSG);
+    mg_errf(err, errlen, NO_HDF5_MSG);
     return -1;
 }
 MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, char *err, size_t errlen) {
     (void)meta;
-    seterr(err, errlen, "cannot write checkpoint '%s': " NO_HDF5_MSG, path);
+    mg_errf(err, errlen, "cannot write checkpoint '%s': " NO_HDF5_MSG, path);
     return NULL;
 }
 int mg_ckpt_writer_add(MgCkptWriter *w, const char *group, const MgParam *p, uint32_t crc, char *err, size_t errlen) {
     (void)w, (void)group, (void)p, (void)crc;
-    seterr(err, errlen, NO_HDF5_MSG);
+    mg_errf(err, errlen, NO_HDF5_MSG);
     return -1;
 }
 int mg_ckpt_writer_put(MgCkptWriter *w, const char *group, const MgParam *p, int64_t start, int64_t count,
                        const float *src, char *err, size_t errlen) {
     (void)w, (void)group, (void)p, (void)start, (void)count, (void)src;
-    seterr(err, errlen, NO_HDF5_MSG);
+    mg_errf(err, errlen, NO_HDF5_MSG);
     return -1;
 }
 int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen) {
     (void)w;
-    seterr(err, errlen, NO_HDF5_MSG);
+    mg_errf(err, errlen, NO_HDF5_MSG);
     return -1;
 }
 void mg_ckpt_writer_abort(MgCkptWriter *w) { (void)w; }
@@ -1572,13 +1564,13 @@ static int mkdir_p(const char *dir, char *err, size_t errlen) {
             char c = *p;
             *p = 0;
             if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
-                seterr(err, errlen, "cannot create checkpoint directory '%s' (at '%s'): %s", dir, buf, strerror(errno));
+                mg_errf(err, errlen, "cannot create checkpoint directory '%s' (at '%s'): %s", dir, buf, strerror(errno));
                 free(buf);
                 return -1;
             }
             struct stat st;
             if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
-                seterr(err, errlen, "cannot create checkpoint directory '%s': '%s' exists and is not a directory", dir,
+                mg_errf(err, errlen, "cannot create checkpoint directory '%s': '%s' exists and is not a directory", dir,
                        buf);
                 free(buf);
                 return -1;
@@ -1593,11 +1585,11 @@ static int mkdir_p(const char *dir, char *err, size_t errlen) {
 
 int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *err, size_t errlen) {
     if (!mg_ckpt_available()) {
-        seterr(err, errlen, "cannot write checkpoints to '%s': " NO_HDF5_MSG, out_dir);
+        mg_errf(err, errlen, "cannot write checkpoints to '%s': " NO_HDF5_MSG, out_dir);
         return -1;
     }
     if (!out_dir || !out_dir[0]) {
-        seterr(err, errlen, "no checkpoint directory given (set out_dir)");
+        mg_errf(err, errlen, "no checkpoint directory given (set out_dir)");
         return -1;
     }
     if (mkdir_p(out_dir, err, errlen)) return -1;
@@ -1607,7 +1599,7 @@ int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *er
     int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int rc = -1;
     if (fd < 0) {
-        seterr(err, errlen, "checkpoint directory '%s' is not writable: cannot create '%s': %s", out_dir, probe,
+        mg_errf(err, errlen, "checkpoint directory '%s' is not writable: cannot create '%s': %s", out_dir, probe,
                strerror(errno));
         goto done;
     }
@@ -1620,7 +1612,7 @@ int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *er
             e = ENOSPC;
         else if (wr >= 0)
             e = errno;
-        seterr(err, errlen, "checkpoint directory '%s' is not writable: writing '%s' failed: %s", out_dir, probe,
+        mg_errf(err, errlen, "checkpoint directory '%s' is not writable: writing '%s' failed: %s", out_dir, probe,
                strerror(e));
         close(fd);
         unlink(probe);
@@ -1634,7 +1626,7 @@ int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *er
             double avail = (double)vfs.f_bavail * (double)vfs.f_frsize;
             if (avail < (double)need_bytes) {
                 char a[32], b[32];
-                seterr(
+                mg_errf(
                     err, errlen,
                     "checkpoint directory '%s' has only %s free but a checkpoint needs %s: free some space or choose "
                     "another out_dir",
@@ -1720,7 +1712,7 @@ static int write_latest(const char *out_dir, const char *name, char *err, size_t
     int rc = -1;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
-        seterr(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
+        mg_errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
         goto done;
     }
     char line[300];
@@ -1729,18 +1721,18 @@ static int write_latest(const char *out_dir, const char *name, char *err, size_t
     int e = wr < 0 ? errno : ENOSPC;
     if (wr != len || fsync(fd) != 0) {
         if (wr == len) e = errno;
-        seterr(err, errlen, "cannot write '%s': %s", tmp, strerror(e));
+        mg_errf(err, errlen, "cannot write '%s': %s", tmp, strerror(e));
         close(fd);
         unlink(tmp);
         goto done;
     }
     if (close(fd) != 0) {
-        seterr(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
+        mg_errf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
         unlink(tmp);
         goto done;
     }
     if (rename(tmp, dst) != 0) {
-        seterr(err, errlen, "cannot rename '%s' to '%s': %s", tmp, dst, strerror(errno));
+        mg_errf(err, errlen, "cannot rename '%s' to '%s': %s", tmp, dst, strerror(errno));
         unlink(tmp);
         goto done;
     }
@@ -1754,7 +1746,7 @@ done:
 int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *params, const float *m, const float *v,
                      const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err, size_t errlen) {
     if (meta->step < 0) {
-        seterr(err, errlen, "cannot save a checkpoint for negative step %lld", (long long)meta->step);
+        mg_errf(err, errlen, "cannot save a checkpoint for negative step %lld", (long long)meta->step);
         return -1;
     }
     char name[64];
@@ -1767,7 +1759,7 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
     if (rc == 0) {
         char e2[512];
         if (write_latest(out_dir, name, e2, sizeof(e2))) {
-            seterr(err, errlen, "wrote checkpoint '%s' but could not update the pointer file: %s", path, e2);
+            mg_errf(err, errlen, "wrote checkpoint '%s' but could not update the pointer file: %s", path, e2);
             rc = -1;
         }
     }
@@ -1795,20 +1787,20 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
 
 int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen) {
     if (!mg_ckpt_available()) {
-        seterr(err, errlen, "cannot read checkpoints in '%s': " NO_HDF5_MSG, out_dir);
+        mg_errf(err, errlen, "cannot read checkpoints in '%s': " NO_HDF5_MSG, out_dir);
         return -1;
     }
     struct stat st;
     if (stat(out_dir, &st) != 0) {
         if (errno == ENOENT) {
-            seterr(err, errlen, "no checkpoint directory '%s'", out_dir);
+            mg_errf(err, errlen, "no checkpoint directory '%s'", out_dir);
             return 1;
         }
-        seterr(err, errlen, "cannot access checkpoint directory '%s': %s", out_dir, strerror(errno));
+        mg_errf(err, errlen, "cannot access checkpoint directory '%s': %s", out_dir, strerror(errno));
         return -1;
     }
     if (!S_ISDIR(st.st_mode)) {
-        seterr(err, errlen, "'%s' is not a directory", out_dir);
+        mg_errf(err, errlen, "'%s' is not a directory", out_dir);
         return -1;
     }
     char e2[600];
@@ -1840,7 +1832,7 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
     CkptEntry *list;
     int n = list_ckpts(out_dir, &list);
     if (n < 0) {
-        seterr(err, errlen, "cannot list checkpoint directory '%s': %s", out_dir, strerror(errno));
+        mg_errf(err, errlen, "cannot list checkpoint directory '%s': %s", out_dir, strerror(errno));
         free(pointed);
         free(lp);
         return -1;
@@ -1864,7 +1856,7 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
         fprintf(stderr, "warning: skipping unusable checkpoint: %s\n", e2);
         free(p);
     }
-    if (rc == 1) seterr(err, errlen, "no usable checkpoint in '%s'", out_dir);
+    if (rc == 1) mg_errf(err, errlen, "no usable checkpoint in '%s'", out_dir);
     if (n > 0) free_ckpts(list, n);
     free(pointed);
     free(lp);

@@ -18,6 +18,16 @@ void mg_fatal_at(const char *file, int line, const char *fmt, ...) {
     exit(1);
 }
 
+int mg_errf(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
 void *mg_malloc_at(size_t bytes, const char *file, int line) {
     void *p = malloc(bytes ? bytes : 1);
     if (!p) mg_fatal_at(file, line, "out of memory allocating %zu bytes (%s:%d)", bytes, file, line);

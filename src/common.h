@@ -28,6 +28,10 @@ MG_NORETURN void mg_fatal_at(const char *file, int line, const char *fmt, ...) M
         if (!(cond)) mg_fatal_at(__FILE__, __LINE__, __VA_ARGS__);                                     \
     } while (0)
 
+/* Format a one-line message into err (if err is not NULL) and return -1: the error convention of every
+ * function that reports problems to its caller instead of exiting. */
+int mg_errf(char *err, size_t errlen, const char *fmt, ...) MG_PRINTF(3, 4);
+
 void *mg_malloc_at(size_t bytes, const char *file, int line);
 void *mg_calloc_at(size_t n, size_t size, const char *file, int line);
 void *mg_realloc_at(void *p, size_t bytes, const char *file, int line);

@@ -116,16 +116,6 @@ static const KeyDef KEYS[] = {
 };
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
-static int fail(char *err, size_t errlen, const char *fmt, ...) MG_PRINTF(3, 4);
-static int fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static const KeyDef *find_key(const char *name) {
     for (int i = 0; i < NKEYS; i++)
@@ -231,20 +221,20 @@ static int parse_int64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
 static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *where, char *err, size_t errlen) {
     char *dst = (char *)c + k->offset;
     if (k->type != T_STRING && !*s)
-        return fail(err, errlen, "%s: %s: missing value (write %s = <value>)", where, k->name, k->name);
+        return mg_errf(err, errlen, "%s: %s: missing value (write %s = <value>)", where, k->name, k->name);
     switch (k->type) {
     case T_INT:
     case T_INT64: {
         int64_t v;
         int r = k->type == T_INT ? parse_int64(s, INT_MIN, INT_MAX, &v) : parse_int64(s, INT64_MIN, INT64_MAX, &v);
         if (r == 0)
-            return fail(err, errlen, "%s: %s: malformed integer '%s' (expected a whole number such as 12)", where,
+            return mg_errf(err, errlen, "%s: %s: malformed integer '%s' (expected a whole number such as 12)", where,
                         k->name, s);
         if (r < 0)
-            return fail(err, errlen, "%s: %s: integer '%s' is too large for this key (at most %s)", where, k->name,
+            return mg_errf(err, errlen, "%s: %s: integer '%s' is too large for this key (at most %s)", where, k->name,
                         s, k->type == T_INT ? "2147483647" : "9223372036854775807");
         if (!in_range(k->range, (double)v))
-            return fail(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
+            return mg_errf(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
         if (k->type == T_INT) {
             int iv = (int)v;
             memcpy(dst, &iv, sizeof(iv));
@@ -257,14 +247,14 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
         char *end;
         errno = 0;
         if (!*s || *s == '-' || *s == '+' || isspace((unsigned char)*s))
-            return fail(err, errlen, "%s: %s: malformed unsigned integer '%s' (expected a whole number >= 0)",
+            return mg_errf(err, errlen, "%s: %s: malformed unsigned integer '%s' (expected a whole number >= 0)",
                         where, k->name, s);
         unsigned long long v = strtoull(s, &end, 10);
         if (*end)
-            return fail(err, errlen, "%s: %s: malformed unsigned integer '%s' (expected a whole number >= 0)",
+            return mg_errf(err, errlen, "%s: %s: malformed unsigned integer '%s' (expected a whole number >= 0)",
                         where, k->name, s);
         if (errno == ERANGE)
-            return fail(err, errlen, "%s: %s: '%s' is too large (at most 18446744073709551615)", where, k->name, s);
+            return mg_errf(err, errlen, "%s: %s: '%s' is too large (at most 18446744073709551615)", where, k->name, s);
         uint64_t u = v;
         memcpy(dst, &u, sizeof(u));
         return 0;
@@ -273,14 +263,14 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
         char *end;
         errno = 0;
         if (isspace((unsigned char)*s))
-            return fail(err, errlen, "%s: %s: malformed number '%s'", where, k->name, s);
+            return mg_errf(err, errlen, "%s: %s: malformed number '%s'", where, k->name, s);
         double v = strtod(s, &end);
         if (*end || end == s)
-            return fail(err, errlen, "%s: %s: malformed number '%s' (expected e.g. 0.1 or 3e-4)", where, k->name, s);
+            return mg_errf(err, errlen, "%s: %s: malformed number '%s' (expected e.g. 0.1 or 3e-4)", where, k->name, s);
         if (!isfinite(v))
-            return fail(err, errlen, "%s: %s: '%s' is not a finite number", where, k->name, s);
+            return mg_errf(err, errlen, "%s: %s: '%s' is not a finite number", where, k->name, s);
         if (!in_range(k->range, v))
-            return fail(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
+            return mg_errf(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
         memcpy(dst, &v, sizeof(v));
         return 0;
     }
@@ -292,7 +282,7 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
             if (!strcasecmp(s, Fv[i])) v = 0;
         }
         if (v < 0)
-            return fail(err, errlen, "%s: %s: '%s' is not a bool (use true/false, 1/0 or yes/no)", where, k->name, s);
+            return mg_errf(err, errlen, "%s: %s: '%s' is not a bool (use true/false, 1/0 or yes/no)", where, k->name, s);
         memcpy(dst, &v, sizeof(v));
         return 0;
     }
@@ -300,23 +290,23 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
     case T_STRING: {
         if (k->type == T_CHOICE && !choice_ok(k, s)) {
             char buf[256];
-            return fail(err, errlen, "%s: %s: '%s' is not one of: %s", where, k->name, s,
+            return mg_errf(err, errlen, "%s: %s: '%s' is not one of: %s", where, k->name, s,
                         choices_list(k, buf, sizeof(buf)));
         }
         size_t n = strlen(s);
         if (n >= k->size)
-            return fail(err, errlen, "%s: %s: value is %zu characters long, the limit is %zu", where, k->name, n,
+            return mg_errf(err, errlen, "%s: %s: value is %zu characters long, the limit is %zu", where, k->name, n,
                         k->size - 1);
         for (size_t i = 0; i < n; i++)
             if (s[i] == '\n' || s[i] == '\r')
-                return fail(err, errlen, "%s: %s: value contains a line break", where, k->name);
+                return mg_errf(err, errlen, "%s: %s: value contains a line break", where, k->name);
         /* Zero-fill the whole buffer so that two configs with equal values compare equal byte for byte. */
         memset(dst, 0, k->size);
         memcpy(dst, s, n);
         return 0;
     }
     }
-    return fail(err, errlen, "%s: %s: internal error (unknown key type)", where, k->name);
+    return mg_errf(err, errlen, "%s: %s: internal error (unknown key type)", where, k->name);
 }
 
 void mg_config_defaults(MgConfig *c) {
@@ -330,7 +320,7 @@ void mg_config_defaults(MgConfig *c) {
 
 /* The error message for a name that is not a key. */
 static int unknown_key(const char *name, const char *where, char *err, size_t errlen) {
-    return fail(err, errlen, "%s: unknown key '%s' (did you mean '%s'? `megalodon info --help` lists every key)",
+    return mg_errf(err, errlen, "%s: unknown key '%s' (did you mean '%s'? `megalodon info --help` lists every key)",
                 where, name, closest_key(name));
 }
 
@@ -349,22 +339,22 @@ static int parse_value(const char *p, char *out, size_t outlen, const char *wher
     if (*p == '"' || *p == '\'') {
         char q = *p++;
         for (;; p++) {
-            if (!*p) return fail(err, errlen, "%s: %s: unterminated %c-quoted value", where, key, q);
+            if (!*p) return mg_errf(err, errlen, "%s: %s: unterminated %c-quoted value", where, key, q);
             if (*p == q) break;
             char ch = *p;
             if (q == '"' && *p == '\\' && (p[1] == '"' || p[1] == '\\')) ch = *++p;
-            if (j + 1 >= outlen) return fail(err, errlen, "%s: %s: value too long", where, key);
+            if (j + 1 >= outlen) return mg_errf(err, errlen, "%s: %s: value too long", where, key);
             out[j++] = ch;
         }
         p++;
         while (*p == ' ' || *p == '\t') p++;
         if (*p && *p != '#')
-            return fail(err, errlen, "%s: %s: unexpected text after the closing quote: '%s'", where, key, p);
+            return mg_errf(err, errlen, "%s: %s: unexpected text after the closing quote: '%s'", where, key, p);
     } else {
         const char *e = strchr(p, '#');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
-        if (n + 1 >= outlen) return fail(err, errlen, "%s: %s: value too long", where, key);
+        if (n + 1 >= outlen) return mg_errf(err, errlen, "%s: %s: value too long", where, key);
         memcpy(out, p, n);
         j = n;
     }
@@ -380,7 +370,7 @@ int mg_config_load_text(MgConfig *c, const char *text, const char *origin, char 
         const char *e = strchr(p, '\n');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         snprintf(where, sizeof(where), "%s:%d", origin, lineno);
-        if (n >= sizeof(line)) return fail(err, errlen, "%s: line too long (%zu characters)", where, n);
+        if (n >= sizeof(line)) return mg_errf(err, errlen, "%s: line too long (%zu characters)", where, n);
         memcpy(line, p, n);
         line[n] = 0;
         p = e ? e + 1 : p + n;
@@ -395,20 +385,20 @@ int mg_config_load_text(MgConfig *c, const char *text, const char *origin, char 
             if (hash) *hash = 0;
             size_t m = strlen(s);
             while (m && (s[m - 1] == ' ' || s[m - 1] == '\t')) s[--m] = 0;
-            return fail(err, errlen, "%s: missing '=' in '%s' (write key = value)", where, s);
+            return mg_errf(err, errlen, "%s: missing '=' in '%s' (write key = value)", where, s);
         }
         char *k = s, *ke = eq;
         while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t')) ke--;
         *ke = 0;
-        if (!*k) return fail(err, errlen, "%s: missing key before '='", where);
+        if (!*k) return mg_errf(err, errlen, "%s: missing key before '='", where);
         for (char *q = k; *q; q++)
             if (!(isalnum((unsigned char)*q) || *q == '_'))
-                return fail(err, errlen, "%s: malformed key '%s' (keys are letters, digits and '_')", where, k);
+                return mg_errf(err, errlen, "%s: malformed key '%s' (keys are letters, digits and '_')", where, k);
         const KeyDef *kd = find_key(k);
         if (!kd) return unknown_key(k, where, err, errlen);
         int idx = (int)(kd - KEYS);
         if (first_line[idx])
-            return fail(err, errlen, "%s: duplicate key '%s' (already set on line %d)", where, k, first_line[idx]);
+            return mg_errf(err, errlen, "%s: duplicate key '%s' (already set on line %d)", where, k, first_line[idx]);
         first_line[idx] = lineno;
         if (parse_value(eq + 1, value, sizeof(value), where, k, err, errlen)) return -1;
         if (set_value(c, kd, value, where, err, errlen)) return -1;
@@ -418,7 +408,7 @@ int mg_config_load_text(MgConfig *c, const char *text, const char *origin, char 
 
 int mg_config_load_file(MgConfig *c, const char *path, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, errlen, "cannot open config file '%s': %s", path, strerror(errno));
+    if (!f) return mg_errf(err, errlen, "cannot open config file '%s': %s", path, strerror(errno));
     size_t cap = 1 << 14, n = 0;
     char *buf = mg_malloc(cap);
     for (;;) {
@@ -431,12 +421,12 @@ int mg_config_load_file(MgConfig *c, const char *path, char *err, size_t errlen)
     fclose(f);
     if (bad) {
         free(buf);
-        return fail(err, errlen, "error reading config file '%s'", path);
+        return mg_errf(err, errlen, "error reading config file '%s'", path);
     }
     buf[n] = 0;
     if (strlen(buf) != n) {
         free(buf);
-        return fail(err, errlen, "config file '%s' contains a NUL byte (is it a text file?)", path);
+        return mg_errf(err, errlen, "config file '%s' contains a NUL byte (is it a text file?)", path);
     }
     int r = mg_config_load_text(c, buf, path, err, errlen);
     free(buf);

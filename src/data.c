@@ -17,16 +17,6 @@
 
 static const char *REPREPARE = "re-run `megalodon prepare` (docs/data.md) to rebuild it";
 
-static int set_err(char *err, size_t errlen, const char *fmt, ...) MG_PRINTF(3, 4);
-static int set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static void put_u32(unsigned char *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
@@ -53,17 +43,17 @@ uint64_t mg_shard_file_bytes(uint64_t n_tokens, uint64_t n_docs, uint32_t token_
 
 int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, const uint64_t *doc_starts,
                    uint64_t n_docs, int vocab_size, int bos_id, uint64_t fingerprint, char *err, size_t errlen) {
-    if (vocab_size <= 0) return set_err(err, errlen, "shard '%s': vocab_size %d must be > 0", path, vocab_size);
+    if (vocab_size <= 0) return mg_errf(err, errlen, "shard '%s': vocab_size %d must be > 0", path, vocab_size);
     for (uint64_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= vocab_size)
-            return set_err(err, errlen, "shard '%s': token id %d at position %llu is outside [0, %d)", path,
+            return mg_errf(err, errlen, "shard '%s': token id %d at position %llu is outside [0, %d)", path,
                            tokens[i], (unsigned long long)i, vocab_size);
     for (uint64_t d = 0; d < n_docs; d++) {
         if (doc_starts[d] >= n_tokens || (d == 0 && doc_starts[0] != 0) || (d > 0 && doc_starts[d] <= doc_starts[d - 1]))
-            return set_err(err, errlen, "shard '%s': document start %llu (document %llu) is out of order or range",
+            return mg_errf(err, errlen, "shard '%s': document start %llu (document %llu) is out of order or range",
                            path, (unsigned long long)doc_starts[d], (unsigned long long)d);
         if (bos_id >= 0 && tokens[doc_starts[d]] != bos_id)
-            return set_err(err, errlen, "shard '%s': document %llu does not start with BOS (%d)", path,
+            return mg_errf(err, errlen, "shard '%s': document %llu does not start with BOS (%d)", path,
                            (unsigned long long)d, bos_id);
     }
     uint32_t tb = vocab_size <= 65536 ? 2 : 4;
@@ -81,7 +71,7 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
     snprintf(tmp, plen + 8, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) {
-        set_err(err, errlen, "cannot create shard '%s': %s", tmp, strerror(errno));
+        mg_errf(err, errlen, "cannot create shard '%s': %s", tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -112,13 +102,13 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
     free(buf);
     if (fclose(f) != 0) ok = 0;
     if (!ok) {
-        set_err(err, errlen, "writing shard '%s' failed: %s (disk full?)", tmp, strerror(errno));
+        mg_errf(err, errlen, "writing shard '%s' failed: %s (disk full?)", tmp, strerror(errno));
         remove(tmp);
         free(tmp);
         return -1;
     }
     if (rename(tmp, path) != 0) {
-        set_err(err, errlen, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
+        mg_errf(err, errlen, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
         remove(tmp);
         free(tmp);
         return -1;
@@ -132,10 +122,10 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
 static int parse_header(const char *path, const unsigned char *h, uint64_t file_bytes, MgShardInfo *info, char *err,
                         size_t errlen) {
     if (file_bytes < MG_SHARD_HEADER_BYTES)
-        return set_err(err, errlen, "shard '%s' is truncated: %llu bytes, but the header alone is %d bytes; %s", path,
+        return mg_errf(err, errlen, "shard '%s' is truncated: %llu bytes, but the header alone is %d bytes; %s", path,
                        (unsigned long long)file_bytes, MG_SHARD_HEADER_BYTES, REPREPARE);
     if (memcmp(h, MG_SHARD_MAGIC, 8) != 0)
-        return set_err(err, errlen,
+        return mg_errf(err, errlen,
                        "'%s' is not a megalodon token shard (bad magic; expected \"MGSHARD\"); point the data "
                        "path at the output of `megalodon prepare`",
                        path);
@@ -147,20 +137,20 @@ static int parse_header(const char *path, const unsigned char *h, uint64_t file_
     info->n_docs = get_u64(h + 32);
     info->tokenizer_fingerprint = get_u64(h + 40);
     if (info->version > MG_SHARD_VERSION)
-        return set_err(err, errlen,
+        return mg_errf(err, errlen,
                        "shard '%s' has format version %u, newer than this build reads (%u); update megalodon or "
                        "re-run `megalodon prepare` with this build",
                        path, info->version, MG_SHARD_VERSION);
-    if (info->version == 0) return set_err(err, errlen, "shard '%s' has format version 0 (corrupt); %s", path, REPREPARE);
+    if (info->version == 0) return mg_errf(err, errlen, "shard '%s' has format version 0 (corrupt); %s", path, REPREPARE);
     if (info->vocab_size == 0 || (info->token_bytes != 2 && info->token_bytes != 4) ||
         (info->token_bytes == 2) != (info->vocab_size <= 65536))
-        return set_err(err, errlen, "shard '%s' has a corrupt header (vocab_size %u, token width %u bytes); %s", path,
+        return mg_errf(err, errlen, "shard '%s' has a corrupt header (vocab_size %u, token width %u bytes); %s", path,
                        info->vocab_size, info->token_bytes, REPREPARE);
     if (info->n_tokens > (UINT64_MAX >> 4) || info->n_docs > (UINT64_MAX >> 4))
-        return set_err(err, errlen, "shard '%s' has a corrupt header (counts out of range); %s", path, REPREPARE);
+        return mg_errf(err, errlen, "shard '%s' has a corrupt header (counts out of range); %s", path, REPREPARE);
     uint64_t want = mg_shard_file_bytes(info->n_tokens, info->n_docs, info->token_bytes);
     if (want != file_bytes)
-        return set_err(err, errlen,
+        return mg_errf(err, errlen,
                        "shard '%s' is %s: its header says %llu tokens and %llu documents (%llu bytes) but the file "
                        "has %llu bytes; %s",
                        path, file_bytes < want ? "truncated" : "corrupt (longer than its header says)",
@@ -171,7 +161,7 @@ static int parse_header(const char *path, const unsigned char *h, uint64_t file_
 
 int mg_shard_read_info(const char *path, MgShardInfo *info, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
-    if (!f) return set_err(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
+    if (!f) return mg_errf(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
     unsigned char h[MG_SHARD_HEADER_BYTES] = {0};
     size_t got = fread(h, 1, sizeof h, f);
     fseek(f, 0, SEEK_END);
@@ -190,17 +180,17 @@ void mg_shard_close(MgShard *s) {
 int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return set_err(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
+    if (fd < 0) return mg_errf(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        return set_err(err, errlen, "cannot stat shard '%s': %s", path, strerror(errno));
+        return mg_errf(err, errlen, "cannot stat shard '%s': %s", path, strerror(errno));
     }
     uint64_t size = (uint64_t)st.st_size;
     unsigned char h[MG_SHARD_HEADER_BYTES] = {0};
     if (size >= MG_SHARD_HEADER_BYTES && pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h) {
         close(fd);
-        return set_err(err, errlen, "cannot read shard '%s': %s", path, strerror(errno));
+        return mg_errf(err, errlen, "cannot read shard '%s': %s", path, strerror(errno));
     }
     if (parse_header(path, h, size, &s->info, err, errlen) != 0) {
         close(fd);
@@ -208,14 +198,14 @@ int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, siz
     }
     if (expect_vocab > 0 && s->info.vocab_size != (uint32_t)expect_vocab) {
         close(fd);
-        return set_err(err, errlen,
+        return mg_errf(err, errlen,
                        "shard '%s' was made with a vocabulary of %u tokens but the model's vocab_size is %d; use "
                        "shards made with the model's tokenizer (re-run `megalodon prepare`) or set vocab_size = %u",
                        path, s->info.vocab_size, expect_vocab, s->info.vocab_size);
     }
     void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (map == MAP_FAILED) return set_err(err, errlen, "cannot map shard '%s': %s", path, strerror(errno));
+    if (map == MAP_FAILED) return mg_errf(err, errlen, "cannot map shard '%s': %s", path, strerror(errno));
     s->map = map;
     s->map_bytes = (size_t)size;
     s->path = mg_strdup(path);
@@ -243,7 +233,7 @@ int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, siz
             }
     }
     if (bad != UINT64_MAX) {
-        set_err(err, errlen, "shard '%s' is corrupt: token id %u at position %llu is >= its vocab_size %u; %s", path,
+        mg_errf(err, errlen, "shard '%s' is corrupt: token id %u at position %llu is >= its vocab_size %u; %s", path,
                 (uint32_t)mg_shard_token(s, bad), (unsigned long long)bad, V, REPREPARE);
         mg_shard_close(s);
         return -1;
@@ -252,7 +242,7 @@ int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, siz
         uint64_t o = s->doc_starts[d];
         if (o >= n || (d == 0 && o != 0) || (d > 0 && o <= s->doc_starts[d - 1]) ||
             (s->info.bos_id >= 0 && mg_shard_token(s, o) != s->info.bos_id)) {
-            set_err(err, errlen, "shard '%s' is corrupt: document %llu starts at %llu, which is %s; %s", path,
+            mg_errf(err, errlen, "shard '%s' is corrupt: document %llu starts at %llu, which is %s; %s", path,
                     (unsigned long long)d, (unsigned long long)o,
                     o >= n ? "past the end" : (d == 0 && o != 0) || (d > 0 && o <= s->doc_starts[d - 1]) ? "out of order"
                                                                                                         : "not a BOS token",
@@ -339,7 +329,7 @@ static int ends_with(const char *s, const char *suf) {
 static int list_shards(const char *path, char ***out, int *n_out, char *err, size_t errlen) {
     struct stat st;
     if (stat(path, &st) != 0)
-        return set_err(err, errlen, "data source '%s': %s; run `megalodon prepare` (docs/data.md) or fix the path",
+        return mg_errf(err, errlen, "data source '%s': %s; run `megalodon prepare` (docs/data.md) or fix the path",
                        path, strerror(errno));
     if (S_ISREG(st.st_mode)) {
         *out = mg_malloc(sizeof(char *));
@@ -347,9 +337,9 @@ static int list_shards(const char *path, char ***out, int *n_out, char *err, siz
         *n_out = 1;
         return 0;
     }
-    if (!S_ISDIR(st.st_mode)) return set_err(err, errlen, "data source '%s' is neither a file nor a directory", path);
+    if (!S_ISDIR(st.st_mode)) return mg_errf(err, errlen, "data source '%s' is neither a file nor a directory", path);
     DIR *d = opendir(path);
-    if (!d) return set_err(err, errlen, "cannot list data directory '%s': %s", path, strerror(errno));
+    if (!d) return mg_errf(err, errlen, "cannot list data directory '%s': %s", path, strerror(errno));
     int n = 0, cap = 16;
     char **names = mg_malloc((size_t)cap * sizeof(char *));
     struct dirent *e;
@@ -367,7 +357,7 @@ static int list_shards(const char *path, char ***out, int *n_out, char *err, siz
     closedir(d);
     if (n == 0) {
         free(names);
-        return set_err(err, errlen, "data directory '%s' has no *.bin shards; run `megalodon prepare --out ...` first",
+        return mg_errf(err, errlen, "data directory '%s' has no *.bin shards; run `megalodon prepare --out ...` first",
                        path);
     }
     qsort(names, (size_t)n, sizeof(char *), cmp_str);
@@ -403,15 +393,15 @@ void mg_loader_close(MgLoader *l) {
 static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint64_t seed, int dp_rank, int dp_size,
                              int eval, char *err, size_t errlen) {
     if (!spec || !spec[0]) {
-        set_err(err, errlen, "no data given (empty data spec); set train_data/val_data to a shard directory");
+        mg_errf(err, errlen, "no data given (empty data spec); set train_data/val_data to a shard directory");
         return NULL;
     }
     if (seq_len <= 0) {
-        set_err(err, errlen, "seq_len must be > 0 (got %d)", seq_len);
+        mg_errf(err, errlen, "seq_len must be > 0 (got %d)", seq_len);
         return NULL;
     }
     if (dp_size <= 0 || dp_rank < 0 || dp_rank >= dp_size) {
-        set_err(err, errlen, "data-parallel rank %d of %d is invalid", dp_rank, dp_size);
+        mg_errf(err, errlen, "data-parallel rank %d of %d is invalid", dp_rank, dp_size);
         return NULL;
     }
     MgLoader *l = mg_calloc(1, sizeof *l);
@@ -430,7 +420,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
         if (next) *next++ = 0;
         trim(tok);
         if (!tok[0]) {
-            set_err(err, errlen, "data spec '%s' has an empty entry (syntax: path[:weight],path[:weight],...)", spec);
+            mg_errf(err, errlen, "data spec '%s' has an empty entry (syntax: path[:weight],path[:weight],...)", spec);
             goto fail;
         }
         double w = 1.0;
@@ -441,7 +431,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
             double v = strtod(colon + 1, &end);
             if (end && *end == 0 && errno == 0) {
                 if (!(v > 0) || !isfinite(v)) {
-                    set_err(err, errlen, "data spec '%s': weight '%s' of source '%.*s' must be a number > 0", spec,
+                    mg_errf(err, errlen, "data spec '%s': weight '%s' of source '%.*s' must be a number > 0", spec,
                             colon + 1, (int)(colon - tok), tok);
                     goto fail;
                 }
@@ -449,7 +439,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
                 *colon = 0;
                 trim(tok);
                 if (!tok[0]) {
-                    set_err(err, errlen, "data spec '%s': a weight without a path", spec);
+                    mg_errf(err, errlen, "data spec '%s': a weight without a path", spec);
                     goto fail;
                 }
             }
@@ -468,7 +458,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
     free(copy);
     copy = NULL;
     if (l->n_src == 0) {
-        set_err(err, errlen, "data spec '%s' names no source", spec);
+        mg_errf(err, errlen, "data spec '%s' names no source", spec);
         goto fail;
     }
     double wsum = 0;
@@ -510,7 +500,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
             uint64_t fp = sh->info.tokenizer_fingerprint;
             if (fp) {
                 if (fp_seen && fp != fp_seen) {
-                    set_err(err, errlen,
+                    mg_errf(err, errlen,
                             "shards '%s' and '%s' were made with different tokenizers (fingerprints %016llx and "
                             "%016llx); prepare all data with the same tokenizer",
                             fp_file, sh->path, (unsigned long long)fp_seen, (unsigned long long)fp);
@@ -524,7 +514,7 @@ static MgLoader *open_common(const char *spec, int vocab_size, int seq_len, uint
         S->n_tokens = tot;
         S->n_windows = tot > (uint64_t)seq_len ? (tot - 1) / (uint64_t)seq_len : 0;
         if (S->n_windows == 0) {
-            set_err(err, errlen,
+            mg_errf(err, errlen,
                     "data source '%s' has %llu tokens, too few for one sequence of seq_len + 1 = %d tokens; use a "
                     "smaller seq_len or more data",
                     S->path, (unsigned long long)tot, seq_len + 1);
@@ -650,34 +640,34 @@ void mg_loader_state_get(const MgLoader *l, int64_t *out) {
 
 int mg_loader_state_set(MgLoader *l, const int64_t *in, int n, char *err, size_t errlen) {
     if (n < STATE_FIXED || in[0] != STATE_MAGIC)
-        return set_err(err, errlen, "the saved data-loader state is not one this build understands");
+        return mg_errf(err, errlen, "the saved data-loader state is not one this build understands");
     if (in[1] != l->n_src || n != mg_loader_state_len(l))
-        return set_err(err, errlen, "the saved data-loader state has %lld sources but the data spec '%s' has %d",
+        return mg_errf(err, errlen, "the saved data-loader state has %lld sources but the data spec '%s' has %d",
                        (long long)in[1], l->spec_norm, l->n_src);
     if (in[4] != l->eval)
-        return set_err(err, errlen, "the saved data-loader state is for a %s loader, not a %s one",
+        return mg_errf(err, errlen, "the saved data-loader state is for a %s loader, not a %s one",
                        in[4] ? "validation" : "training", l->eval ? "validation" : "training");
     if (in[2] != l->seq_len)
-        return set_err(err, errlen, "the saved data-loader state is for seq_len %lld but seq_len is %d",
+        return mg_errf(err, errlen, "the saved data-loader state is for seq_len %lld but seq_len is %d",
                        (long long)in[2], l->seq_len);
     if (!l->eval && (uint64_t)in[3] != l->seed)
-        return set_err(err, errlen, "the saved data-loader state is for seed %llu but the seed is %llu",
+        return mg_errf(err, errlen, "the saved data-loader state is for seed %llu but the seed is %llu",
                        (unsigned long long)in[3], (unsigned long long)l->seed);
-    if (in[5] < 0) return set_err(err, errlen, "the saved data-loader state is corrupt (negative sample count)");
+    if (in[5] < 0) return mg_errf(err, errlen, "the saved data-loader state is corrupt (negative sample count)");
     for (int s = 0; s < l->n_src; s++) {
         const int64_t *p = in + STATE_FIXED + STATE_PER_SRC * s;
         double w;
         memcpy(&w, &p[2], 8);
         if ((uint64_t)p[0] != l->src[s].n_windows)
-            return set_err(err, errlen,
+            return mg_errf(err, errlen,
                            "data source %d ('%s') now has %llu windows of seq_len %d but had %lld when the state was "
                            "saved (the data changed); restore the data or start the loader afresh",
                            s, l->src[s].path, (unsigned long long)l->src[s].n_windows, l->seq_len, (long long)p[0]);
         if (!(fabs(w - l->src[s].weight) <= 1e-9))
-            return set_err(err, errlen,
+            return mg_errf(err, errlen,
                            "data source %d ('%s') has weight %.6g but had %.6g when the state was saved", s,
                            l->src[s].path, l->src[s].weight, w);
-        if (p[1] < 0) return set_err(err, errlen, "the saved data-loader state is corrupt (negative count)");
+        if (p[1] < 0) return mg_errf(err, errlen, "the saved data-loader state is corrupt (negative count)");
     }
     l->samples = in[5];
     for (int s = 0; s < l->n_src; s++) l->src[s].count = in[STATE_FIXED + STATE_PER_SRC * s + 1];

@@ -86,16 +86,6 @@ static uint64_t fnv1a(const void *p, size_t n) {
     return h;
 }
 
-static int set_err(char *err, size_t errlen, const char *fmt, ...) MG_PRINTF(3, 4);
-static int set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 void mg_tokens_free(MgTokens *t) {
     free(t->ids);
@@ -182,7 +172,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     const char *hint = "rebuild it with scripts/fetch_data.sh --tokenizer-only";
     FILE *f = fopen(path, "rb");
     if (!f) {
-        set_err(err, errlen, "cannot open tokenizer file '%s': %s (%s)", path, strerror(errno),
+        mg_errf(err, errlen, "cannot open tokenizer file '%s': %s (%s)", path, strerror(errno),
                 errno == ENOENT ? "run scripts/fetch_data.sh --tokenizer-only to build it" : "check the path");
         return NULL;
     }
@@ -191,7 +181,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     fseek(f, 0, SEEK_SET);
     if (fsize < TOK_HEADER_BYTES + 8) {
         fclose(f);
-        set_err(err, errlen, "tokenizer file '%s' is too short (%ld bytes) to be a tokenizer; %s", path, fsize, hint);
+        mg_errf(err, errlen, "tokenizer file '%s' is too short (%ld bytes) to be a tokenizer; %s", path, fsize, hint);
         return NULL;
     }
     unsigned char *buf = mg_malloc((size_t)fsize);
@@ -199,16 +189,16 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     fclose(f);
     MgTokenizer *t = NULL;
     if (got != (size_t)fsize) {
-        set_err(err, errlen, "cannot read tokenizer file '%s'", path);
+        mg_errf(err, errlen, "cannot read tokenizer file '%s'", path);
         goto fail;
     }
     if (memcmp(buf, TOK_MAGIC, 4) != 0) {
-        set_err(err, errlen, "'%s' is not a megalodon tokenizer file (bad magic; expected \"MGTK\"); %s", path, hint);
+        mg_errf(err, errlen, "'%s' is not a megalodon tokenizer file (bad magic; expected \"MGTK\"); %s", path, hint);
         goto fail;
     }
     uint32_t version = rd_u32(buf + 4);
     if (version != TOK_VERSION) {
-        set_err(err, errlen, "tokenizer file '%s' has format version %u but this build reads version %u; %s", path,
+        mg_errf(err, errlen, "tokenizer file '%s' has format version %u but this build reads version %u; %s", path,
                 version, TOK_VERSION, hint);
         goto fail;
     }
@@ -216,7 +206,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     memcpy(&stored, buf + fsize - 8, 8);
     uint64_t fp = fnv1a(buf, (size_t)fsize - 8);
     if (stored != fp) {
-        set_err(err, errlen, "tokenizer file '%s' is corrupt or truncated (checksum mismatch); %s", path, hint);
+        mg_errf(err, errlen, "tokenizer file '%s' is corrupt or truncated (checksum mismatch); %s", path, hint);
         goto fail;
     }
     t = mg_calloc(1, sizeof(*t));
@@ -231,11 +221,11 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     int V = t->vocab_size;
     if (V <= 0 || V > (1 << 24) || t->unk_id < 0 || t->unk_id >= V || t->bos_id >= V || t->eos_id >= V ||
         t->max_piece_bytes <= 0 || t->max_piece_bytes > 255) {
-        set_err(err, errlen, "tokenizer file '%s' has an invalid header (vocab_size %d); %s", path, V, hint);
+        mg_errf(err, errlen, "tokenizer file '%s' has an invalid header (vocab_size %d); %s", path, V, hint);
         goto fail;
     }
     if (!(t->flags & FLAG_ESCAPE_WHITESPACES)) {
-        set_err(err, errlen, "tokenizer file '%s': only escape_whitespaces=true models are supported", path);
+        mg_errf(err, errlen, "tokenizer file '%s': only escape_whitespaces=true models are supported", path);
         goto fail;
     }
     t->piece_off = mg_malloc((size_t)V * sizeof(uint32_t));
@@ -246,7 +236,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     size_t pos = TOK_HEADER_BYTES, blob_n = 0, end = (size_t)fsize - 8;
     for (int i = 0; i < V; i++) {
         if (pos + 6 > end) {
-            set_err(err, errlen, "tokenizer file '%s' ends inside piece %d of %d; %s", path, i, V, hint);
+            mg_errf(err, errlen, "tokenizer file '%s' ends inside piece %d of %d; %s", path, i, V, hint);
             goto fail;
         }
         memcpy(&t->score[i], buf + pos, 4);
@@ -254,12 +244,12 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
         int n = buf[pos + 5];
         pos += 6;
         if (pos + (size_t)n > end || n > t->max_piece_bytes) {
-            set_err(err, errlen, "tokenizer file '%s': piece %d has a bad length %d; %s", path, i, n, hint);
+            mg_errf(err, errlen, "tokenizer file '%s': piece %d has a bad length %d; %s", path, i, n, hint);
             goto fail;
         }
         if (t->type[i] < PT_NORMAL || t->type[i] > PT_BYTE || t->type[i] == PT_USER_DEFINED ||
             t->type[i] == PT_UNUSED) {
-            set_err(err, errlen,
+            mg_errf(err, errlen,
                     "tokenizer file '%s': piece %d has type %d; only normal, unknown, control and byte pieces "
                     "are supported",
                     path, i, t->type[i]);
@@ -273,7 +263,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
         pos += (size_t)n;
     }
     if (pos != end) {
-        set_err(err, errlen, "tokenizer file '%s' has %zu unexpected bytes after the pieces; %s", path, end - pos,
+        mg_errf(err, errlen, "tokenizer file '%s' has %zu unexpected bytes after the pieces; %s", path, end - pos,
                 hint);
         goto fail;
     }
@@ -283,7 +273,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
         if (t->type[i] != PT_BYTE) continue;
         int b = parse_byte_piece(t->blob + t->piece_off[i], t->piece_len[i]);
         if (b < 0) {
-            set_err(err, errlen, "tokenizer file '%s': byte piece %d is not of the form <0xNN>", path, i);
+            mg_errf(err, errlen, "tokenizer file '%s': byte piece %d is not of the form <0xNN>", path, i);
             goto fail;
         }
         t->byte_id[b] = i;
@@ -291,7 +281,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     if (t->flags & FLAG_BYTE_FALLBACK)
         for (int b = 0; b < 256; b++)
             if (t->byte_id[b] < 0) {
-                set_err(err, errlen, "tokenizer file '%s' uses byte fallback but has no piece <0x%02X>", path, b);
+                mg_errf(err, errlen, "tokenizer file '%s' uses byte fallback but has no piece <0x%02X>", path, b);
                 goto fail;
             }
     /* piece map, at most half full */
@@ -304,7 +294,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     for (int i = 0; i < V; i++) {
         if (t->type[i] != PT_NORMAL) continue;
         if (map_find(t, t->blob + t->piece_off[i], t->piece_len[i]) >= 0) {
-            set_err(err, errlen, "tokenizer file '%s': piece %d ('%s') appears twice", path, i, t->blob + t->piece_off[i]);
+            mg_errf(err, errlen, "tokenizer file '%s': piece %d ('%s') appears twice", path, i, t->blob + t->piece_off[i]);
             goto fail;
         }
         map_insert(t, i);

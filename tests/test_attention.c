@@ -314,32 +314,26 @@ static void test_decode(int Lk, int Lq, int chunk) {
     att_free(&d);
 }
 
+typedef struct {
+    int Lq, Lk, chunk;
+} RefuseCtx;
+
+static void refused_child(void *vctx) {
+    const RefuseCtx *c = vctx;
+    Att t = att_new(1, 1, 2, 2, c->Lq, c->Lk, c->chunk, 1.0, 1.0);
+    att_fwd(&t);
+}
+
 /* Runs the forward in a child process and returns 1 if it exited with an error whose message contains
  * `expect`; the message is echoed as a comment line. */
 static int refused(int Lq, int Lk, int chunk, const char *expect) {
-    int fds[2];
-    if (pipe(fds) != 0) return 0;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        Att t = att_new(1, 1, 2, 2, Lq, Lk, chunk, 1.0, 1.0);
-        att_fwd(&t);
-        _exit(0); /* not refused */
-    }
-    close(fds[1]);
-    char msg[1024] = {0};
-    size_t len = 0;
-    ssize_t r;
-    while (len + 1 < sizeof msg && (r = read(fds[0], msg + len, sizeof msg - 1 - len)) > 0) len += (size_t)r;
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
+    RefuseCtx c = {Lq, Lk, chunk};
+    char msg[1024];
+    int status = tu_run_child(refused_child, &c, msg, sizeof msg);
     for (char *p = msg; *p; p++)
         if (*p == '\n') *p = ' ';
     printf("# child said: %s\n", msg);
-    return WIFEXITED(status) && WEXITSTATUS(status) != 0 && strstr(msg, expect) != NULL;
+    return status > 0 && strstr(msg, expect) != NULL;
 }
 
 static void test_errors(void) {

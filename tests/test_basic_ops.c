@@ -40,43 +40,6 @@ static double err_f32(const float *a, const double *ref, size_t n) {
     return tu_max_rel_err_f32(a, ref, n, fmax(tu_max_abs(ref, n), 1e-300));
 }
 
-/* Runs fn(ctx) in a fork()ed child with stderr captured. Passes if the child exits non-zero and its
- * stderr contains every string of `needles` (NULL-terminated). */
-static void expect_fatal(const char *name, void (*fn)(void *), void *ctx, const char *const *needles) {
-    int fds[2];
-    fflush(stdout);
-    fflush(stderr);
-    if (pipe(fds) != 0) {
-        tu_check(0, name, "pipe() failed");
-        return;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        tu_check(0, name, "fork() failed");
-        return;
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        dup2(fds[1], 2);
-        fn(ctx);
-        _exit(0); /* the op accepted the bad input */
-    }
-    close(fds[1]);
-    char msg[2048];
-    size_t len = 0;
-    ssize_t r;
-    while ((r = read(fds[0], msg + len, sizeof msg - 1 - len)) > 0) len += (size_t)r;
-    msg[len] = 0;
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int failed = WIFEXITED(status) && WEXITSTATUS(status) != 0;
-    int found = 1;
-    for (const char *const *s = needles; *s; s++) found &= strstr(msg, *s) != NULL;
-    char *nl = strchr(msg, '\n');
-    if (nl) *nl = 0;
-    tu_check(failed && found, name, "exit %s, stderr \"%s\"", failed ? "non-zero" : "ZERO/abnormal", msg);
-}
 
 /* ---------------------------------------------------------------------------------------------- */
 /* embedding */
@@ -165,11 +128,11 @@ static void test_embedding(void) {
 
     /* Out-of-range ids are refused with the id and its position. */
     tok[7] = V;
-    expect_fatal("embedding_forward refuses token id == V", emb_bad_forward, &a32,
+    tu_expect_failure_all("embedding_forward refuses token id == V", emb_bad_forward, &a32,
                  (const char *const[]){"token id 11", "position 7", NULL});
     tok[7] = 3;
     tok[0] = -1;
-    expect_fatal("embedding_backward refuses negative token id", emb_bad_backward, &a,
+    tu_expect_failure_all("embedding_backward refuses negative token id", emb_bad_backward, &a,
                  (const char *const[]){"token id -1", "position 0", NULL});
     free(tok), free(w), free(out), free(dout), free(dw), free(ref), free(w32), free(out32);
 }
@@ -530,9 +493,9 @@ static void test_dropout(void) {
     }
 
     MgDropoutArgs bad = {.n = 4, .p = 1.0, .x = x, .y = y};
-    expect_fatal("dropout refuses p = 1", drop_bad_p, &bad, (const char *const[]){"p=1", "[0, 1)", NULL});
+    tu_expect_failure_all("dropout refuses p = 1", drop_bad_p, &bad, (const char *const[]){"p=1", "[0, 1)", NULL});
     MgDropoutArgs bad2 = {.n = 4, .p = -0.1, .x = x, .y = y};
-    expect_fatal("dropout refuses p < 0", drop_bad_p, &bad2, (const char *const[]){"p=-0.1", NULL});
+    tu_expect_failure_all("dropout refuses p < 0", drop_bad_p, &bad2, (const char *const[]){"p=-0.1", NULL});
     free(xd), free(x), free(y), free(y2), free(dy), free(dx);
 }
 
@@ -632,7 +595,7 @@ static void test_adamw(void) {
         free(p), free(m), free(v), free(g), free(pd), free(md), free(vd), free(gd);
     }
     MgAdamWArgs bad = {.n = 0, .step = 0};
-    expect_fatal("adamw_update refuses step 0", adamw_bad_step, &bad, (const char *const[]){"step", NULL});
+    tu_expect_failure_all("adamw_update refuses step 0", adamw_bad_step, &bad, (const char *const[]){"step", NULL});
 }
 
 int main(void) {

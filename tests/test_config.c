@@ -312,36 +312,24 @@ static void test_args(void) {
              "ckpt '%s' prompt %s", extra_values[0] ? extra_values[0] : "(null)", extra_values[1] ? "set" : "NULL");
 }
 
+typedef struct {
+    char **argv;
+    int argc;
+} ArgsCtx;
+
+static void args_child(void *vctx) {
+    const ArgsCtx *a = vctx;
+    MgConfig c;
+    mg_config_defaults(&c);
+    const char *extra[] = {"ckpt", NULL};
+    const char *vals[1];
+    mg_config_from_args(&c, a->argc, a->argv, extra, vals);
+}
+
 /* Run mg_config_from_args in a child; returns its exit status and its stdout+stderr in out. */
 static int run_args_child(char **argv, int argc, char *out, size_t outlen) {
-    int fd[2];
-    if (pipe(fd)) return -1;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        dup2(fd[1], 1);
-        dup2(fd[1], 2);
-        MgConfig c;
-        mg_config_defaults(&c);
-        const char *extra[] = {"ckpt", NULL};
-        const char *vals[1];
-        mg_config_from_args(&c, argc, argv, extra, vals);
-        fflush(stdout);
-        _exit(0);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    ssize_t r;
-    while (n + 1 < outlen && (r = read(fd[0], out + n, outlen - 1 - n)) > 0) n += (size_t)r;
-    out[n] = 0;
-    char sink[4096];
-    while (read(fd[0], sink, sizeof(sink)) > 0) {
-    }
-    close(fd[0]);
-    int status;
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    ArgsCtx a = {argv, argc};
+    return tu_run_child(args_child, &a, out, outlen);
 }
 
 static void expect_args_error(const char *check, char **argv, int argc, int want_status, const char *needle) {

@@ -61,7 +61,14 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
 
 
 
-/* Run fn(ctx) in a forked child and check that it exits with a non-zero status and that its stderr
+/* Run fn(ctx) in a forked child with its stdout and stderr captured into out (NUL-terminated, at most
+ * outlen - 1 bytes kept). Returns the child's exit status (fn returning normally = 0; 128 + signal if it
+ * was killed; -1 if the child could not be started). */
+int tu_run_child(void (*fn)(void *ctx), void *ctx, char *out, size_t outlen);
+
+/* Run fn(ctx) in a forked child and check that it exits with a non-zero status and that its output
  * contains `expect` (NULL = any message). Records one check named `name`. */
 int tu_expect_failure(const char *name, void (*fn)(void *ctx), void *ctx, const char *expect);
+/* The same with every string of the NULL-terminated list `needles` required in the output. */
+int tu_expect_failure_all(const char *name, void (*fn)(void *ctx), void *ctx, const char *const *needles);
 #endif
