@@ -135,9 +135,39 @@ static int dir_has_checkpoints(const char *out_dir, char *newest, size_t n) {
     return rc == 0;
 }
 
+/* After a crash the log may hold steps newer than the checkpoint we resume from; those steps will run
+ * again, so drop their lines (rewritten through a temporary file and a rename). */
+static void trim_log(const char *path, int64_t last_step) {
+    FILE *in = fopen(path, "r");
+    if (!in) return;
+    char tmp[MG_PATH_MAX + 48];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return;
+    }
+    char line[4096];
+    int64_t dropped = 0;
+    while (fgets(line, sizeof line, in)) {
+        const char *k = strstr(line, "\"step\": ");
+        long long step = k ? atoll(k + 8) : 0;
+        if (step > last_step) dropped++;
+        else fputs(line, out);
+    }
+    fclose(in);
+    if (fclose(out) == 0 && rename(tmp, path) == 0) {
+        if (dropped) printf("log.jsonl: dropped %lld lines of steps after %lld (they run again)\n", (long long)dropped,
+                            (long long)last_step);
+    } else {
+        remove(tmp);
+    }
+}
+
 static void open_log(Trainer *t, int append) {
     char path[MG_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/log.jsonl", t->cfg.out_dir);
+    if (append) trim_log(path, t->step);
     t->log = fopen(path, append ? "a" : "w");
     if (!t->log) mg_fatal("cannot open the log file '%s': %s", path, strerror(errno));
     snprintf(path, sizeof path, "%s/config.txt", t->cfg.out_dir);

@@ -89,19 +89,28 @@ grep -q "resumed from .* at step $step" <<<"$out" && grep -q "done: $((step + 3)
 
 # ---- SIGKILL at random moments, mostly during checkpoint writes: the newest complete one survives ---
 ok=1
-for delay in 0.7 1.1 1.6; do
+for delay in 0.05 0.13 0.21; do
+    before=$( [ -f "$T/k/log.jsonl" ] && wc -l <"$T/k/log.jsonl" || echo 0)
     $M train "${TINY[@]}" --out_dir "$T/k" --max_steps 100000 --ckpt_every 1 --ckpt_keep 2 --log_every 1000 \
         $( [ -f "$T/k/latest" ] && echo --resume auto ) >/dev/null 2>&1 &
     pid=$!
+    # wait until this process has written two checkpoints, then kill it a little later (mid-save or mid-step)
+    for _ in $(seq 1 300); do [ -f "$T/k/log.jsonl" ] && [ "$(wc -l <"$T/k/log.jsonl")" -ge $((before + 2)) ] && break; sleep 0.05; done
     sleep $delay
     kill -KILL $pid
     wait $pid 2>/dev/null
-    $M ckpt info "$T/k/$(cat "$T/k/latest")" >/dev/null 2>&1 || { ok=0; echo "# latest does not load after SIGKILL at ${delay}s"; }
+    $M ckpt info "$T/k/$(cat "$T/k/latest")" >/dev/null 2>&1 || { ok=0; echo "# latest does not load after SIGKILL"; }
 done
 kstep=$($M ckpt info "$T/k/$(cat "$T/k/latest")" 2>/dev/null | awk '/^step:/ {print $2}')
-out=$($M train "${TINY[@]}" --out_dir "$T/k" --max_steps $((kstep + 2)) --resume auto 2>&1)
+out=$($M train "${TINY[@]}" --out_dir "$T/k" --max_steps $((kstep + 2)) --warmup_steps 1 --resume auto 2>&1)
 grep -q "resumed from .* at step $kstep" <<<"$out" || ok=0
 [ $ok = 1 ] && pass "SIGKILL during checkpoint writes (3 times): latest always loads and the run resumes" || fail "SIGKILL" "$(tail -n 3 <<<"$out")"
+$PY - "$T/k/log.jsonl" <<'EOF'
+import json, sys
+steps = [json.loads(l)["step"] for l in open(sys.argv[1])]
+ok = steps == list(range(1, len(steps) + 1))
+print(("PASS" if ok else "FAIL") + f" log.jsonl after crashes and resumes has each step once, in order ({len(steps)} steps)")
+EOF
 
 # ---- continual pre-training: re-warm + data mixture, itself resumable exactly ------------------------
 $M prepare --out "$T/new" --val_fraction 0.05 --quiet data/text/sotu >/dev/null 2>&1 || fail "prepare a second corpus" "prepare failed"
