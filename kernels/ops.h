@@ -171,6 +171,12 @@ typedef struct {
     int B, H, Dqk, Dv;
     int Lq, Lk, chunk;
     double scale;
+    /* DropKey (attention dropout, MEGA/Megalodon style): before the softmax each visible score is set to
+     * -inf with probability drop_p (no rescaling), except a query's own position, so no row is empty.
+     * The mask is the counter-based stream of drop_seed (index = (task * nq + i) * nk + j with task =
+     * (b * chunks + chunk) * H + h); backward regenerates it. drop_p = 0: off. */
+    double drop_p;
+    uint64_t drop_seed;
     const void *q;              /* [in] B x Lq x H x Dqk */
     const void *k;              /* [in] B x Lk x H x Dqk */
     const void *v;              /* [in] B x Lk x H x Dv */

@@ -63,7 +63,7 @@ static const KeyDef KEYS[] = {
     {"scale_emb", T_BOOL, F(scale_emb), "false", "model", R_ANY, NULL, "multiply embeddings by sqrt(d)"},
     {"share_emb", T_BOOL, F(share_emb), "false", "model", R_ANY, NULL, "tie the LM head to the embedding"},
     {"dropout", T_DOUBLE, F(dropout), "0", "model", R_PROB, NULL, "dropout on embeddings and residual branches, [0, 1)"},
-    {"attention_dropout", T_DOUBLE, F(attention_dropout), "0", "model", R_PROB, NULL, "dropout on attention probabilities, [0, 1)"},
+    {"attention_dropout", T_DOUBLE, F(attention_dropout), "0", "model", R_PROB, NULL, "DropKey: probability of masking an attention score before the softmax, [0, 1)"},
     {"hidden_dropout", T_DOUBLE, F(hidden_dropout), "0", "model", R_PROB, NULL, "dropout inside the attention and FFN branches, [0, 1)"},
 
     /* ---- data ---- */
@@ -757,10 +757,6 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     else if (nunset > 1)
         problem(&P, "set %s (e.g. in a config file from configs/, or --KEY VALUE)", unset);
 
-    if (c->attention_dropout > 0)
-        problem(&P, "attention_dropout = %g is not supported yet (DropKey on attention probabilities is not "
-                "implemented): set attention_dropout = 0; dropout and hidden_dropout work",
-                c->attention_dropout);
     if (c->cema_ndim < 1 || c->cema_ndim > 64)
         problem(&P, "cema_ndim = %d is out of range: the CEMA order N must be in [1, 64] (the official configs use 16)",
                 c->cema_ndim);

@@ -124,9 +124,6 @@ static void resolve_layer(MgModel *m, void *base, int i, LayerW *lw) {
 
 MgModel *mg_model_create(const MgConfig *cfg, const MgBackend *be) {
     MG_CHECK(!strcmp(cfg->arch, "megalodon"), "arch '%s' is not supported yet (only megalodon)", cfg->arch);
-    MG_CHECK(cfg->attention_dropout == 0.0,
-             "attention_dropout = %g is not supported yet (DropKey is not implemented); set it to 0",
-             cfg->attention_dropout);
     MgModel *m = mg_calloc(1, sizeof(MgModel));
     m->cfg = *cfg;
     m->be = be;
@@ -391,7 +388,7 @@ static void act_bwd(MgModel *m, MgActKind kind, int64_t n, const void *a, const 
 }
 
 /* Dropout sites, numbered so each (layer, site) gets its own mask stream. */
-enum { DROP_EMBED = 0, DROP_M, DROP_OG, DROP_HH, DROP_HFF, DROP_FFN_OUT };
+enum { DROP_EMBED = 0, DROP_M, DROP_OG, DROP_HH, DROP_HFF, DROP_FFN_OUT, DROP_ATTN };
 
 static uint64_t drop_seed(const MgForwardOpts *o, int layer, int site) {
     return mg_hash64(o->seed, (uint64_t)(layer + 1) * 16u + (uint64_t)site);
@@ -411,6 +408,13 @@ static void dropout_bwd(MgModel *m, const MgForwardOpts *o, double p, int layer,
     }
     MgDropoutArgs a = {.n = n, .p = p, .seed = drop_seed(o, layer, site), .offset = 0, .dy = dy, .dx = dx};
     m->be->dropout_backward(m->be, &a);
+}
+
+/* DropKey on the attention scores (attention_dropout), only while training. */
+static void attn_dropout(const MgConfig *c, const MgForwardOpts *o, int layer, MgAttentionArgs *at) {
+    if (!o || !o->training || c->attention_dropout <= 0.0) return;
+    at->drop_p = c->attention_dropout;
+    at->drop_seed = drop_seed(o, layer, DROP_ATTN);
 }
 
 /* State pointers of layer l (l == n_layers: the final norm) inside an MgModelState. */
@@ -517,6 +521,7 @@ static void forward_body(MgModel *m, const int32_t *tokens, int B, int L, const 
         MgAttentionArgs at = {.B = B, .H = H, .Dqk = z / H, .Dv = v / H, .Lq = L, .Lk = L,
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse};
+        attn_dropout(c, opts, l, &at);
         be->attention_forward(be, &at);
         act_fwd(m, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
         dropout_fwd(m, opts, c->hidden_dropout, l, DROP_OG, T * v, a->og);
@@ -653,6 +658,7 @@ static void backward_body(MgModel *m, int B, int L, const MgForwardOpts *opts, c
         MgAttentionArgs at = {.B = B, .H = H, .Dqk = z / H, .Dv = v / H, .Lq = L, .Lk = L,
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse, .dout = m->go, .dq = m->gq, .dk = m->gk, .dv = gv};
+        attn_dropout(c, opts, l, &at);
         be->attention_backward(be, &at);
         MgRopeArgs rq = {.B = B, .L = L, .H = H, .dh = z / H, .chunk = c->chunk_size, .pos_offset = 0,
                          .base = c->rope_base, .dy = m->gq, .dx = m->gq};

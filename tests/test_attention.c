@@ -36,6 +36,8 @@ static float *f32_of(const double *x, size_t n) {
 typedef struct {
     int B, H, Dqk, Dv, Lq, Lk, chunk;
     double scale;
+    double drop_p;      /* DropKey */
+    uint64_t drop_seed;
     size_t nq, nk, nv, no, nl; /* element counts of q, k, v, o, lse */
     double *q, *k, *v, *o, *lse, *dout, *dq, *dk, *dv;
 } Att;
@@ -64,7 +66,8 @@ static void att_free(Att *t) {
 }
 static MgAttentionArgs att_args(const Att *t) {
     return (MgAttentionArgs){.B = t->B, .H = t->H, .Dqk = t->Dqk, .Dv = t->Dv, .Lq = t->Lq, .Lk = t->Lk,
-                             .chunk = t->chunk, .scale = t->scale, .q = t->q, .k = t->k, .v = t->v, .o = t->o,
+                             .chunk = t->chunk, .scale = t->scale, .drop_p = t->drop_p,
+                             .drop_seed = t->drop_seed, .q = t->q, .k = t->k, .v = t->v, .o = t->o,
                              .saved_lse = t->lse, .dout = t->dout, .dq = t->dq, .dk = t->dk, .dv = t->dv};
 }
 static void att_fwd(Att *t) {
@@ -336,6 +339,72 @@ static int refused(int Lq, int Lk, int chunk, const char *expect) {
     return status > 0 && strstr(msg, expect) != NULL;
 }
 
+/* The DropKey mask as documented in ops.h, re-implemented here: splitmix64's finaliser, index
+ * ((task * nq + i) * nk + j), task = (b * chunks + chunk) * H + h; kept iff (h >> 11) >= ceil(p 2^53). */
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static int dk_kept(const Att *t, int b, int h, int i, int j) {
+    const int c = t->chunk < t->Lq ? t->chunk : t->Lq, nch = t->Lq / c, ci = i / c, il = i % c, jl = j % c;
+    if (jl == il) return 1; /* a query's own key is never dropped */
+    uint64_t task = ((uint64_t)b * nch + ci) * t->H + h, idx = (task * c + il) * c + jl;
+    uint64_t hsh = mix64(mix64(t->drop_seed) + idx * 0x9E3779B97F4A7C15ull);
+    return (hsh >> 11) >= (uint64_t)ceil(t->drop_p * 0x1.0p53);
+}
+
+static void test_dropkey(void) {
+    /* forward and lse against a naive attention whose visibility also excludes the dropped keys */
+    Att t = att_new(2, 2, 5, 3, 12, 12, 4, 0.8, 1.2);
+    t.drop_p = 0.4;
+    t.drop_seed = 77;
+    att_fwd(&t);
+    double worst = 0;
+    int dropped = 0, visible_pairs = 0;
+    for (int b = 0; b < t.B; b++)
+        for (int h = 0; h < t.H; h++)
+            for (int i = 0; i < t.Lq; i++) {
+                const double *qi = t.q + (((size_t)b * t.Lq + i) * t.H + h) * t.Dqk;
+                double s[64], m = -INFINITY, z = 0;
+                for (int j = 0; j < t.Lk; j++) {
+                    int vis = visible(&t, i, j) && dk_kept(&t, b, h, i, j);
+                    if (visible(&t, i, j)) visible_pairs++, dropped += !vis;
+                    double d = 0;
+                    for (int e = 0; e < t.Dqk; e++) d += qi[e] * t.k[(((size_t)b * t.Lk + j) * t.H + h) * t.Dqk + e];
+                    s[j] = vis ? t.scale * d : -INFINITY;
+                    m = fmax(m, s[j]);
+                }
+                for (int j = 0; j < t.Lk; j++) z += exp(s[j] - m);
+                worst = fmax(worst, fabs(t.lse[((size_t)b * t.H + h) * t.Lq + i] - (m + log(z))));
+                for (int e = 0; e < t.Dv; e++) {
+                    double acc = 0;
+                    for (int j = 0; j < t.Lk; j++) acc += exp(s[j] - m) / z * t.v[(((size_t)b * t.Lk + j) * t.H + h) * t.Dv + e];
+                    worst = fmax(worst, fabs(t.o[(((size_t)b * t.Lq + i) * t.H + h) * t.Dv + e] - acc));
+                }
+            }
+    tu_check(dropped > 0 && dropped < visible_pairs, "attention_dropkey_drops_some_keys", "%d of %d visible scores",
+             dropped, visible_pairs);
+    tu_check_err("attention_dropkey_forward_equals_naive_with_the_documented_mask", worst, 1e-13);
+    gradcheck(&t, "attention_dropkey");
+    /* drop_p = 0 is exactly no dropout; a high rate stays finite (the diagonal is never dropped) */
+    Att u = att_new(1, 2, 4, 4, 16, 16, 8, 1.0, 1.0);
+    att_fwd(&u);
+    double *o0 = dalloc(u.no);
+    memcpy(o0, u.o, sizeof(double) * u.no);
+    u.drop_seed = 5;
+    att_fwd(&u);
+    tu_check(!memcmp(o0, u.o, sizeof(double) * u.no), "attention_dropkey_p0_is_identity", "bitwise");
+    u.drop_p = 0.95;
+    att_fwd(&u);
+    int finite = 1;
+    for (size_t i = 0; i < u.no; i++) finite &= isfinite(u.o[i]);
+    tu_check(finite && memcmp(o0, u.o, sizeof(double) * u.no), "attention_dropkey_p095_finite_and_different", "ok");
+    free(o0);
+    att_free(&u);
+    att_free(&t);
+}
+
 static void test_errors(void) {
     tu_check(refused(10, 10, 4, "not a multiple of the attention chunk size"), "attention_refuses_L_not_multiple",
              "L=10 chunk=4");
@@ -427,6 +496,7 @@ int main(void) {
     test_decode(16, 3, 16); /* full chunk in the cache */
     test_decode(10, 4, 16); /* partial chunk */
     test_decode(9, 1, 16);  /* token by token */
+    test_dropkey();
     test_errors();
     test_f32_and_threads();
     return tu_finish();

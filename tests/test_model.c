@@ -63,6 +63,7 @@ static double model_loss(void *vctx) {
 static void gradcheck_model(const char *tag, MgConfig *cfg, int B, int L, double dropout) {
     cfg->dropout = dropout;
     cfg->hidden_dropout = dropout;
+    cfg->attention_dropout = dropout;
     MgModel *m = mg_model_create(cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 7);
     perturb_params(m, 0.1);
@@ -307,7 +308,7 @@ int main(void) {
     cfg.vocab_size = 512; /* the variant check covers architecture switches; a small head keeps it fast */
     cfg.share_emb = 1;
     cfg.scale_emb = 1;
-    gradcheck_model("(tiny without SwiGLU, tied + scaled embedding, dropout 0.1)", &cfg, 2, 16, 0.1);
+    gradcheck_model("(tiny without SwiGLU, tied + scaled embedding, all three dropouts 0.1)", &cfg, 2, 16, 0.1);
     test_state_carry();
     test_decoder();
 

@@ -63,9 +63,9 @@ g2=$($M sample --ckpt "$T/a/ckpt_00000040.h5" --prompt "The" --max_new_tokens 10
 [ -n "$g1" ] && [ "$g1" = "$g2" ] && pass "greedy sampling is deterministic" || fail "greedy sampling" "'$g1' vs '$g2'"
 
 # ---- exact resume: 2N steps in one go == N steps, stop, resume N more --------------------------------
-$M train "${TINY[@]}" --out_dir "$T/b" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 >/dev/null 2>&1
-$M train "${TINY[@]}" --out_dir "$T/c" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 --stop_at 15 >/dev/null 2>&1
-out=$($M train "${TINY[@]}" --out_dir "$T/c" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 --resume auto 2>&1)
+$M train "${TINY[@]}" --out_dir "$T/b" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 --attention_dropout 0.1 >/dev/null 2>&1
+$M train "${TINY[@]}" --out_dir "$T/c" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 --attention_dropout 0.1 --stop_at 15 >/dev/null 2>&1
+out=$($M train "${TINY[@]}" --out_dir "$T/c" --max_steps 30 --eval_every 10 --dropout 0.1 --hidden_dropout 0.1 --attention_dropout 0.1 --resume auto 2>&1)
 grep -q "resumed from .*ckpt_00000015.h5 at step 15" <<<"$out" && pass "resume auto finds the newest checkpoint" || fail "resume auto" "$(head -n 3 <<<"$out")"
 [ "$(losses "$T/b/log.jsonl")" = "$(losses "$T/c/log.jsonl")" ] && pass "resumed run has bit-identical losses (30 steps, dropout on)" || fail "resume losses" "differ"
 d=$($M ckpt diff "$T/b/ckpt_00000030.h5" "$T/c/ckpt_00000030.h5" | grep '^summary')
@@ -175,4 +175,4 @@ head -c 4000 "$T/a/ckpt_00000040.h5" >"$T/trunc.h5"
 expect_fail "resume from a truncated checkpoint" "trunc.h5" $M train "${TINY[@]}" --out_dir "$T/e8" --resume "$T/trunc.h5"
 expect_fail "init_from a checkpoint of another model shape" "shape" $M train "${TINY[@]}" --out_dir "$T/e9" --model_dim 32 --z_dim 16 --value_dim 32 --init_from "$T/a/ckpt_00000040.h5"
 expect_fail "eval without --ckpt" "needs --ckpt" $M eval --data data/corpus/val
-expect_fail "attention_dropout > 0 is refused" "attention_dropout" $M train "${TINY[@]}" --out_dir "$T/e10" --attention_dropout 0.1
+expect_fail "attention_dropout outside [0, 1) is refused" "attention_dropout" $M train "${TINY[@]}" --out_dir "$T/e10" --attention_dropout 1.5

@@ -116,19 +116,9 @@ void CPU_FN(act_backward)(const MgBackend *be, const MgActArgs *a) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Dropout. Element i draws u = (h >> 11) * 2^-53 from
- *   h = fmix64(fmix64(seed) + (offset + i) * 0x9E3779B97F4A7C15)     (fmix64 = splitmix64's finaliser)
- * and is kept iff u >= p. The mask is a pure function of (seed, offset + i), so backward regenerates it,
- * a slice of a tensor can be processed with offset + start, and another backend can reproduce it. */
-
-static inline uint64_t fmix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* u >= p  <=>  (h >> 11) >= ceil(p * 2^53): an integer compare, exact since p * 2^53 is representable. */
-static uint64_t keep_threshold(double p) { return (uint64_t)ceil(p * 0x1.0p53); }
+/* Dropout: element i of the tensor is element offset + i of the mask stream of `seed` (mg_mask_keep,
+ * cpu_real.h), so backward regenerates the mask and a slice of a tensor can be processed with
+ * offset + start. */
 
 static void check_p(const char *op, const MgDropoutArgs *a) {
     MG_CHECK(a->p >= 0.0 && a->p < 1.0, "%s: probability p=%g must be in [0, 1)", op, a->p);
@@ -138,12 +128,11 @@ static void check_p(const char *op, const MgDropoutArgs *a) {
 /* dst = mask * src * scale (or += when acc). Shared by forward (x -> y) and backward (dy -> dx). */
 static void dropout_apply(const MgDropoutArgs *a, const real *src, real *dst, int acc) {
     const int64_t n = a->n;
-    const uint64_t key = fmix64(a->seed), base = a->offset, thr = keep_threshold(a->p);
+    const uint64_t key = mg_fmix64(a->seed), base = a->offset, thr = mg_keep_threshold(a->p);
     const real scale = (real)(1.0 / (1.0 - a->p));
 #pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
-        uint64_t h = fmix64(key + (base + (uint64_t)i) * 0x9E3779B97F4A7C15ull);
-        real v = (h >> 11) >= thr ? src[i] * scale : (real)0;
+        real v = mg_mask_keep(key, base + (uint64_t)i, thr) ? src[i] * scale : (real)0;
         PUT(dst, i, v);
     }
 }

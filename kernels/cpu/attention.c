@@ -39,6 +39,7 @@ static AttGeom attention_geometry(const MgAttentionArgs *a, const char *who) {
              a->Dv);
     MG_CHECK(a->Lq >= 1 && a->Lk >= 1, "%s: bad lengths Lq=%d Lk=%d (need >= 1)", who, a->Lq, a->Lk);
     MG_CHECK(a->chunk >= 1, "%s: chunk=%d must be >= 1", who, a->chunk);
+    MG_CHECK(a->drop_p >= 0.0 && a->drop_p < 1.0, "%s: drop_p=%g must be in [0, 1)", who, a->drop_p);
     MG_CHECK(a->q && a->k && a->v, "%s: q, k and v must not be NULL", who);
     AttGeom g;
     if (a->Lq == a->Lk) {
@@ -101,23 +102,45 @@ static void scores(const MgAttentionArgs *a, const AttTask *t, int i0, int rb, i
                  ldS);
 }
 
+/* DropKey mask of one task (see MgAttentionArgs): dropped scores become -inf before the softmax. */
+typedef struct {
+    uint64_t key, threshold, base; /* base = task * nq * nk */
+    int nk, active;
+} DropMask;
+
+static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t task) {
+    DropMask d = {0, 0, 0, g->nk, a->drop_p > 0.0};
+    if (d.active) {
+        d.key = mg_fmix64(a->drop_seed);
+        d.threshold = mg_keep_threshold(a->drop_p);
+        d.base = (uint64_t)task * (uint64_t)g->nq * (uint64_t)g->nk;
+    }
+    return d;
+}
+
 /* Turns the score rows into probabilities in place (zeros above the causal limit, up to kend).
  * With lse_in the probabilities are exp(S - lse) (backward); otherwise the row max is subtracted, the
- * sum is taken in double, and lse_out (if any) receives max + log(sum). */
+ * sum is taken in double, and lse_out (if any) receives max + log(sum). Dropped keys get probability 0
+ * (the diagonal key i + off is never dropped). */
 static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, const real *lse_in,
-                         real *lse_out) {
+                         real *lse_out, const DropMask *dm) {
     for (int r = 0; r < rb; r++) {
         real *s = S + (size_t)r * ldS;
         const int vis = MG_MIN(kend, i0 + r + off + 1); /* keys [0, vis) are visible */
+        if (dm && dm->active) {
+            const uint64_t row = dm->base + (uint64_t)(i0 + r) * (uint64_t)dm->nk;
+            for (int j = 0; j < vis - 1; j++)
+                if (!mg_mask_keep(dm->key, row + (uint64_t)j, dm->threshold)) s[j] = -INFINITY;
+        }
         if (lse_in) {
             const real l = lse_in[i0 + r];
-            for (int j = 0; j < vis; j++) s[j] = mg_exp(s[j] - l);
+            for (int j = 0; j < vis; j++) s[j] = s[j] == -INFINITY ? (real)0 : mg_exp(s[j] - l);
         } else {
             real m = s[0];
             for (int j = 1; j < vis; j++) m = s[j] > m ? s[j] : m;
             acc_t sum = 0;
             for (int j = 0; j < vis; j++) {
-                s[j] = mg_exp(s[j] - m);
+                s[j] = s[j] == -INFINITY ? (real)0 : mg_exp(s[j] - m);
                 sum += s[j];
             }
             const real inv = (real)(1.0 / sum);
@@ -128,12 +151,13 @@ static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, co
     }
 }
 
-static void attention_forward_task(const MgAttentionArgs *a, const AttGeom *g, const AttTask *t, real *S) {
+static void attention_forward_task(const MgAttentionArgs *a, const AttGeom *g, const AttTask *t, real *S,
+                                   const DropMask *dm) {
     const int ldS = g->nk, ldv = a->H * a->Dv;
     for (int i0 = 0; i0 < g->nq; i0 += ATT_RB) {
         const int rb = MG_MIN(ATT_RB, g->nq - i0), kend = MG_MIN(g->nk, i0 + rb + g->off);
         scores(a, t, i0, rb, kend, S, ldS);
-        softmax_rows(S, ldS, i0, rb, kend, g->off, NULL, t->lse);
+        softmax_rows(S, ldS, i0, rb, kend, g->off, NULL, t->lse, dm);
         CPU_FN(gemm)(0, 0, rb, a->Dv, kend, (real)1, S, ldS, t->v, ldv, (real)0, t->o + (size_t)i0 * ldv, ldv);
     }
 }
@@ -144,7 +168,7 @@ static void zero_rows(real *p, int n, int d, int ld) {
 }
 
 static void attention_backward_task(const MgAttentionArgs *a, const AttGeom *g, const AttTask *t, real *P,
-                                    real *dP) {
+                                    real *dP, const DropMask *dm) {
     const int ldS = g->nk, ldq = a->H * a->Dqk, ldv = a->H * a->Dv;
     const real scale = (real)a->scale;
     const int need_ds = t->dq || t->dk;
@@ -157,7 +181,7 @@ static void attention_backward_task(const MgAttentionArgs *a, const AttGeom *g, 
         const int rb = MG_MIN(ATT_RB, g->nq - i0), kend = MG_MIN(g->nk, i0 + rb + g->off);
         const real *dO = t->dout + (size_t)i0 * ldv;
         scores(a, t, i0, rb, kend, P, ldS);
-        softmax_rows(P, ldS, i0, rb, kend, g->off, t->lse, NULL);
+        softmax_rows(P, ldS, i0, rb, kend, g->off, t->lse, NULL, dm);
         if (t->dv) CPU_FN(gemm)(1, 0, kend, a->Dv, rb, (real)1, P, ldS, dO, ldv, (real)1, t->dv, ldv);
         if (!need_ds) continue;
         CPU_FN(gemm)(0, 1, rb, kend, a->Dv, (real)1, dO, ldv, t->v, ldv, (real)0, dP, ldS);
@@ -194,7 +218,8 @@ void CPU_FN(attention_forward)(const MgBackend *be, const MgAttentionArgs *a) {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             const AttTask t = attention_task(a, &g, task, 0);
-            attention_forward_task(a, &g, &t, S);
+            const DropMask dm = drop_mask(a, &g, task);
+            attention_forward_task(a, &g, &t, S, &dm);
         }
         free(S);
     }
@@ -220,13 +245,14 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             const AttTask t = attention_task(&aa, &g, task, 1);
+            const DropMask dm = drop_mask(&aa, &g, task);
             if (lse_tmp)
                 for (int i0 = 0; i0 < g.nq; i0 += ATT_RB) {
                     const int rb = MG_MIN(ATT_RB, g.nq - i0), kend = MG_MIN(g.nk, i0 + rb + g.off);
                     scores(&aa, &t, i0, rb, kend, P, g.nk);
-                    softmax_rows(P, g.nk, i0, rb, kend, g.off, NULL, t.lse);
+                    softmax_rows(P, g.nk, i0, rb, kend, g.off, NULL, t.lse, &dm);
                 }
-            attention_backward_task(&aa, &g, &t, P, dP);
+            attention_backward_task(&aa, &g, &t, P, dP, &dm);
         }
         free(P);
         free(dP);
