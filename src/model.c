@@ -465,98 +465,124 @@ static void check_shape(const MgModel *m, int B, int L) {
                  L, c, c, (L / c) * c, (L / c + 1) * c);
 }
 
-/* Runs embedding + all blocks + final norm, keeping everything backward needs. */
-static void forward_body(MgModel *m, const int32_t *tokens, int B, int L, const MgForwardOpts *opts,
-                         const MgModelState *state_in, MgModelState *state_out) {
+/* One Megalodon block (spec §1.2, §4, §1.3): x -> xout, keeping its intermediate tensors in `a`.
+ * Training passes dec = NULL (chunk attention over the whole length, dropout when opts->training);
+ * the recurrent decoder passes itself: keys and values are appended to its current-chunk cache and the
+ * n new queries attend to the cache, with RoPE positions continuing inside the chunk. */
+static void decoder_attention(MgDecoder *d, int l, const LayerAct *a, int n);
+static int64_t decoder_chunk_pos(const MgDecoder *d);
+
+static void layer_forward(MgModel *m, int l, LayerAct *a, const void *x, void *xout, int B, int L,
+                          const LayerState *st, const MgForwardOpts *opts, MgDecoder *dec) {
     const MgConfig *c = &m->cfg;
     const MgBackend *be = m->be;
     const int64_t T = (int64_t)B * L;
     const int d = c->model_dim, z = c->z_dim, v = c->value_dim, f = c->ffn_hidden_dim, H = c->num_heads;
-    be->to_device(be, m->tokens_dev, tokens, (size_t)T * sizeof(int32_t));
+    const LayerW *w = &m->w[l];
 
-    MgEmbeddingArgs emb = {.T = T, .D = d, .V = c->vocab_size, .tokens = m->tokens_dev, .weight = m->embed,
-                           .out = m->x[0]};
-    be->embedding_forward(be, &emb);
-    if (c->scale_emb) be->scale(be, T * d, sqrt((double)d), m->x[0]);
-    dropout_fwd(m, opts, c->dropout, -1, DROP_EMBED, T * d, m->x[0]);
+    MgTimestepNormArgs tsn = {.B = B, .L = L, .D = d, .G = c->norm_num_groups, .eps = c->norm_eps, .x = x,
+                              .weight = w->tsn_w, .bias = w->tsn_b, .count_in = st->count_in,
+                              .mean_in = st->mean_in, .var_in = st->var_in, .count_out = st->count_out,
+                              .mean_out = st->mean_out, .var_out = st->var_out, .y = a->xn,
+                              .saved_mean = a->tsn_mean, .saved_rstd = a->tsn_rstd};
+    be->timestep_norm_forward(be, &tsn);
 
-    for (int l = 0; l < c->n_layers; l++) {
-        const LayerW *w = &m->w[l];
-        LayerAct *a = &m->a[l];
-        LayerState st = layer_state(m, state_in, state_out, l, B);
-        void *x = m->x[l], *xout = m->x[l + 1];
+    MgCemaArgs cema = {.B = B, .L = L, .D = d, .N = c->cema_ndim, .x = a->xn, .alpha = w->alpha,
+                       .delta = w->delta, .theta = w->theta, .gamma = w->gamma, .omega = w->omega,
+                       .h_in = st->h_in, .h_out = st->h_out, .y = a->cema};
+    be->cema_forward(be, &cema);
 
-        MgTimestepNormArgs tsn = {.B = B, .L = L, .D = d, .G = c->norm_num_groups, .eps = c->norm_eps, .x = x,
-                                  .weight = w->tsn_w, .bias = w->tsn_b, .count_in = st.count_in,
-                                  .mean_in = st.mean_in, .var_in = st.var_in, .count_out = st.count_out,
-                                  .mean_out = st.mean_out, .var_out = st.var_out, .y = a->xn,
-                                  .saved_mean = a->tsn_mean, .saved_rstd = a->tsn_rstd};
-        be->timestep_norm_forward(be, &tsn);
+    MgRMSNormArgs rms = {.T = T, .D = d, .eps = c->norm_eps, .x = a->cema, .weight = w->rms_w, .y = a->m,
+                         .saved_rstd = a->rms_rstd};
+    be->rmsnorm_forward(be, &rms);
+    dropout_fwd(m, opts, c->hidden_dropout, l, DROP_M, T * d, a->m);
 
-        MgCemaArgs cema = {.B = B, .L = L, .D = d, .N = c->cema_ndim, .x = a->xn, .alpha = w->alpha,
-                           .delta = w->delta, .theta = w->theta, .gamma = w->gamma, .omega = w->omega,
-                           .h_in = st.h_in, .h_out = st.h_out, .y = a->cema};
-        be->cema_forward(be, &cema);
+    linear_fwd(m, T, d, z, a->m, w->wz, w->bz, a->z);
+    MgQKNormArgs qk = {.T = T, .Z = z, .H = H, .eps = c->norm_eps, .z = a->z, .gamma = w->qk_gamma,
+                       .beta = w->qk_beta, .q = a->q, .k = a->k, .saved_rstd = a->qk_rstd};
+    be->qknorm_forward(be, &qk);
+    MgRopeArgs rq = {.B = B, .L = L, .H = H, .dh = z / H, .chunk = c->chunk_size,
+                     .pos_offset = dec ? decoder_chunk_pos(dec) : 0, .base = c->rope_base, .x = a->q, .y = a->q};
+    be->rope_forward(be, &rq);
+    MgRopeArgs rk = rq;
+    rk.x = rk.y = a->k;
+    be->rope_forward(be, &rk);
 
-        MgRMSNormArgs rms = {.T = T, .D = d, .eps = c->norm_eps, .x = a->cema, .weight = w->rms_w, .y = a->m,
-                             .saved_rstd = a->rms_rstd};
-        be->rmsnorm_forward(be, &rms);
-        dropout_fwd(m, opts, c->hidden_dropout, l, DROP_M, T * d, a->m);
+    linear_fwd(m, T, d, v, a->xn, w->wv, w->bv, a->vpre);
+    act_fwd(m, MG_ACT_SILU, T * v, a->vpre, NULL, a->v);
+    linear_fwd(m, T, d, v, a->m, w->wr, w->br, a->rpre);
 
-        linear_fwd(m, T, d, z, a->m, w->wz, w->bz, a->z);
-        MgQKNormArgs qk = {.T = T, .Z = z, .H = H, .eps = c->norm_eps, .z = a->z, .gamma = w->qk_gamma,
-                           .beta = w->qk_beta, .q = a->q, .k = a->k, .saved_rstd = a->qk_rstd};
-        be->qknorm_forward(be, &qk);
-        MgRopeArgs rq = {.B = B, .L = L, .H = H, .dh = z / H, .chunk = c->chunk_size, .pos_offset = 0,
-                         .base = c->rope_base, .x = a->q, .y = a->q};
-        be->rope_forward(be, &rq);
-        MgRopeArgs rk = rq;
-        rk.x = rk.y = a->k;
-        be->rope_forward(be, &rk);
-
-        linear_fwd(m, T, d, v, a->xn, w->wv, w->bv, a->vpre);
-        act_fwd(m, MG_ACT_SILU, T * v, a->vpre, NULL, a->v);
-        linear_fwd(m, T, d, v, a->m, w->wr, w->br, a->rpre);
-
+    if (dec) {
+        decoder_attention(dec, l, a, L);
+    } else {
         MgAttentionArgs at = {.B = B, .H = H, .Dqk = z / H, .Dv = v / H, .Lq = L, .Lk = L,
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse};
         attn_dropout(c, opts, l, &at);
         be->attention_forward(be, &at);
-        act_fwd(m, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
-        dropout_fwd(m, opts, c->hidden_dropout, l, DROP_OG, T * v, a->og);
-
-        /* Hh = M Wh1^T + b + Og Wh2^T, computed into yhat, then yhat = X + dropout(Hh). */
-        linear_fwd(m, T, d, d, a->m, w->wh1, w->bh1, a->yhat);
-        MgLinearArgs h2 = {.T = T, .in = v, .out = d, .x = a->og, .weight = w->wh2, .y = m->gB};
-        be->linear_forward(be, &h2);
-        be->axpy(be, T * d, 1.0, m->gB, a->yhat);
-        dropout_fwd(m, opts, c->dropout, l, DROP_HH, T * d, a->yhat);
-        be->axpy(be, T * d, 1.0, x, a->yhat);
-
-        MgLayerNormArgs ln = {.T = T, .D = d, .eps = c->norm_eps, .x = a->yhat, .weight = w->ln_w,
-                              .bias = w->ln_b, .y = a->u, .saved_mean = a->ln_mean, .saved_rstd = a->ln_rstd};
-        be->layernorm_forward(be, &ln);
-        linear_fwd(m, T, d, f, a->u, w->fc1, NULL, a->f1);
-        if (c->swiglu) {
-            linear_fwd(m, T, d, f, a->u, w->fc3, NULL, a->f3);
-            act_fwd(m, MG_ACT_SWIGLU, T * f, a->f1, a->f3, a->hff);
-        } else {
-            act_fwd(m, MG_ACT_SILU, T * f, a->f1, NULL, a->hff);
-        }
-        dropout_fwd(m, opts, c->hidden_dropout, l, DROP_HFF, T * f, a->hff);
-        linear_fwd(m, T, f, d, a->hff, w->fc2, NULL, xout);
-        dropout_fwd(m, opts, c->dropout, l, DROP_FFN_OUT, T * d, xout);
-        be->axpy(be, T * d, 1.0, x, xout); /* two-hop residual: the block input, not yhat */
     }
+    act_fwd(m, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
+    dropout_fwd(m, opts, c->hidden_dropout, l, DROP_OG, T * v, a->og);
 
+    /* Hh = M Wh1^T + b + Og Wh2^T, computed into yhat (u is free until the LayerNorm), then
+     * yhat = X + dropout(Hh). */
+    linear_fwd(m, T, d, d, a->m, w->wh1, w->bh1, a->yhat);
+    linear_fwd(m, T, v, d, a->og, w->wh2, NULL, a->u);
+    be->axpy(be, T * d, 1.0, a->u, a->yhat);
+    dropout_fwd(m, opts, c->dropout, l, DROP_HH, T * d, a->yhat);
+    be->axpy(be, T * d, 1.0, x, a->yhat);
+
+    MgLayerNormArgs ln = {.T = T, .D = d, .eps = c->norm_eps, .x = a->yhat, .weight = w->ln_w,
+                          .bias = w->ln_b, .y = a->u, .saved_mean = a->ln_mean, .saved_rstd = a->ln_rstd};
+    be->layernorm_forward(be, &ln);
+    linear_fwd(m, T, d, f, a->u, w->fc1, NULL, a->f1);
+    if (c->swiglu) {
+        linear_fwd(m, T, d, f, a->u, w->fc3, NULL, a->f3);
+        act_fwd(m, MG_ACT_SWIGLU, T * f, a->f1, a->f3, a->hff);
+    } else {
+        act_fwd(m, MG_ACT_SILU, T * f, a->f1, NULL, a->hff);
+    }
+    dropout_fwd(m, opts, c->hidden_dropout, l, DROP_HFF, T * f, a->hff);
+    linear_fwd(m, T, f, d, a->hff, w->fc2, NULL, xout);
+    dropout_fwd(m, opts, c->dropout, l, DROP_FFN_OUT, T * d, xout);
+    be->axpy(be, T * d, 1.0, x, xout); /* two-hop residual: the block input, not yhat */
+}
+
+/* X0 = E[tokens] (* sqrt(d) if scale_emb), then embedding dropout when training. */
+static void embed_forward(MgModel *m, const int32_t *tokens_dev, int64_t T, const MgForwardOpts *opts, void *out) {
+    const MgConfig *c = &m->cfg;
+    const int d = c->model_dim;
+    MgEmbeddingArgs emb = {.T = T, .D = d, .V = c->vocab_size, .tokens = tokens_dev, .weight = m->embed, .out = out};
+    m->be->embedding_forward(m->be, &emb);
+    if (c->scale_emb) m->be->scale(m->be, T * d, sqrt((double)d), out);
+    dropout_fwd(m, opts, c->dropout, -1, DROP_EMBED, T * d, out);
+}
+
+/* The final TimestepNorm (its state is the last slot of MgModelState). */
+static void final_norm_forward(MgModel *m, const void *x, int B, int L, const LayerState *st, void *y, void *mean,
+                               void *rstd) {
+    const MgConfig *c = &m->cfg;
+    MgTimestepNormArgs fn = {.B = B, .L = L, .D = c->model_dim, .G = c->norm_num_groups, .eps = c->norm_eps,
+                             .x = x, .weight = m->final_w, .bias = m->final_b, .count_in = st->count_in,
+                             .mean_in = st->mean_in, .var_in = st->var_in, .count_out = st->count_out,
+                             .mean_out = st->mean_out, .var_out = st->var_out, .y = y, .saved_mean = mean,
+                             .saved_rstd = rstd};
+    m->be->timestep_norm_forward(m->be, &fn);
+}
+
+/* Runs embedding + all blocks + final norm, keeping everything backward needs. */
+static void forward_body(MgModel *m, const int32_t *tokens, int B, int L, const MgForwardOpts *opts,
+                         const MgModelState *state_in, MgModelState *state_out) {
+    const MgConfig *c = &m->cfg;
+    const int64_t T = (int64_t)B * L;
+    m->be->to_device(m->be, m->tokens_dev, tokens, (size_t)T * sizeof(int32_t));
+    embed_forward(m, m->tokens_dev, T, opts, m->x[0]);
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerState st = layer_state(m, state_in, state_out, l, B);
+        layer_forward(m, l, &m->a[l], m->x[l], m->x[l + 1], B, L, &st, opts, NULL);
+    }
     LayerState st = layer_state(m, state_in, state_out, c->n_layers, B);
-    MgTimestepNormArgs fn = {.B = B, .L = L, .D = d, .G = c->norm_num_groups, .eps = c->norm_eps,
-                             .x = m->x[c->n_layers], .weight = m->final_w, .bias = m->final_b,
-                             .count_in = st.count_in, .mean_in = st.mean_in, .var_in = st.var_in,
-                             .count_out = st.count_out, .mean_out = st.mean_out, .var_out = st.var_out,
-                             .y = m->fn_y, .saved_mean = m->fn_mean, .saved_rstd = m->fn_rstd};
-    be->timestep_norm_forward(be, &fn);
+    final_norm_forward(m, m->x[c->n_layers], B, L, &st, m->fn_y, m->fn_mean, m->fn_rstd);
 }
 
 static double sum_losses(MgModel *m, int64_t rows) {
@@ -811,17 +837,20 @@ struct MgDecoder {
     int64_t pos;             /* tokens consumed per sequence */
     int cache_len;           /* keys/values of the current chunk held in the cache */
     void **kcache, **vcache; /* per layer: B x c x H x dz / dv (backend memory) */
-    /* per-piece work buffers (cap tokens, one sequence at a time for attention) */
-    void *x, *x2, *xn, *tmean, *trstd, *cema, *mm, *rrstd, *zz, *q, *k, *vpre, *vv, *rpre, *o, *lse, *og, *yhat,
-        *u, *lmean, *lrstd, *f1, *f3, *hff, *logits, *fn;
+    /* work buffers for one piece of at most cap tokens per sequence, reused by every layer */
+    LayerAct act;
+    void *x, *x2, *fn, *fn_mean, *fn_rstd, *logits;
     int32_t *tok_dev;
     float *last_logits;      /* B x V host */
+    void **owned;            /* every backend allocation, for freeing */
+    int n_owned;
     size_t bytes;
 };
 
 static void *dec_alloc(MgDecoder *d, size_t bytes) {
     d->bytes += bytes;
-    return d->m->be->alloc(d->m->be, bytes);
+    d->owned = mg_realloc(d->owned, sizeof(void *) * (size_t)(d->n_owned + 1));
+    return d->owned[d->n_owned++] = d->m->be->alloc(d->m->be, bytes);
 }
 
 MgDecoder *mg_decoder_create(MgModel *m, int B) {
@@ -835,40 +864,42 @@ MgDecoder *mg_decoder_create(MgModel *m, int B) {
     const size_t es = m->es;
     const int64_t cap = d->cap, Dd = c->model_dim, z = c->z_dim, v = c->value_dim, f = c->ffn_hidden_dim,
                   G = c->norm_num_groups, H = c->num_heads;
-    d->kcache = mg_calloc((size_t)c->n_layers, sizeof(void *));
-    d->vcache = mg_calloc((size_t)c->n_layers, sizeof(void *));
+    d->kcache = mg_calloc((size_t)MG_MAX(c->n_layers, 1), sizeof(void *));
+    d->vcache = mg_calloc((size_t)MG_MAX(c->n_layers, 1), sizeof(void *));
     for (int l = 0; l < c->n_layers; l++) {
         d->kcache[l] = dec_alloc(d, (size_t)(B * cap * z) * es);
         d->vcache[l] = dec_alloc(d, (size_t)(B * cap * v) * es);
     }
-    /* Work buffers hold one piece of at most cap tokens for all B sequences. */
     const int64_t T = (int64_t)B * cap;
+    LayerAct *a = &d->act;
+    a->xn = dec_alloc(d, (size_t)(T * Dd) * es);
+    a->tsn_mean = dec_alloc(d, (size_t)(T * G) * es);
+    a->tsn_rstd = dec_alloc(d, (size_t)(T * G) * es);
+    a->cema = dec_alloc(d, (size_t)(T * Dd) * es);
+    a->m = dec_alloc(d, (size_t)(T * Dd) * es);
+    a->rms_rstd = dec_alloc(d, (size_t)T * es);
+    a->z = dec_alloc(d, (size_t)(T * z) * es);
+    a->q = dec_alloc(d, (size_t)(T * z) * es);
+    a->k = dec_alloc(d, (size_t)(T * z) * es);
+    a->qk_rstd = dec_alloc(d, (size_t)(T * H) * es);
+    a->vpre = dec_alloc(d, (size_t)(T * v) * es);
+    a->v = dec_alloc(d, (size_t)(T * v) * es);
+    a->rpre = dec_alloc(d, (size_t)(T * v) * es);
+    a->o = dec_alloc(d, (size_t)(T * v) * es);
+    a->og = dec_alloc(d, (size_t)(T * v) * es);
+    a->yhat = dec_alloc(d, (size_t)(T * Dd) * es);
+    a->u = dec_alloc(d, (size_t)(T * Dd) * es);
+    a->ln_mean = dec_alloc(d, (size_t)T * es);
+    a->ln_rstd = dec_alloc(d, (size_t)T * es);
+    a->f1 = dec_alloc(d, (size_t)(T * f) * es);
+    if (c->swiglu) a->f3 = dec_alloc(d, (size_t)(T * f) * es);
+    a->hff = dec_alloc(d, (size_t)(T * f) * es);
     d->x = dec_alloc(d, (size_t)(T * Dd) * es);
     d->x2 = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->xn = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->tmean = dec_alloc(d, (size_t)(T * G) * es);
-    d->trstd = dec_alloc(d, (size_t)(T * G) * es);
-    d->cema = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->mm = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->rrstd = dec_alloc(d, (size_t)T * es);
-    d->zz = dec_alloc(d, (size_t)(T * z) * es);
-    d->q = dec_alloc(d, (size_t)(T * z) * es);
-    d->k = dec_alloc(d, (size_t)(T * z) * es);
-    d->vpre = dec_alloc(d, (size_t)(T * v) * es);
-    d->vv = dec_alloc(d, (size_t)(T * v) * es);
-    d->rpre = dec_alloc(d, (size_t)(T * v) * es);
-    d->o = dec_alloc(d, (size_t)(T * v) * es);
-    d->lse = dec_alloc(d, (size_t)(T * H) * es);
-    d->og = dec_alloc(d, (size_t)(T * v) * es);
-    d->yhat = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->u = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->lmean = dec_alloc(d, (size_t)T * es);
-    d->lrstd = dec_alloc(d, (size_t)T * es);
-    d->f1 = dec_alloc(d, (size_t)(T * f) * es);
-    d->f3 = dec_alloc(d, (size_t)(T * f) * es);
-    d->hff = dec_alloc(d, (size_t)(T * f) * es);
     d->fn = dec_alloc(d, (size_t)(T * Dd) * es);
-    d->logits = dec_alloc(d, (size_t)(B * c->vocab_size) * es);
+    d->fn_mean = dec_alloc(d, (size_t)(T * G) * es);
+    d->fn_rstd = dec_alloc(d, (size_t)(T * G) * es);
+    d->logits = dec_alloc(d, (size_t)c->vocab_size * es);
     d->tok_dev = dec_alloc(d, (size_t)T * sizeof(int32_t));
     d->last_logits = mg_calloc((size_t)B * (size_t)c->vocab_size, sizeof(float));
     mg_decoder_reset(d);
@@ -878,17 +909,10 @@ MgDecoder *mg_decoder_create(MgModel *m, int B) {
 void mg_decoder_free(MgDecoder *d) {
     if (!d) return;
     MgModel *m = d->m;
-    const MgBackend *be = m->be;
-    for (int l = 0; l < m->cfg.n_layers; l++) {
-        be->free(be, d->kcache[l]);
-        be->free(be, d->vcache[l]);
-    }
+    for (int i = 0; i < d->n_owned; i++) m->be->free(m->be, d->owned[i]);
+    free(d->owned);
     free(d->kcache);
     free(d->vcache);
-    void *bufs[] = {d->x, d->x2, d->xn, d->tmean, d->trstd, d->cema, d->mm, d->rrstd, d->zz, d->q, d->k,
-                    d->vpre, d->vv, d->rpre, d->o, d->lse, d->og, d->yhat, d->u, d->lmean, d->lrstd, d->f1,
-                    d->f3, d->hff, d->fn, d->logits, d->tok_dev};
-    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) be->free(be, bufs[i]);
     mg_model_state_free(m, d->st[0]);
     mg_model_state_free(m, d->st[1]);
     free(d->last_logits);
@@ -906,6 +930,7 @@ void mg_decoder_reset(MgDecoder *d) {
 int64_t mg_decoder_position(const MgDecoder *d) { return d->pos; }
 size_t mg_decoder_bytes(const MgDecoder *d) { return d->bytes; }
 const float *mg_decoder_last_logits(const MgDecoder *d) { return d->last_logits; }
+static int64_t decoder_chunk_pos(const MgDecoder *d) { return d->cache_len; }
 
 /* Copy rows [0, n) of each sequence's piece (B x n x w, contiguous) into the cache at [cache_len, +n). */
 static void cache_append(MgDecoder *d, void *cache, const void *src, int n, int w) {
@@ -917,94 +942,46 @@ static void cache_append(MgDecoder *d, void *cache, const void *src, int n, int 
     }
 }
 
+/* Attention of the n new queries of layer l against the current chunk's cached keys and values (the n
+ * new ones appended first); one sequence at a time, since each sequence's cache rows are contiguous. */
+static void decoder_attention(MgDecoder *d, int l, const LayerAct *a, int n) {
+    MgModel *m = d->m;
+    const MgConfig *c = &m->cfg;
+    const int z = c->z_dim, v = c->value_dim, H = c->num_heads;
+    cache_append(d, d->kcache[l], a->k, n, z);
+    cache_append(d, d->vcache[l], a->v, n, v);
+    for (int b = 0; b < d->B; b++) {
+        MgAttentionArgs at = {.B = 1, .H = H, .Dqk = z / H, .Dv = v / H, .Lq = n, .Lk = d->cache_len + n,
+                              .chunk = c->chunk_size, .scale = 1.0, .q = off(m, a->q, (int64_t)b * n * z),
+                              .k = off(m, d->kcache[l], (int64_t)b * d->cap * z),
+                              .v = off(m, d->vcache[l], (int64_t)b * d->cap * v),
+                              .o = off(m, a->o, (int64_t)b * n * v)};
+        m->be->attention_forward(m->be, &at);
+    }
+}
+
 /* One piece of n tokens that does not cross a chunk boundary. logits_out: B x n x V host, or NULL. */
 static void decode_piece(MgDecoder *d, const int32_t *tokens, int n, void *logits_out, int64_t logits_stride,
                          int64_t logits_col) {
     MgModel *m = d->m;
     const MgConfig *c = &m->cfg;
     const MgBackend *be = m->be;
-    const int B = d->B;
+    const int B = d->B, Dd = c->model_dim, V = c->vocab_size;
     const int64_t T = (int64_t)B * n;
-    const int Dd = c->model_dim, z = c->z_dim, v = c->value_dim, f = c->ffn_hidden_dim, H = c->num_heads,
-              V = c->vocab_size;
     const MgModelState *sin = d->st[d->cur];
     MgModelState *sout = d->st[1 - d->cur];
+
     be->to_device(be, d->tok_dev, tokens, (size_t)T * sizeof(int32_t));
-    MgEmbeddingArgs emb = {.T = T, .D = Dd, .V = V, .tokens = d->tok_dev, .weight = m->embed, .out = d->x};
-    be->embedding_forward(be, &emb);
-    if (c->scale_emb) be->scale(be, T * Dd, sqrt((double)Dd), d->x);
-
+    embed_forward(m, d->tok_dev, T, NULL, d->x);
     for (int l = 0; l < c->n_layers; l++) {
-        const LayerW *w = &m->w[l];
         LayerState st = layer_state(m, sin, sout, l, B);
-        MgTimestepNormArgs tsn = {.B = B, .L = n, .D = Dd, .G = c->norm_num_groups, .eps = c->norm_eps,
-                                  .x = d->x, .weight = w->tsn_w, .bias = w->tsn_b, .count_in = st.count_in,
-                                  .mean_in = st.mean_in, .var_in = st.var_in, .count_out = st.count_out,
-                                  .mean_out = st.mean_out, .var_out = st.var_out, .y = d->xn,
-                                  .saved_mean = d->tmean, .saved_rstd = d->trstd};
-        be->timestep_norm_forward(be, &tsn);
-        MgCemaArgs cema = {.B = B, .L = n, .D = Dd, .N = c->cema_ndim, .x = d->xn, .alpha = w->alpha,
-                           .delta = w->delta, .theta = w->theta, .gamma = w->gamma, .omega = w->omega,
-                           .h_in = st.h_in, .h_out = st.h_out, .y = d->cema};
-        be->cema_forward(be, &cema);
-        MgRMSNormArgs rms = {.T = T, .D = Dd, .eps = c->norm_eps, .x = d->cema, .weight = w->rms_w, .y = d->mm,
-                             .saved_rstd = d->rrstd};
-        be->rmsnorm_forward(be, &rms);
-        linear_fwd(m, T, Dd, z, d->mm, w->wz, w->bz, d->zz);
-        MgQKNormArgs qk = {.T = T, .Z = z, .H = H, .eps = c->norm_eps, .z = d->zz, .gamma = w->qk_gamma,
-                           .beta = w->qk_beta, .q = d->q, .k = d->k, .saved_rstd = d->lse};
-        be->qknorm_forward(be, &qk);
-        MgRopeArgs rq = {.B = B, .L = n, .H = H, .dh = z / H, .chunk = c->chunk_size, .pos_offset = d->cache_len,
-                         .base = c->rope_base, .x = d->q, .y = d->q};
-        be->rope_forward(be, &rq);
-        MgRopeArgs rk = rq;
-        rk.x = rk.y = d->k;
-        be->rope_forward(be, &rk);
-        linear_fwd(m, T, Dd, v, d->xn, w->wv, w->bv, d->vpre);
-        act_fwd(m, MG_ACT_SILU, T * v, d->vpre, NULL, d->vv);
-        linear_fwd(m, T, Dd, v, d->mm, w->wr, w->br, d->rpre);
-
-        cache_append(d, d->kcache[l], d->k, n, z);
-        cache_append(d, d->vcache[l], d->vv, n, v);
-        const int Lk = d->cache_len + n;
-        for (int b = 0; b < B; b++) {
-            MgAttentionArgs at = {.B = 1, .H = H, .Dqk = z / H, .Dv = v / H, .Lq = n, .Lk = Lk,
-                                  .chunk = c->chunk_size, .scale = 1.0,
-                                  .q = off(m, d->q, (int64_t)b * n * z),
-                                  .k = off(m, d->kcache[l], (int64_t)b * d->cap * z),
-                                  .v = off(m, d->vcache[l], (int64_t)b * d->cap * v),
-                                  .o = off(m, d->o, (int64_t)b * n * v), .saved_lse = NULL};
-            be->attention_forward(be, &at);
-        }
-        act_fwd(m, MG_ACT_SWIGLU, T * v, d->rpre, d->o, d->og);
-        linear_fwd(m, T, Dd, Dd, d->mm, w->wh1, w->bh1, d->yhat);
-        MgLinearArgs h2 = {.T = T, .in = v, .out = Dd, .x = d->og, .weight = w->wh2, .y = d->u};
-        be->linear_forward(be, &h2);
-        be->axpy(be, T * Dd, 1.0, d->u, d->yhat);
-        be->axpy(be, T * Dd, 1.0, d->x, d->yhat);
-        MgLayerNormArgs ln = {.T = T, .D = Dd, .eps = c->norm_eps, .x = d->yhat, .weight = w->ln_w,
-                              .bias = w->ln_b, .y = d->u, .saved_mean = d->lmean, .saved_rstd = d->lrstd};
-        be->layernorm_forward(be, &ln);
-        linear_fwd(m, T, Dd, f, d->u, w->fc1, NULL, d->f1);
-        if (c->swiglu) {
-            linear_fwd(m, T, Dd, f, d->u, w->fc3, NULL, d->f3);
-            act_fwd(m, MG_ACT_SWIGLU, T * f, d->f1, d->f3, d->hff);
-        } else {
-            act_fwd(m, MG_ACT_SILU, T * f, d->f1, NULL, d->hff);
-        }
-        linear_fwd(m, T, f, Dd, d->hff, w->fc2, NULL, d->x2);
-        be->axpy(be, T * Dd, 1.0, d->x, d->x2);
+        layer_forward(m, l, &d->act, d->x, d->x2, B, n, &st, NULL, d);
         void *t = d->x;
         d->x = d->x2;
         d->x2 = t;
     }
     LayerState st = layer_state(m, sin, sout, c->n_layers, B);
-    MgTimestepNormArgs fn = {.B = B, .L = n, .D = Dd, .G = c->norm_num_groups, .eps = c->norm_eps, .x = d->x,
-                             .weight = m->final_w, .bias = m->final_b, .count_in = st.count_in,
-                             .mean_in = st.mean_in, .var_in = st.var_in, .count_out = st.count_out,
-                             .mean_out = st.mean_out, .var_out = st.var_out, .y = d->fn, .saved_mean = d->tmean,
-                             .saved_rstd = d->trstd};
-    be->timestep_norm_forward(be, &fn);
+    final_norm_forward(m, d->x, B, n, &st, d->fn, d->fn_mean, d->fn_rstd);
 
     /* logits of every position when asked, else only of the last one per sequence */
     for (int b = 0; b < B; b++) {
