@@ -1,4 +1,5 @@
 #include "info.h"
+#include "model.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -12,19 +13,9 @@
 #define H100_BF16_PEAK 989.4e12
 
 double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes) {
-    const double d = c->model_dim, z = c->z_dim, v = c->value_dim, f = c->ffn_hidden_dim, G = c->norm_num_groups,
-                 H = c->num_heads, V = c->vocab_size;
-    const double tokens = (double)B * (double)L;
-    /* fc1, fc3 and their product with SwiGLU; fc1 and its activation without. */
-    const double ffn = (c->swiglu ? 3.0 : 2.0) * f;
-    const double per_layer = 7 * d + 3 * z + 5 * v + ffn + 2 * G + 2 * H + 4;
-    const double final_norm = d + 2 * G;
-    const double residual = d;
-    const double scratch = 4.0 * MG_MAX(MG_MAX(d, v), MG_MAX(f, z));
-    /* The head is run over blocks of 256 tokens; a micro-batch smaller than one block needs fewer rows. */
-    const double logits = MG_MIN(256.0, tokens) * V;
-    const double values = tokens * (c->n_layers * per_layer + final_norm + residual + scratch) + logits;
-    return values * act_bytes;
+    /* Exactly the trainer's activation arena (src/model.c plans it); losses and statistics of the
+     * carried states stay fp32 even in bf16. */
+    return (double)mg_activation_plan_bytes(c, act_bytes, 4, B, L);
 }
 
 void mg_memory_estimate(const MgConfig *c, const MgParamTable *t, MgMemoryEstimate *m) {

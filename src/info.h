@@ -9,10 +9,10 @@
 #include "params.h"
 
 /* Bytes of activations the trainer keeps for one micro-batch of B sequences of L tokens, with act_bytes
- * bytes per stored value (4 fp32, 2 bf16). The model of what is kept (kept in sync with the trainer):
- * per layer per token 7d + 3z + 5v + (3f SwiGLU | 2f) + 2G + 2H + 4 values; the final TimestepNorm
- * d + 2G and the residual stream d per token; backward scratch 4*max(d, v, f, z) per token; the LM head
- * in blocks of 256 tokens: min(256, B*L) * V logits. */
+ * bytes per stored value (4 fp32, 2 bf16): the trainer's own arena plan (mg_activation_plan_bytes,
+ * src/model.c): per layer the TimestepNorm, CEMA, RMSNorm, Z, Q, K, values, gate, attention output,
+ * gated output, FFN input/norm/hidden tensors and their statistics; the residual stream; the final norm;
+ * the backward scratch reused by every layer; the LM head's 512-row logits block. */
 double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes);
 
 typedef struct {

@@ -330,27 +330,22 @@ static void ensure_arena(MgModel *m, int B, int L) {
     m->cap_B = B;
 }
 
-size_t mg_model_activation_bytes(MgModel *m, int B, int L) {
-    /* Plan into a scratch copy of the slot arrays so the live arena is untouched. */
-    void **saved_x = m->x;
-    LayerAct *saved_a = m->a;
-    ArenaEntry *saved_e = m->entries;
-    int saved_n = m->n_entries, saved_cap = m->cap_entries;
-    m->x = NULL;
-    m->a = NULL;
-    m->entries = NULL;
-    m->n_entries = m->cap_entries = 0;
-    size_t total = plan_arena(m, (int64_t)B * L, B);
-    free(m->x);
-    free(m->a);
-    free(m->entries);
-    m->x = saved_x;
-    m->a = saved_a;
-    m->entries = saved_e;
-    m->n_entries = saved_n;
-    m->cap_entries = saved_cap;
-    /* plan_arena re-pointed nothing live: slots were written only into the scratch arrays. */
+size_t mg_activation_plan_bytes(const MgConfig *cfg, int act_bytes, int state_bytes, int B, int L) {
+    /* Plan on a scratch model that owns nothing but the slot arrays plan_arena fills. */
+    MgModel tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.cfg = *cfg;
+    tmp.es = (size_t)act_bytes;
+    tmp.ss = (size_t)state_bytes;
+    size_t total = plan_arena(&tmp, (int64_t)B * L, B);
+    free(tmp.x);
+    free(tmp.a);
+    free(tmp.entries);
     return total;
+}
+
+size_t mg_model_activation_bytes(MgModel *m, int B, int L) {
+    return mg_activation_plan_bytes(&m->cfg, (int)m->es, (int)m->ss, B, L);
 }
 
 void mg_model_print_memory(MgModel *m, int B, int L) {

@@ -74,8 +74,11 @@ double mg_model_forward_loss(MgModel *m, const int32_t *tokens, const int32_t *t
 void mg_model_forward_logits(MgModel *m, const int32_t *tokens, int B, int L, const MgModelState *state_in,
                              MgModelState *state_out, void *logits_host);
 
-/* Bytes of the activation arena for a (B, L) step, and a one-line-per-buffer breakdown printer. */
+/* Bytes of the activation arena for a (B, L) step, and a one-line summary printer. The plan works
+ * without a model (for `info`): act_bytes per stored value (4 fp32, 2 bf16), state_bytes per carried
+ * statistic / loss value (4, or 8 in the float64 build). */
 size_t mg_model_activation_bytes(MgModel *m, int B, int L);
+size_t mg_activation_plan_bytes(const MgConfig *cfg, int act_bytes, int state_bytes, int B, int L);
 void mg_model_print_memory(MgModel *m, int B, int L);
 
 /* ---- carried state ---- */
