@@ -20,15 +20,9 @@
 static const MgBackend *BE64 = &mg_cpu_backend_f64;
 static const MgBackend *BE32 = &mg_cpu_backend_f32;
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 static double *drand(size_t n, double amp) {
-    double *p = dalloc(n);
+    double *p = tu_dalloc(n);
     tu_fill_signed(p, n, 0.05 * amp, amp);
-    return p;
-}
-static float *f32_of(const double *x, size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    tu_to_f32(p, x, n);
     return p;
 }
 
@@ -53,11 +47,11 @@ static Att att_new(int B, int H, int Dqk, int Dv, int Lq, int Lk, int chunk, dou
     t.k = drand(t.nk, amp);
     t.v = drand(t.nv, 1.0);
     t.dout = drand(t.no, 1.0);
-    t.o = dalloc(t.no);
-    t.lse = dalloc(t.nl);
-    t.dq = dalloc(t.nq);
-    t.dk = dalloc(t.nk);
-    t.dv = dalloc(t.nv);
+    t.o = tu_dalloc(t.no);
+    t.lse = tu_dalloc(t.nl);
+    t.dq = tu_dalloc(t.nq);
+    t.dk = tu_dalloc(t.nk);
+    t.dv = tu_dalloc(t.nv);
     return t;
 }
 static void att_free(Att *t) {
@@ -92,7 +86,7 @@ static int visible(const Att *t, int i, int j) {
 /* Naive full-length softmax attention with an explicit mask, forward (o, lse) and backward, in double. */
 static void naive(const Att *t, double *o, double *lse, double *dq, double *dk, double *dv) {
     const int H = t->H, Dqk = t->Dqk, Dv = t->Dv, Lq = t->Lq, Lk = t->Lk;
-    double *s = dalloc(Lk), *p = dalloc(Lk), *dp = dalloc(Lk);
+    double *s = tu_dalloc(Lk), *p = tu_dalloc(Lk), *dp = tu_dalloc(Lk);
     if (dq) memset(dq, 0, sizeof(double) * t->nq);
     if (dk) memset(dk, 0, sizeof(double) * t->nk);
     if (dv) memset(dv, 0, sizeof(double) * t->nv);
@@ -187,7 +181,7 @@ static void test_vs_naive(void) {
     Att t = att_new(2, 2, 24, 16, 320, 320, 160, 0.4, 1.0);
     att_fwd(&t);
     att_bwd(&t);
-    double *o = dalloc(t.no), *lse = dalloc(t.nl), *dq = dalloc(t.nq), *dk = dalloc(t.nk), *dv = dalloc(t.nv);
+    double *o = tu_dalloc(t.no), *lse = tu_dalloc(t.nl), *dq = tu_dalloc(t.nq), *dk = tu_dalloc(t.nk), *dv = tu_dalloc(t.nv);
     naive(&t, o, lse, dq, dk, dv);
     tu_check_err("attention_forward_vs_naive", rel(t.o, o, t.no), 1e-12);
     tu_check_err("attention_lse_vs_naive", rel(t.lse, lse, t.nl), 1e-12);
@@ -205,7 +199,7 @@ static void test_vs_naive(void) {
     /* accumulate: gradients added onto random contents */
     double *q0 = drand(t.nq, 1.0), *k0 = drand(t.nk, 1.0), *v0 = drand(t.nv, 1.0);
     MgAttentionArgs a = att_args(&t);
-    double *gq = dalloc(t.nq), *gk = dalloc(t.nk), *gv = dalloc(t.nv);
+    double *gq = tu_dalloc(t.nq), *gk = tu_dalloc(t.nk), *gv = tu_dalloc(t.nv);
     memcpy(gq, q0, sizeof(double) * t.nq);
     memcpy(gk, k0, sizeof(double) * t.nk);
     memcpy(gv, v0, sizeof(double) * t.nv);
@@ -255,8 +249,8 @@ static void test_chunks_independent(void) {
     att_fwd(&t);
     att_bwd(&t);
     Att s = att_new(B, H, Dqk, Dv, c, c, 1 << 20, 0.5, 1.0); /* chunk >> c: one plain causal attention */
-    double *o = dalloc(t.no), *dq = dalloc(t.nq), *dk = dalloc(t.nk), *dv = dalloc(t.nv);
-    double *lse = dalloc(t.nl);
+    double *o = tu_dalloc(t.no), *dq = tu_dalloc(t.nq), *dk = tu_dalloc(t.nk), *dv = tu_dalloc(t.nv);
+    double *lse = tu_dalloc(t.nl);
     for (int ci = 0; ci < nc; ci++) {
         rows_copy(s.q, t.q, B, c, L, 0, ci * c, c, H * Dqk);
         rows_copy(s.k, t.k, B, c, L, 0, ci * c, c, H * Dqk);
@@ -304,7 +298,7 @@ static void test_decode(int Lk, int Lq, int chunk) {
     rows_copy(d.dout, f.dout, B, Lq, Lk, 0, Lk - Lq, Lq, H * Dv);
     att_fwd(&d);
     att_bwd(&d);
-    double *o = dalloc(d.no), *lse = dalloc(d.nl), *dq = dalloc(d.nq);
+    double *o = tu_dalloc(d.no), *lse = tu_dalloc(d.nl), *dq = tu_dalloc(d.nq);
     rows_copy(o, f.o, B, Lq, Lk, 0, Lk - Lq, Lq, H * Dv);
     rows_copy(dq, f.dq, B, Lq, Lk, 0, Lk - Lq, Lq, H * Dqk);
     rows_copy(lse, f.lse, B * H, Lq, Lk, 0, Lk - Lq, Lq, 1);
@@ -390,7 +384,7 @@ static void test_dropkey(void) {
     /* drop_p = 0 is exactly no dropout; a high rate stays finite (the diagonal is never dropped) */
     Att u = att_new(1, 2, 4, 4, 16, 16, 8, 1.0, 1.0);
     att_fwd(&u);
-    double *o0 = dalloc(u.no);
+    double *o0 = tu_dalloc(u.no);
     memcpy(o0, u.o, sizeof(double) * u.no);
     u.drop_seed = 5;
     att_fwd(&u);
@@ -442,10 +436,10 @@ static void test_f32_and_threads(void) {
     Att t = att_new(2, 3, 32, 24, 512, 512, 256, 1.0, 0.4);
     Att32 f[2];
     for (int r = 0; r < 2; r++) {
-        f[r].q = f32_of(t.q, t.nq);
-        f[r].k = f32_of(t.k, t.nk);
-        f[r].v = f32_of(t.v, t.nv);
-        f[r].dout = f32_of(t.dout, t.no);
+        f[r].q = tu_f32_of(t.q, t.nq);
+        f[r].k = tu_f32_of(t.k, t.nk);
+        f[r].v = tu_f32_of(t.v, t.nv);
+        f[r].dout = tu_f32_of(t.dout, t.no);
         f[r].o = calloc(t.no, sizeof(float));
         f[r].lse = calloc(t.nl, sizeof(float));
         f[r].dq = calloc(t.nq, sizeof(float));

@@ -15,7 +15,6 @@ static const MgBackend *B32 = &mg_cpu_backend_f32, *B64 = &mg_cpu_backend_f64;
 /* ---------------------------------------------------------------------------------------------- */
 /* helpers */
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 static float *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
 /* Random doubles that are exactly representable in float (so the f32 and f64 runs see the same data). */
@@ -65,8 +64,8 @@ static void test_embedding(void) {
     for (int t = 0; t < T; t++) tok[t] = t % 3 == 0 ? 2 : (int32_t)(tu_uniform() * V); /* token 2 repeats */
     tok[T - 1] = V - 1;
     tok[1] = 0;
-    double *w = dalloc((size_t)V * D), *out = dalloc((size_t)T * D), *dout = dalloc((size_t)T * D);
-    double *dw = dalloc((size_t)V * D), *ref = dalloc((size_t)V * D);
+    double *w = tu_dalloc((size_t)V * D), *out = tu_dalloc((size_t)T * D), *dout = tu_dalloc((size_t)T * D);
+    double *dw = tu_dalloc((size_t)V * D), *ref = tu_dalloc((size_t)V * D);
     fill_f32exact(w, (size_t)V * D, 0.1, 2);
     tu_fill_signed(dout, (size_t)T * D, 0.1, 2);
 
@@ -104,7 +103,7 @@ static void test_embedding(void) {
         const int V2 = 50, D2 = 300, T2 = 3000;
         int32_t *tk = malloc(sizeof(int32_t) * T2);
         for (int t = 0; t < T2; t++) tk[t] = (int32_t)(tu_uniform() * V2);
-        double *g = dalloc((size_t)T2 * D2);
+        double *g = tu_dalloc((size_t)T2 * D2);
         tu_fill_signed(g, (size_t)T2 * D2, 0.01, 1);
         float *g32 = falloc((size_t)T2 * D2), *d1 = falloc((size_t)V2 * D2), *d2 = falloc((size_t)V2 * D2);
         float *dn = falloc((size_t)V2 * D2);
@@ -154,8 +153,8 @@ static double lin_loss(void *p) {
 
 static void test_linear_grad(int with_bias) {
     const int T = 6, in = 5, out = 4;
-    double *x = dalloc((size_t)T * in), *w = dalloc((size_t)out * in), *b = dalloc(out), *y = dalloc((size_t)T * out);
-    double *dy = dalloc((size_t)T * out), *dx = dalloc((size_t)T * in), *dw = dalloc((size_t)out * in), *db = dalloc(out);
+    double *x = tu_dalloc((size_t)T * in), *w = tu_dalloc((size_t)out * in), *b = tu_dalloc(out), *y = tu_dalloc((size_t)T * out);
+    double *dy = tu_dalloc((size_t)T * out), *dx = tu_dalloc((size_t)T * in), *dw = tu_dalloc((size_t)out * in), *db = tu_dalloc(out);
     tu_fill_signed(x, (size_t)T * in, 0.1, 1);
     tu_fill_signed(w, (size_t)out * in, 0.1, 1);
     tu_fill_signed(b, out, 0.1, 1);
@@ -186,8 +185,8 @@ static void test_linear_grad(int with_bias) {
 
     if (with_bias) {
         /* accumulate: dx += ..., and parameter gradients always accumulate. */
-        double *dx0 = dalloc((size_t)T * in), *dw1 = dalloc((size_t)out * in), *db1 = dalloc(out);
-        double *r = dalloc((size_t)T * in), *expect = dalloc((size_t)T * in);
+        double *dx0 = tu_dalloc((size_t)T * in), *dw1 = tu_dalloc((size_t)out * in), *db1 = tu_dalloc(out);
+        double *r = tu_dalloc((size_t)T * in), *expect = tu_dalloc((size_t)T * in);
         memcpy(dx0, dx, sizeof(double) * T * in);
         memcpy(dw1, dw, sizeof(double) * out * in);
         memcpy(db1, db, sizeof(double) * out);
@@ -202,7 +201,7 @@ static void test_linear_grad(int with_bias) {
         e = fmax(e, tu_max_rel_err(db, db1, out, 1e-12));
         tu_check_err("linear_backward accumulate: dx += dy W, dW/db accumulate on a second call", e, 1e-14);
         /* NULL outputs are skipped: only dbias requested. */
-        double *db2 = dalloc(out);
+        double *db2 = tu_dalloc(out);
         MgLinearArgs a2 = a;
         a2.dx = NULL, a2.dweight = NULL, a2.dbias = db2, a2.x = NULL, a2.weight = NULL;
         cpu_linear_backward_f64(B64, &a2);
@@ -218,8 +217,8 @@ static void test_linear_grad(int with_bias) {
 static void test_linear_f32(void) {
     const int T = 64, in = 96, out = 80;
     size_t nx = (size_t)T * in, nw = (size_t)out * in, ny = (size_t)T * out;
-    double *x = dalloc(nx), *w = dalloc(nw), *b = dalloc(out), *dy = dalloc(ny);
-    double *y = dalloc(ny), *dx = dalloc(nx), *dw = dalloc(nw), *db = dalloc(out);
+    double *x = tu_dalloc(nx), *w = tu_dalloc(nw), *b = tu_dalloc(out), *dy = tu_dalloc(ny);
+    double *y = tu_dalloc(ny), *dx = tu_dalloc(nx), *dw = tu_dalloc(nw), *db = tu_dalloc(out);
     fill_f32exact(x, nx, 0.01, 1);
     fill_f32exact(w, nw, 0.01, 0.2);
     fill_f32exact(b, out, 0.01, 1);
@@ -242,7 +241,7 @@ static void test_linear_f32(void) {
     /* dbias: many rows, several column blocks; summed in double in row order. */
     const int T2 = 4000, out2 = 600;
     size_t n2 = (size_t)T2 * out2;
-    double *g = dalloc(n2), *ref = dalloc(out2);
+    double *g = tu_dalloc(n2), *ref = tu_dalloc(out2);
     tu_fill_uniform(g, n2, -1, 1.2); /* non-zero mean: the sum is large, rounding errors accumulate */
     float *g32 = falloc(n2), *d1 = falloc(out2), *d2 = falloc(out2);
     tu_to_f32(g32, g, n2);
@@ -290,7 +289,7 @@ static double dsilu_ref(double x) {
 static void test_act(MgActKind kind) {
     const int n = 257;
     const int binary = kind != MG_ACT_SILU;
-    double *x = dalloc(n), *b = dalloc(n), *y = dalloc(n), *dy = dalloc(n), *da = dalloc(n), *db = dalloc(n);
+    double *x = tu_dalloc(n), *b = tu_dalloc(n), *y = tu_dalloc(n), *dy = tu_dalloc(n), *da = tu_dalloc(n), *db = tu_dalloc(n);
     tu_fill_signed(x, n, 0.01, 3);
     x[0] = 12, x[1] = -12, x[2] = 30, x[3] = -30; /* saturated sigmoid */
     tu_fill_signed(b, n, 0.1, 2);
@@ -317,7 +316,7 @@ static void test_act(MgActKind kind) {
         tu_grad_check(name, b, n, db, act_loss, &c, 1e-6);
     }
     /* accumulate, and NULL da with db requested */
-    double *r = dalloc(n), *ea = dalloc(n), *eb = dalloc(n), *da0 = dalloc(n), *db0 = dalloc(n);
+    double *r = tu_dalloc(n), *ea = tu_dalloc(n), *eb = tu_dalloc(n), *da0 = tu_dalloc(n), *db0 = tu_dalloc(n);
     memcpy(da0, da, sizeof(double) * n), memcpy(db0, db, sizeof(double) * n);
     tu_fill_signed(r, n, 0.1, 1);
     for (int i = 0; i < n; i++) ea[i] = r[i] + da0[i], eb[i] = -r[i] + db0[i], da[i] = r[i], db[i] = -r[i];
@@ -341,7 +340,7 @@ static void test_act(MgActKind kind) {
 /* float32 vs float64 on a large n (parallel path). */
 static void test_act_f32(void) {
     const size_t n = (size_t)1 << 18;
-    double *x = dalloc(n), *b = dalloc(n), *dy = dalloc(n), *y = dalloc(n), *da = dalloc(n), *db = dalloc(n);
+    double *x = tu_dalloc(n), *b = tu_dalloc(n), *dy = tu_dalloc(n), *y = tu_dalloc(n), *da = tu_dalloc(n), *db = tu_dalloc(n);
     fill_f32exact(x, n, 0.001, 8);
     fill_f32exact(b, n, 0.01, 2);
     fill_f32exact(dy, n, 0.01, 1);
@@ -392,7 +391,7 @@ static void drop_bad_p(void *p) { cpu_dropout_forward_f32(B32, p); }
 
 static void test_dropout(void) {
     const size_t n = (size_t)1 << 20;
-    double *xd = dalloc(n);
+    double *xd = tu_dalloc(n);
     fill_f32exact(xd, n, 0.1, 2);
     float *x = falloc(n), *y = falloc(n), *y2 = falloc(n), *dy = falloc(n), *dx = falloc(n);
     tu_to_f32(x, xd, n);
@@ -480,7 +479,7 @@ static void test_dropout(void) {
     /* f64 path: same mask as f32 (the hash does not depend on the precision). */
     {
         const size_t m = 4096;
-        double *x64 = dalloc(m), *y64 = dalloc(m);
+        double *x64 = tu_dalloc(m), *y64 = tu_dalloc(m);
         for (size_t i = 0; i < m; i++) x64[i] = x[i];
         MgDropoutArgs d = {.n = (int64_t)m, .p = 0.25, .seed = 99, .offset = 5, .x = x64, .y = y64};
         cpu_dropout_forward_f64(B64, &d);
@@ -504,7 +503,7 @@ static void test_dropout(void) {
 
 static void test_vector_ops(void) {
     const size_t n = 100003;
-    double *x = dalloc(n), *yv = dalloc(n), *y0 = dalloc(n);
+    double *x = tu_dalloc(n), *yv = tu_dalloc(n), *y0 = tu_dalloc(n);
     fill_f32exact(x, n, 0.001, 3);
     fill_f32exact(y0, n, 0.001, 3);
     float *x32 = falloc(n), *y32 = falloc(n);
@@ -565,7 +564,7 @@ static void test_adamw(void) {
     } cfgs[] = {{1e-2, 0.9, 0.999, 1e-8, 0.1, 0.5}, {3e-3, 0.8, 0.95, 1e-3, 0.0, 2.0}};
     for (int ci = 0; ci < 2; ci++) {
         float *p = falloc(n), *m = falloc(n), *v = falloc(n), *g = falloc(n);
-        double *pd = dalloc(n), *md = dalloc(n), *vd = dalloc(n), *gd = dalloc(n);
+        double *pd = tu_dalloc(n), *md = tu_dalloc(n), *vd = tu_dalloc(n), *gd = tu_dalloc(n);
         fill_f32exact(pd, n, 0.05, 1);
         tu_to_f32(p, pd, n);
         for (int s = 1; s <= steps; s++) {

@@ -26,22 +26,21 @@ typedef struct {
     double *dx, *dalpha, *ddelta, *dtheta, *dgamma, *domega, *dh_in;
 } CemaGrads;
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 
 static Cema cema_new(int B, int L, int D, int N, int use_hin, int use_dhout) {
     Cema c = {.B = B, .L = L, .D = D, .N = N, .use_hin = use_hin, .use_dhout = use_dhout};
     size_t n = (size_t)B * L * D, dn = (size_t)D * N, st = (size_t)B * D * N * 2;
-    c.x = dalloc(n);
-    c.alpha = dalloc(dn);
-    c.delta = dalloc(dn);
-    c.theta = dalloc(D);
-    c.gamma = dalloc(2 * dn);
-    c.omega = dalloc(D);
-    c.h_in = dalloc(st);
-    c.dy = dalloc(n);
-    c.gh = dalloc(st);
-    c.y = dalloc(n);
-    c.h_out = dalloc(st);
+    c.x = tu_dalloc(n);
+    c.alpha = tu_dalloc(dn);
+    c.delta = tu_dalloc(dn);
+    c.theta = tu_dalloc(D);
+    c.gamma = tu_dalloc(2 * dn);
+    c.omega = tu_dalloc(D);
+    c.h_in = tu_dalloc(st);
+    c.dy = tu_dalloc(n);
+    c.gh = tu_dalloc(st);
+    c.y = tu_dalloc(n);
+    c.h_out = tu_dalloc(st);
     tu_fill_normal(c.x, n, 1.0);
     tu_fill_normal(c.alpha, dn, 0.5);
     tu_fill_normal(c.delta, dn, 0.5);
@@ -61,8 +60,8 @@ static void cema_free(Cema *c) {
 
 static CemaGrads grads_new(const Cema *c) {
     size_t dn = (size_t)c->D * c->N;
-    CemaGrads g = {dalloc((size_t)c->B * c->L * c->D), dalloc(dn), dalloc(dn), dalloc(c->D), dalloc(2 * dn),
-                   dalloc(c->D), dalloc((size_t)c->B * dn * 2)};
+    CemaGrads g = {tu_dalloc((size_t)c->B * c->L * c->D), tu_dalloc(dn), tu_dalloc(dn), tu_dalloc(c->D), tu_dalloc(2 * dn),
+                   tu_dalloc(c->D), tu_dalloc((size_t)c->B * dn * 2)};
     return g;
 }
 static void grads_free(CemaGrads *g) {
@@ -148,7 +147,7 @@ static void coefs(const Cema *c, int j, int n, double *p, double complex *q, dou
 /* y_t = sum_{s<=t} k[t-s] x_s + b_t + omega x_t, h = q^L h0 + p sum_s q^{L-1-s} x_s, with powers by cpow. */
 static void closed_form(const Cema *c, double *y, double *h) {
     const int B = c->B, L = c->L, D = c->D, N = c->N;
-    double *k = dalloc(L), *bias = dalloc(L);
+    double *k = tu_dalloc(L), *bias = tu_dalloc(L);
     for (int b = 0; b < B; b++)
         for (int j = 0; j < D; j++) {
             for (int m = 0; m < L; m++) {
@@ -191,7 +190,7 @@ static void closed_form(const Cema *c, double *y, double *h) {
 static void test_closed_form(void) {
     const int B = 2, L = 200, D = 6, N = 5;
     const size_t n = (size_t)B * L * D, st = (size_t)B * D * N * 2;
-    double *y = dalloc(n), *h = dalloc(st);
+    double *y = tu_dalloc(n), *h = tu_dalloc(st);
 
     /* impulse response, zero state: y = k[t] + omega [t == 0] (the convolution kernel itself) */
     Cema c = cema_new(B, L, D, N, 0, 0);
@@ -277,12 +276,12 @@ static void test_pieces(int npieces, const int *lens) {
     const size_t n = (size_t)B * L * D, dn = (size_t)D * N, st = (size_t)B * dn * 2;
 
     CemaGrads g = grads_new(&c);
-    double *y = dalloc(n), *states = dalloc((size_t)(npieces + 1) * st);
+    double *y = tu_dalloc(n), *states = tu_dalloc((size_t)(npieces + 1) * st);
     memcpy(states, c.h_in, st * sizeof(double));
     int off = 0;
     for (int k = 0; k < npieces; k++) {
         int len = lens[k];
-        double *px = dalloc((size_t)B * len * D), *py = dalloc((size_t)B * len * D);
+        double *px = tu_dalloc((size_t)B * len * D), *py = tu_dalloc((size_t)B * len * D);
         slice_rows(c.x, px, B, L, D, off, len);
         MgCemaArgs a = {.B = B, .L = len, .D = D, .N = N, .x = px, .alpha = c.alpha, .delta = c.delta,
                         .theta = c.theta, .gamma = c.gamma, .omega = c.omega};
@@ -295,13 +294,13 @@ static void test_pieces(int npieces, const int *lens) {
         free(py);
         off += len;
     }
-    double *dho = dalloc(st);
+    double *dho = tu_dalloc(st);
     memcpy(dho, c.gh, st * sizeof(double));
     for (int k = npieces - 1; k >= 0; k--) {
         int len = lens[k];
         off -= len;
-        double *px = dalloc((size_t)B * len * D), *pdy = dalloc((size_t)B * len * D),
-               *pdx = dalloc((size_t)B * len * D);
+        double *px = tu_dalloc((size_t)B * len * D), *pdy = tu_dalloc((size_t)B * len * D),
+               *pdx = tu_dalloc((size_t)B * len * D);
         slice_rows(c.x, px, B, L, D, off, len);
         slice_rows(c.dy, pdy, B, L, D, off, len);
         MgCemaArgs a = {.B = B, .L = len, .D = D, .N = N, .x = px, .alpha = c.alpha, .delta = c.delta,
@@ -355,8 +354,7 @@ typedef struct {
 
 /* Round the float64 inputs to float so both precisions see identical data. */
 static float *round32(double *src, size_t n) {
-    float *d = calloc(n ? n : 1, sizeof(float));
-    tu_to_f32(d, src, n);
+    float *d = tu_f32_of(src, n);
     tu_from_f32(src, d, n);
     return d;
 }
@@ -452,7 +450,7 @@ static void test_accumulate_and_threads(void) {
                !memcmp(g1.dh_in, g2.dh_in, st * 8);
     tu_check(same, "cema_backward_bitwise_identical_1_vs_N_threads", "%s", "");
 
-    double *pre = dalloc(n);
+    double *pre = tu_dalloc(n);
     tu_fill_normal(pre, n, 1.0);
     memcpy(g3.dx, pre, n * 8);
     memcpy(g3.dalpha, g1.dalpha, dn * 8);

@@ -13,7 +13,6 @@
 static const MgBackend *B32 = &mg_cpu_backend_f32, *B64 = &mg_cpu_backend_f64;
 #define IGNORE (-100)
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 static float *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
 
@@ -51,7 +50,7 @@ int main(void) {
     {
         const int T = 7, V = 13;
         const size_t n = (size_t)T * V;
-        double *x = dalloc(n), *d = dalloc(n), *loss = dalloc(T), *tmp = dalloc(T), *xi = dalloc(n), *li = dalloc(T);
+        double *x = tu_dalloc(n), *d = tu_dalloc(n), *loss = tu_dalloc(T), *tmp = tu_dalloc(T), *xi = tu_dalloc(n), *li = tu_dalloc(T);
         int32_t tg[7] = {3, 0, IGNORE, 12, 5, IGNORE, 7};
         tu_fill_normal(x, n, 2.0);
         for (size_t i = 0; i < n; i++) d[i] = 9.0; /* must be overwritten, including ignored rows */
@@ -131,7 +130,7 @@ int main(void) {
     {
         const int T = 6, V = 32000;
         const size_t n = (size_t)T * V;
-        double *x = dalloc(n), *d = dalloc(n), *loss = dalloc(T);
+        double *x = tu_dalloc(n), *d = tu_dalloc(n), *loss = tu_dalloc(T);
         float *x32 = falloc(n), *d32 = falloc(n), *l32 = falloc(T);
         int32_t tg[6] = {0, 31999, 12345, IGNORE, 777, 4};
         tu_fill_normal(x, n, 3.0);

@@ -16,15 +16,9 @@
 static const MgBackend *BE64 = &mg_cpu_backend_f64;
 static const MgBackend *BE32 = &mg_cpu_backend_f32;
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 static double *drand(size_t n, double lo, double hi) {
-    double *p = dalloc(n);
+    double *p = tu_dalloc(n);
     tu_fill_signed(p, n, lo, hi);
-    return p;
-}
-static float *f32_of(const double *x, size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    tu_to_f32(p, x, n);
     return p;
 }
 
@@ -55,13 +49,13 @@ static void test_rmsnorm(int with_weight) {
     RmsCtx c = {.T = T, .D = D, .eps = 1e-5};
     c.x = drand(n, 0.2, 2.0);
     c.w = with_weight ? drand(D, 0.05, 0.8) : NULL;
-    c.y = dalloc(n);
+    c.y = tu_dalloc(n);
     c.dy = drand(n, 0.1, 1.0);
-    c.rstd = dalloc(T);
+    c.rstd = tu_dalloc(T);
     rms_loss(&c);
 
     /* forward against the naive formula */
-    double *ref = dalloc(n), *rref = dalloc(T);
+    double *ref = tu_dalloc(n), *rref = tu_dalloc(T);
     for (int64_t t = 0; t < T; t++) {
         double ss = 0;
         for (int j = 0; j < D; j++) ss += c.x[t * D + j] * c.x[t * D + j];
@@ -74,7 +68,7 @@ static void test_rmsnorm(int with_weight) {
     tu_check_err(name, tu_max_rel_err(c.rstd, rref, (size_t)T, 1e-12), 1e-13);
 
     /* analytic gradients */
-    double *dx = dalloc(n), *dw = dalloc(D);
+    double *dx = tu_dalloc(n), *dw = tu_dalloc(D);
     MgRMSNormArgs a = {.T = T, .D = D, .eps = c.eps, .x = c.x, .weight = c.w, .y = c.y, .saved_rstd = c.rstd,
                        .dy = c.dy, .dx = dx, .dweight = dw};
     cpu_rmsnorm_backward_f64(BE64, &a);
@@ -86,7 +80,7 @@ static void test_rmsnorm(int with_weight) {
     }
 
     /* accumulate: dx += and dweight += onto random initial contents */
-    double *dx2 = drand(n, 0.1, 1.0), *dw2 = drand(D, 0.1, 1.0), *exp_dx = dalloc(n), *exp_dw = dalloc(D);
+    double *dx2 = drand(n, 0.1, 1.0), *dw2 = drand(D, 0.1, 1.0), *exp_dx = tu_dalloc(n), *exp_dw = tu_dalloc(D);
     for (size_t i = 0; i < n; i++) exp_dx[i] = dx2[i] + dx[i];
     for (int j = 0; j < D; j++) exp_dw[j] = dw2[j] + dw[j];
     rms_loss(&c);
@@ -102,7 +96,7 @@ static void test_rmsnorm(int with_weight) {
     }
 
     /* no saved rstd: backward recomputes it */
-    double *dx3 = dalloc(n), *dw3 = dalloc(D);
+    double *dx3 = tu_dalloc(n), *dw3 = tu_dalloc(D);
     a.dx = dx3;
     a.dweight = dw3;
     a.accumulate = 0;
@@ -142,13 +136,13 @@ static void test_layernorm(void) {
     for (size_t i = 0; i < n; i++) c.x[i] += 0.7; /* nonzero mean */
     c.w = drand(D, 0.05, 0.8);
     c.b = drand(D, 0.05, 0.8);
-    c.y = dalloc(n);
+    c.y = tu_dalloc(n);
     c.dy = drand(n, 0.1, 1.0);
-    c.mean = dalloc(T);
-    c.rstd = dalloc(T);
+    c.mean = tu_dalloc(T);
+    c.rstd = tu_dalloc(T);
     ln_loss(&c);
 
-    double *ref = dalloc(n);
+    double *ref = tu_dalloc(n);
     for (int64_t t = 0; t < T; t++) {
         double mu = 0, var = 0;
         for (int j = 0; j < D; j++) mu += c.x[t * D + j];
@@ -160,7 +154,7 @@ static void test_layernorm(void) {
     }
     tu_check_err("layernorm_forward_vs_naive", tu_max_rel_err(c.y, ref, n, 1e-12), 1e-13);
 
-    double *dx = dalloc(n), *dw = dalloc(D), *db = dalloc(D);
+    double *dx = tu_dalloc(n), *dw = tu_dalloc(D), *db = tu_dalloc(D);
     MgLayerNormArgs a = {.T = T, .D = D, .eps = c.eps, .x = c.x, .weight = c.w, .bias = c.b, .y = c.y,
                          .saved_mean = c.mean, .saved_rstd = c.rstd, .dy = c.dy, .dx = dx, .dweight = dw,
                          .dbias = db};
@@ -169,7 +163,7 @@ static void test_layernorm(void) {
     tu_grad_check("layernorm_grad_weight", c.w, D, dw, ln_loss, &c, 1e-6);
     tu_grad_check("layernorm_grad_bias", c.b, D, db, ln_loss, &c, 1e-6);
 
-    double *dx2 = drand(n, 0.1, 1.0), *exp_dx = dalloc(n), *db2 = drand(D, 0.1, 1.0), *exp_db = dalloc(D);
+    double *dx2 = drand(n, 0.1, 1.0), *exp_dx = tu_dalloc(n), *db2 = drand(D, 0.1, 1.0), *exp_db = tu_dalloc(D);
     for (size_t i = 0; i < n; i++) exp_dx[i] = dx2[i] + dx[i];
     for (int j = 0; j < D; j++) exp_db[j] = db2[j] + db[j];
     ln_loss(&c);
@@ -212,14 +206,14 @@ static void test_qknorm(void) {
     c.z = drand(n, 0.2, 2.0);
     c.gamma = drand(2 * Z, 0.05, 0.8);
     c.beta = drand(2 * Z, 0.05, 0.8);
-    c.q = dalloc(n);
-    c.k = dalloc(n);
+    c.q = tu_dalloc(n);
+    c.k = tu_dalloc(n);
     c.dq = drand(n, 0.1, 1.0);
     c.dk = drand(n, 0.1, 1.0);
-    c.rstd = dalloc((size_t)T * H);
+    c.rstd = tu_dalloc((size_t)T * H);
     qk_loss(&c);
 
-    double *rq = dalloc(n), *rk = dalloc(n);
+    double *rq = tu_dalloc(n), *rk = tu_dalloc(n);
     for (int64_t t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
             const double *zh = c.z + t * Z + h * dz;
@@ -235,7 +229,7 @@ static void test_qknorm(void) {
     tu_check_err("qknorm_forward_q_vs_naive", tu_max_rel_err(c.q, rq, n, 1e-12), 1e-13);
     tu_check_err("qknorm_forward_k_vs_naive", tu_max_rel_err(c.k, rk, n, 1e-12), 1e-13);
 
-    double *dzv = dalloc(n), *dg = dalloc(2 * Z), *dbt = dalloc(2 * Z);
+    double *dzv = tu_dalloc(n), *dg = tu_dalloc(2 * Z), *dbt = tu_dalloc(2 * Z);
     MgQKNormArgs a = {.T = T, .Z = Z, .H = H, .eps = c.eps, .z = c.z, .gamma = c.gamma, .beta = c.beta,
                       .q = c.q, .k = c.k, .saved_rstd = c.rstd, .dq = c.dq, .dk = c.dk, .dz = dzv, .dgamma = dg,
                       .dbeta = dbt};
@@ -244,7 +238,7 @@ static void test_qknorm(void) {
     tu_grad_check("qknorm_grad_gamma", c.gamma, 2 * Z, dg, qk_loss, &c, 1e-6);
     tu_grad_check("qknorm_grad_beta", c.beta, 2 * Z, dbt, qk_loss, &c, 1e-6);
 
-    double *dz2 = drand(n, 0.1, 1.0), *exp_dz = dalloc(n);
+    double *dz2 = drand(n, 0.1, 1.0), *exp_dz = tu_dalloc(n);
     for (size_t i = 0; i < n; i++) exp_dz[i] = dz2[i] + dzv[i];
     qk_loss(&c);
     a.dz = dz2;
@@ -266,9 +260,9 @@ static void test_f32(void) {
     const size_t n = (size_t)T * D;
     double *x = drand(n, 0.05, 2.0), *w = drand(2 * D, 0.05, 0.8), *b = drand(2 * D, 0.05, 0.8);
     double *dy = drand(n, 0.1, 1.0), *dy2 = drand(n, 0.1, 1.0);
-    double *y64 = dalloc(n), *k64 = dalloc(n);
-    float *xf = f32_of(x, n), *wf = f32_of(w, 2 * D), *bf = f32_of(b, 2 * D), *dyf = f32_of(dy, n),
-          *dy2f = f32_of(dy2, n);
+    double *y64 = tu_dalloc(n), *k64 = tu_dalloc(n);
+    float *xf = tu_f32_of(x, n), *wf = tu_f32_of(w, 2 * D), *bf = tu_f32_of(b, 2 * D), *dyf = tu_f32_of(dy, n),
+          *dy2f = tu_f32_of(dy2, n);
     float *yf = calloc(n, sizeof(float)), *kf = calloc(n, sizeof(float)), *sf = calloc((size_t)T * H, sizeof(float)),
           *mf = calloc(T, sizeof(float));
     /* the float64 reference sees the same (float32-rounded) inputs, so only the op's arithmetic differs */

@@ -15,26 +15,16 @@
 #ifdef MG_HAVE_HDF5
 #include <hdf5.h>
 
-static void write_f32(hid_t f, const char *name, const float *data, int ndim, const int64_t *shape) {
+/* Create dataset `name` (intermediate groups too) of file type ftype and write data of memory type mtype. */
+static void write_ds(hid_t f, const char *name, hid_t ftype, hid_t mtype, const void *data, int ndim,
+                     const int64_t *shape) {
     hsize_t dims[4];
     for (int i = 0; i < ndim; i++) dims[i] = (hsize_t)shape[i];
     hid_t sp = H5Screate_simple(ndim, dims, NULL);
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t ds = H5Dcreate2(f, name, H5T_IEEE_F32LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    H5Dclose(ds);
-    H5Pclose(lcpl);
-    H5Sclose(sp);
-}
-
-static void write_i32(hid_t f, const char *name, const int32_t *data, int B, int L) {
-    hsize_t dims[2] = {(hsize_t)B, (hsize_t)L};
-    hid_t sp = H5Screate_simple(2, dims, NULL);
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t ds = H5Dcreate2(f, name, H5T_STD_I32LE, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    H5Dwrite(ds, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    hid_t ds = H5Dcreate2(f, name, ftype, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(ds, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
     H5Dclose(ds);
     H5Pclose(lcpl);
     H5Sclose(sp);
@@ -112,10 +102,12 @@ static void parity(const char *tag, int swiglu, int share) {
     for (int i = 0; i < t->count; i++) {
         char name[160];
         snprintf(name, sizeof name, "/model/%s", t->params[i].name);
-        write_f32(h, name, p32 + t->params[i].offset, t->params[i].ndim, t->params[i].shape);
+        write_ds(h, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, p32 + t->params[i].offset, t->params[i].ndim,
+                 t->params[i].shape);
     }
-    write_i32(h, "/inputs/tokens", tok, B, L);
-    write_i32(h, "/inputs/targets", tgt, B, L);
+    const int64_t bl[2] = {B, L};
+    write_ds(h, "/inputs/tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, tok, 2, bl);
+    write_ds(h, "/inputs/targets", H5T_STD_I32LE, H5T_NATIVE_INT32, tgt, 2, bl);
     H5Fclose(h);
 
     for (int prec = 0; prec < 2; prec++) {

@@ -13,9 +13,8 @@
 static const MgBackend *BE64 = &mg_cpu_backend_f64;
 static const MgBackend *BE32 = &mg_cpu_backend_f32;
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 static double *drand(size_t n) {
-    double *p = dalloc(n);
+    double *p = tu_dalloc(n);
     tu_fill_signed(p, n, 0.1, 1.5);
     return p;
 }
@@ -56,7 +55,7 @@ static void test_forward_naive(int B, int L, int H, int dh, int chunk, long long
                                const char *name) {
     const size_t n = (size_t)B * L * H * dh;
     MgRopeArgs a = {.B = B, .L = L, .H = H, .dh = dh, .chunk = chunk, .pos_offset = off, .base = base};
-    double *x = drand(n), *y = dalloc(n), *ref = dalloc(n);
+    double *x = drand(n), *y = tu_dalloc(n), *ref = tu_dalloc(n);
     a.x = x;
     a.y = y;
     cpu_rope_forward_f64(BE64, &a);
@@ -81,7 +80,7 @@ int main(void) {
     {
         const int B = 1, L = 12, H = 2, dh = 8, c = 4;
         const size_t n = (size_t)B * L * H * dh, row = (size_t)H * dh;
-        double *x = drand(n), *y = dalloc(n), *y1 = dalloc(n), *yfull = dalloc(n);
+        double *x = drand(n), *y = tu_dalloc(n), *y1 = tu_dalloc(n), *yfull = tu_dalloc(n);
         for (int t = 0; t < L; t++) memcpy(x + t * row, x + (t % c) * row, sizeof(double) * row);
         MgRopeArgs a = {.B = B, .L = L, .H = H, .dh = dh, .chunk = c, .base = 10000.0, .x = x, .y = y};
         cpu_rope_forward_f64(BE64, &a);
@@ -112,9 +111,9 @@ int main(void) {
         c.a = (MgRopeArgs){.B = 2, .L = 6, .H = 2, .dh = 6, .chunk = 4, .pos_offset = 3, .base = 10000.0};
         c.n = (size_t)c.a.B * c.a.L * c.a.H * c.a.dh;
         c.x = drand(c.n);
-        c.y = dalloc(c.n);
+        c.y = tu_dalloc(c.n);
         c.dy = drand(c.n);
-        double *dx = dalloc(c.n);
+        double *dx = tu_dalloc(c.n);
         MgRopeArgs a = c.a;
         a.dy = c.dy;
         a.dx = dx;
@@ -122,7 +121,7 @@ int main(void) {
         tu_grad_check("rope_grad_x", c.x, c.n, dx, rope_loss, &c, 1e-6);
 
         /* accumulate */
-        double *dx2 = drand(c.n), *exp_dx = dalloc(c.n);
+        double *dx2 = drand(c.n), *exp_dx = tu_dalloc(c.n);
         for (size_t i = 0; i < c.n; i++) exp_dx[i] = dx2[i] + dx[i];
         a.dx = dx2;
         a.accumulate = 1;
@@ -130,7 +129,7 @@ int main(void) {
         tu_check_err("rope_accumulate_dx", tu_max_rel_err(dx2, exp_dx, c.n, 1e-12), 1e-15);
 
         /* in place backward (dx == dy) */
-        double *g = dalloc(c.n);
+        double *g = tu_dalloc(c.n);
         memcpy(g, c.dy, sizeof(double) * c.n);
         a.dy = a.dx = g;
         a.accumulate = 0;
@@ -167,7 +166,7 @@ int main(void) {
     {
         MgRopeArgs a = {.B = 2, .L = 64, .H = 4, .dh = 128, .chunk = 4096, .pos_offset = 4000, .base = 100000.0};
         const size_t n = (size_t)a.B * a.L * a.H * a.dh;
-        double *x = drand(n), *y = dalloc(n), *y32d = dalloc(n);
+        double *x = drand(n), *y = tu_dalloc(n), *y32d = tu_dalloc(n);
         float *xf = malloc(sizeof(float) * n), *yf = malloc(sizeof(float) * n);
         tu_to_f32(xf, x, n);
         tu_from_f32(x, xf, n);

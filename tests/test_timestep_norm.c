@@ -24,25 +24,24 @@ typedef struct {
     int64_t *count_out;
 } Tsn;
 
-static double *dalloc(size_t n) { return calloc(n ? n : 1, sizeof(double)); }
 
 static Tsn tsn_new(int B, int L, int D, int G, int carried, int masked) {
     Tsn c = {.B = B, .L = L, .D = D, .G = G, .eps = 1e-5, .carried = carried};
     size_t n = (size_t)B * L * D;
-    c.x = dalloc(n);
+    c.x = tu_dalloc(n);
     /* Per-row offset and a slow drift, so the running statistics keep moving. */
     for (int b = 0; b < B; b++)
         for (int t = 0; t < L; t++)
             for (int i = 0; i < D; i++)
                 c.x[((size_t)b * L + t) * D + i] =
                     0.7 * (b + 1) + 0.05 * t + (0.6 + 0.4 * tu_uniform()) * tu_normal();
-    c.w = dalloc(D);
-    c.bias = dalloc(D);
+    c.w = tu_dalloc(D);
+    c.bias = tu_dalloc(D);
     tu_fill_normal(c.w, D, 0.3);
     tu_fill_normal(c.bias, D, 0.3);
     c.count_in = calloc(B, sizeof(int64_t));
-    c.mean_in = dalloc((size_t)B * G);
-    c.var_in = dalloc((size_t)B * G);
+    c.mean_in = tu_dalloc((size_t)B * G);
+    c.var_in = tu_dalloc((size_t)B * G);
     for (int b = 0; b < B; b++) c.count_in[b] = 2 + 3 * b;
     tu_fill_normal(c.mean_in, (size_t)B * G, 1.0);
     tu_fill_uniform(c.var_in, (size_t)B * G, 0.5, 2.0);
@@ -55,17 +54,17 @@ static Tsn tsn_new(int B, int L, int D, int G, int carried, int masked) {
         if (B >= 3)    /* a row that is padding only: its state passes through unchanged */
             for (int t = 0; t < L; t++) c.mask[(size_t)2 * L + t] = 1;
     }
-    c.dy = dalloc(n);
-    c.wm = dalloc((size_t)B * G);
-    c.wv = dalloc((size_t)B * G);
+    c.dy = tu_dalloc(n);
+    c.wm = tu_dalloc((size_t)B * G);
+    c.wv = tu_dalloc((size_t)B * G);
     tu_fill_normal(c.dy, n, 1.0);
     tu_fill_normal(c.wm, (size_t)B * G, 1.0);
     tu_fill_normal(c.wv, (size_t)B * G, 1.0);
-    c.y = dalloc(n);
-    c.smean = dalloc((size_t)B * L * G);
-    c.srstd = dalloc((size_t)B * L * G);
-    c.mean_out = dalloc((size_t)B * G);
-    c.var_out = dalloc((size_t)B * G);
+    c.y = tu_dalloc(n);
+    c.smean = tu_dalloc((size_t)B * L * G);
+    c.srstd = tu_dalloc((size_t)B * L * G);
+    c.mean_out = tu_dalloc((size_t)B * G);
+    c.var_out = tu_dalloc((size_t)B * G);
     c.count_out = calloc(B, sizeof(int64_t));
     return c;
 }
@@ -117,8 +116,8 @@ typedef struct {
 } TsnGrads;
 
 static TsnGrads grads_new(const Tsn *c) {
-    TsnGrads g = {dalloc((size_t)c->B * c->L * c->D), dalloc(c->D), dalloc(c->D), dalloc((size_t)c->B * c->G),
-                  dalloc((size_t)c->B * c->G)};
+    TsnGrads g = {tu_dalloc((size_t)c->B * c->L * c->D), tu_dalloc(c->D), tu_dalloc(c->D), tu_dalloc((size_t)c->B * c->G),
+                  tu_dalloc((size_t)c->B * c->G)};
     return g;
 }
 static void grads_free(TsnGrads *g) { free(g->dx); free(g->dw); free(g->db); free(g->dmi); free(g->dvi); }
@@ -184,7 +183,7 @@ static void test_forward_naive(const char *tag, int carried, int masked) {
     Tsn c = tsn_new(3, 17, 12, 3, carried, masked);
     tsn_fwd(&c);
     size_t n = (size_t)c.B * c.L * c.D, nbl = (size_t)c.B * c.L * c.G, bg = (size_t)c.B * c.G;
-    double *y = dalloc(n), *m = dalloc(nbl), *r = dalloc(nbl), *mf = dalloc(bg), *vf = dalloc(bg);
+    double *y = tu_dalloc(n), *m = tu_dalloc(nbl), *r = tu_dalloc(nbl), *mf = tu_dalloc(bg), *vf = tu_dalloc(bg);
     int64_t *cf = calloc(c.B, sizeof(int64_t));
     naive_forward(&c, y, m, r, mf, vf, cf);
     char name[128];
@@ -268,10 +267,10 @@ static void test_pieces(int npieces, const int *lens) {
     tsn_bwd(&c, &ref);
     const size_t n = (size_t)B * L * D, nbl = (size_t)B * L * G, bg = (size_t)B * G;
 
-    double *y = dalloc(n), *sm = dalloc(nbl), *sr = dalloc(nbl), *dx = dalloc(n), *dw = dalloc(D), *db = dalloc(D);
+    double *y = tu_dalloc(n), *sm = tu_dalloc(nbl), *sr = tu_dalloc(nbl), *dx = tu_dalloc(n), *dw = tu_dalloc(D), *db = tu_dalloc(D);
     /* per-piece state buffers: state[k] enters piece k */
     int64_t *cnt = calloc((size_t)(npieces + 1) * B, sizeof(int64_t));
-    double *mean = dalloc((size_t)(npieces + 1) * bg), *var = dalloc((size_t)(npieces + 1) * bg);
+    double *mean = tu_dalloc((size_t)(npieces + 1) * bg), *var = tu_dalloc((size_t)(npieces + 1) * bg);
     memcpy(cnt, c.count_in, sizeof(int64_t) * B);
     memcpy(mean, c.mean_in, sizeof(double) * bg);
     memcpy(var, c.var_in, sizeof(double) * bg);
@@ -281,11 +280,11 @@ static void test_pieces(int npieces, const int *lens) {
     int off = 0;
     for (int k = 0; k < npieces; k++) {
         int len = lens[k];
-        px[k] = dalloc((size_t)B * len * D);
-        psm[k] = dalloc((size_t)B * len * G);
-        psr[k] = dalloc((size_t)B * len * G);
+        px[k] = tu_dalloc((size_t)B * len * D);
+        psm[k] = tu_dalloc((size_t)B * len * G);
+        psr[k] = tu_dalloc((size_t)B * len * G);
         pm[k] = calloc((size_t)B * len, 1);
-        double *py = dalloc((size_t)B * len * D);
+        double *py = tu_dalloc((size_t)B * len * D);
         slice_rows(c.x, px[k], B, L, D, off, len);
         for (int b = 0; b < B; b++) memcpy(pm[k] + (size_t)b * len, c.mask + (size_t)b * L + off, len);
         MgTimestepNormArgs a = {.B = B, .L = len, .D = D, .G = G, .eps = c.eps};
@@ -310,13 +309,13 @@ static void test_pieces(int npieces, const int *lens) {
         off += len;
     }
     /* backward from the last piece: dL/d(state out of piece k) = dL/d(state into piece k+1) */
-    double *dmo = dalloc(bg), *dvo = dalloc(bg), *dmi = dalloc(bg), *dvi = dalloc(bg);
+    double *dmo = tu_dalloc(bg), *dvo = tu_dalloc(bg), *dmi = tu_dalloc(bg), *dvi = tu_dalloc(bg);
     memcpy(dmo, c.wm, sizeof(double) * bg);
     memcpy(dvo, c.wv, sizeof(double) * bg);
     for (int k = npieces - 1; k >= 0; k--) {
         int len = lens[k];
         off -= len;
-        double *pdy = dalloc((size_t)B * len * D), *pdx = dalloc((size_t)B * len * D);
+        double *pdy = tu_dalloc((size_t)B * len * D), *pdx = tu_dalloc((size_t)B * len * D);
         slice_rows(c.dy, pdy, B, L, D, off, len);
         MgTimestepNormArgs a = {.B = B, .L = len, .D = D, .G = G, .eps = c.eps};
         a.x = px[k];
@@ -377,12 +376,6 @@ static void test_pieces(int npieces, const int *lens) {
 }
 
 /* ---- float32 forward and backward against float64 ------------------------------------------------- */
-static float *to32(const double *src, size_t n) {
-    float *d = malloc(sizeof(float) * (n ? n : 1));
-    tu_to_f32(d, src, n);
-    return d;
-}
-
 static void test_f32(void) {
     const int B = 2, L = 96, D = 32, G = 4;
     Tsn c = tsn_new(B, L, D, G, 1, 1);
@@ -391,8 +384,8 @@ static void test_f32(void) {
     const size_t n = (size_t)B * L * D, nbl = (size_t)B * L * G, bg = (size_t)B * G;
     /* float32 copies of the (already rounded-to-float) inputs would hide nothing: round the float64
      * inputs to float first so both runs see identical data. */
-    float *x = to32(c.x, n), *w = to32(c.w, D), *bi = to32(c.bias, D), *mi = to32(c.mean_in, bg),
-          *vi = to32(c.var_in, bg), *dy = to32(c.dy, n), *wm = to32(c.wm, bg), *wv = to32(c.wv, bg);
+    float *x = tu_f32_of(c.x, n), *w = tu_f32_of(c.w, D), *bi = tu_f32_of(c.bias, D), *mi = tu_f32_of(c.mean_in, bg),
+          *vi = tu_f32_of(c.var_in, bg), *dy = tu_f32_of(c.dy, n), *wm = tu_f32_of(c.wm, bg), *wv = tu_f32_of(c.wv, bg);
     tu_from_f32(c.x, x, n); tu_from_f32(c.w, w, D); tu_from_f32(c.bias, bi, D);
     tu_from_f32(c.mean_in, mi, bg); tu_from_f32(c.var_in, vi, bg); tu_from_f32(c.dy, dy, n);
     tu_from_f32(c.wm, wm, bg); tu_from_f32(c.wv, wv, bg);
@@ -448,7 +441,7 @@ static void test_accumulate_and_threads(void) {
     tu_check(same, "tsn_backward_bitwise_identical_1_vs_N_threads", "%s", "");
 
     /* accumulate: dx += ..., parameter grads always +=; a second pass must double them */
-    double *pre = dalloc(n);
+    double *pre = tu_dalloc(n);
     tu_fill_normal(pre, n, 1.0);
     TsnGrads g3 = grads_new(&c);
     memcpy(g3.dx, pre, n * sizeof(double));

@@ -89,6 +89,25 @@ void tu_fill_signed(double *x, size_t n, double lo, double hi) {
     }
 }
 
+double *tu_dalloc(size_t n) {
+    double *p = calloc(n ? n : 1, sizeof(double));
+    if (!p) {
+        fprintf(stderr, "tu_dalloc: out of memory (%zu doubles)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
+float *tu_f32_of(const double *x, size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "tu_f32_of: out of memory (%zu floats)\n", n);
+        exit(2);
+    }
+    tu_to_f32(p, x, n);
+    return p;
+}
+
 void tu_to_f32(float *dst, const double *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = (float)src[i];
 }

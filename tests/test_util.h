@@ -29,6 +29,11 @@ void tu_fill_normal(double *x, size_t n, double std);
 /* Uniform in [lo, hi] with a random sign, i.e. |x| >= lo: keeps values away from 0 when that matters. */
 void tu_fill_signed(double *x, size_t n, double lo, double hi);
 
+/* Zero-filled double buffer (never NULL, also for n == 0); free with free(). */
+double *tu_dalloc(size_t n);
+/* A malloc'd float32 copy of x; free with free(). */
+float *tu_f32_of(const double *x, size_t n);
+
 /* Conversions between the double test data and a backend's storage dtype. */
 void tu_to_f32(float *dst, const double *src, size_t n);
 void tu_from_f32(double *dst, const float *src, size_t n);
