@@ -14,11 +14,12 @@ double mg_peak_flops(const MgConfig *cfg, char *desc, size_t desc_len);
 /* Peak resident set size of this process in bytes. */
 double mg_peak_rss_bytes(void);
 
-/* Build a model from a checkpoint: its stored config (with `overrides` applied, argc/argv style
- * `--key value` pairs, may be 0) and its weights. Exits with a clear message on any problem. The resolved
- * config is written to cfg_out. */
-MgModel *mg_model_from_checkpoint(const char *path, int argc, char **argv, const char *const *extra_keys,
-                                  MgConfig *cfg_out);
+/* Build a model from the checkpoint named by `--ckpt` (extra_keys[0] must be "ckpt"): its stored config
+ * with every `--key value` of argv applied on top, and its weights. The subcommand's own flags
+ * (extra_keys, NULL-terminated) land in extra_values. Exits with a clear message on any problem; `cmd`
+ * names the subcommand in it. The resolved config is written to cfg_out. */
+MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const char *const *extra_keys,
+                                  const char **extra_values, MgConfig *cfg_out);
 
 /* Backend for a config's device (the float32 backend on the CPU). */
 const MgBackend *mg_backend_for(const MgConfig *cfg);

@@ -119,12 +119,8 @@ void mg_sample_during_training(MgModel *m, const MgConfig *cfg, FILE *out) {
 int cmd_sample(int argc, char **argv) {
     static const char *const extra[] = {"ckpt", "prompt", "prompt_file", NULL};
     const char *vals[3] = {0};
-    MgConfig probe;
-    mg_config_defaults(&probe);
-    mg_config_from_args(&probe, argc, argv, extra, vals);
-    if (!vals[0]) mg_fatal("sample needs --ckpt FILE (a checkpoint written by `megalodon train`)");
     MgConfig cfg;
-    MgModel *m = mg_model_from_checkpoint(vals[0], argc, argv, extra, &cfg);
+    MgModel *m = mg_model_from_checkpoint("sample", argc, argv, extra, vals, &cfg);
     char err[1024];
     MgTokenizer *tok = mg_tokenizer_load(cfg.tokenizer, err, sizeof err);
     if (!tok) mg_fatal("%s (set --tokenizer, or run scripts/fetch_data.sh)", err);

@@ -405,12 +405,8 @@ int cmd_train(int argc, char **argv) {
 int cmd_eval(int argc, char **argv) {
     static const char *const extra[] = {"ckpt", "data", "batches", NULL};
     const char *vals[3] = {0};
-    MgConfig probe;
-    mg_config_defaults(&probe);
-    mg_config_from_args(&probe, argc, argv, extra, vals);
-    if (!vals[0]) mg_fatal("eval needs --ckpt FILE (a checkpoint written by `megalodon train`)");
     MgConfig cfg;
-    MgModel *m = mg_model_from_checkpoint(vals[0], argc, argv, extra, &cfg);
+    MgModel *m = mg_model_from_checkpoint("eval", argc, argv, extra, vals, &cfg);
     const char *data = vals[1] ? vals[1] : cfg.val_data;
     int batches = vals[2] ? atoi(vals[2]) : 0;
     char err[4096];
@@ -426,8 +422,15 @@ int cmd_eval(int argc, char **argv) {
     mg_model_free(m);
     return 0;
 }
-MgModel *mg_model_from_checkpoint(const char *path, int argc, char **argv, const char *const *extra_keys,
-                                  MgConfig *cfg_out) {
+MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const char *const *extra_keys,
+                                  const char **extra_values, MgConfig *cfg_out) {
+    /* --ckpt must be known before the stored config can be read, so the arguments are parsed twice:
+     * once on a scratch config for the subcommand's own flags, then on top of the stored config. */
+    MgConfig probe;
+    mg_config_defaults(&probe);
+    mg_config_from_args(&probe, argc, argv, extra_keys, extra_values);
+    const char *path = extra_values[0];
+    if (!path) mg_fatal("%s needs --ckpt FILE (a checkpoint written by `megalodon train`)", cmd);
     char err[4096];
     MgCkptMeta meta;
     mg_ckpt_meta_init(&meta);
@@ -438,10 +441,7 @@ MgModel *mg_model_from_checkpoint(const char *path, int argc, char **argv, const
     snprintf(origin, sizeof origin, "%s (stored config)", path);
     if (mg_config_load_text(&cfg, meta.config_text ? meta.config_text : "", origin, err, sizeof err))
         mg_fatal("%s", err);
-    if (argc > 0) {
-        const char *extra_values[32];
-        mg_config_from_args(&cfg, argc, argv, extra_keys, extra_values);
-    }
+    mg_config_from_args(&cfg, argc, argv, extra_keys, extra_values);
     mg_ckpt_meta_free(&meta);
     if (mg_config_validate(&cfg, err, sizeof err)) mg_fatal("%s", err);
     mg_set_threads(cfg.threads);
