@@ -245,6 +245,34 @@ typedef struct {
 } MgAdamWArgs;
 
 /* ---------------------------------------------------------------------------------------------- */
+/* The one op list: (name, argument struct) of every op with the signature void(const MgBackend*, const Args*).
+ * Backend tables, the profiling wrapper and the op harness are generated from it, so an op added here is
+ * an op every backend must provide. */
+#define MG_OP_LIST(X)                                                                                  \
+    X(embedding_forward, MgEmbeddingArgs)                                                              \
+    X(embedding_backward, MgEmbeddingArgs)                                                             \
+    X(linear_forward, MgLinearArgs)                                                                    \
+    X(linear_backward, MgLinearArgs)                                                                   \
+    X(timestep_norm_forward, MgTimestepNormArgs)                                                       \
+    X(timestep_norm_backward, MgTimestepNormArgs)                                                      \
+    X(cema_forward, MgCemaArgs)                                                                        \
+    X(cema_backward, MgCemaArgs)                                                                       \
+    X(rmsnorm_forward, MgRMSNormArgs)                                                                  \
+    X(rmsnorm_backward, MgRMSNormArgs)                                                                 \
+    X(layernorm_forward, MgLayerNormArgs)                                                              \
+    X(layernorm_backward, MgLayerNormArgs)                                                             \
+    X(qknorm_forward, MgQKNormArgs)                                                                    \
+    X(qknorm_backward, MgQKNormArgs)                                                                   \
+    X(rope_forward, MgRopeArgs)                                                                        \
+    X(rope_backward, MgRopeArgs)                                                                       \
+    X(attention_forward, MgAttentionArgs)                                                              \
+    X(attention_backward, MgAttentionArgs)                                                             \
+    X(act_forward, MgActArgs)                                                                          \
+    X(act_backward, MgActArgs)                                                                         \
+    X(dropout_forward, MgDropoutArgs)                                                                  \
+    X(dropout_backward, MgDropoutArgs)                                                                 \
+    X(cross_entropy, MgCrossEntropyArgs)
+
 typedef struct MgBackend MgBackend;
 struct MgBackend {
     const char *name;           /* "cpu-f32", "cpu-f64", later "cuda-bf16" */
@@ -261,29 +289,10 @@ struct MgBackend {
     void (*copy)(const MgBackend *be, void *dst, const void *src, size_t bytes);
     void (*synchronize)(const MgBackend *be);
 
-    void (*embedding_forward)(const MgBackend *be, const MgEmbeddingArgs *a);
-    void (*embedding_backward)(const MgBackend *be, const MgEmbeddingArgs *a);
-    void (*linear_forward)(const MgBackend *be, const MgLinearArgs *a);
-    void (*linear_backward)(const MgBackend *be, const MgLinearArgs *a);
-    void (*timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs *a);
-    void (*timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArgs *a);
-    void (*cema_forward)(const MgBackend *be, const MgCemaArgs *a);
-    void (*cema_backward)(const MgBackend *be, const MgCemaArgs *a);
-    void (*rmsnorm_forward)(const MgBackend *be, const MgRMSNormArgs *a);
-    void (*rmsnorm_backward)(const MgBackend *be, const MgRMSNormArgs *a);
-    void (*layernorm_forward)(const MgBackend *be, const MgLayerNormArgs *a);
-    void (*layernorm_backward)(const MgBackend *be, const MgLayerNormArgs *a);
-    void (*qknorm_forward)(const MgBackend *be, const MgQKNormArgs *a);
-    void (*qknorm_backward)(const MgBackend *be, const MgQKNormArgs *a);
-    void (*rope_forward)(const MgBackend *be, const MgRopeArgs *a);
-    void (*rope_backward)(const MgBackend *be, const MgRopeArgs *a);
-    void (*attention_forward)(const MgBackend *be, const MgAttentionArgs *a);
-    void (*attention_backward)(const MgBackend *be, const MgAttentionArgs *a);
-    void (*act_forward)(const MgBackend *be, const MgActArgs *a);
-    void (*act_backward)(const MgBackend *be, const MgActArgs *a);
-    void (*dropout_forward)(const MgBackend *be, const MgDropoutArgs *a);
-    void (*dropout_backward)(const MgBackend *be, const MgDropoutArgs *a);
-    void (*cross_entropy)(const MgBackend *be, const MgCrossEntropyArgs *a);
+    /* one function pointer per entry of MG_OP_LIST */
+#define MG_OP_FIELD(name, Args) void (*name)(const MgBackend *be, const Args *a);
+    MG_OP_LIST(MG_OP_FIELD)
+#undef MG_OP_FIELD
 
     /* Optimizer-side ops on float32 buffers (master weights, gradients, moments). */
     void (*adamw_update)(const MgBackend *be, const MgAdamWArgs *a);

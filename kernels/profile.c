@@ -36,7 +36,7 @@ static ProfEntry *prof_entry(const char *name) {
         e->seconds += mg_now() - t0;                                                                    \
         e->calls++;                                                                                     \
     }
-MG_CPU_OP_LIST(MG_PROF_WRAP)
+MG_OP_LIST(MG_PROF_WRAP)
 
 static void prof_adamw_update(const MgBackend *be, const MgAdamWArgs *a) {
     (void)be;
@@ -70,7 +70,7 @@ const MgBackend *mg_backend_profile_wrap(const MgBackend *inner) {
     g_inner = inner;
     g_wrapped = *inner;
 #define MG_PROF_SET(name, Args) g_wrapped.name = prof_##name;
-    MG_CPU_OP_LIST(MG_PROF_SET)
+    MG_OP_LIST(MG_PROF_SET)
 #undef MG_PROF_SET
     g_wrapped.adamw_update = prof_adamw_update;
     g_wrapped.sum_squares = prof_sum_squares;

@@ -108,7 +108,7 @@ const MgBackend
         .to_host = cpu_copy,
         .copy = cpu_copy,
         .synchronize = cpu_synchronize,
-        MG_CPU_OP_LIST(MG_CPU_TABLE_ENTRY)
+        MG_OP_LIST(MG_CPU_TABLE_ENTRY)
         .adamw_update = cpu_adamw_update,
         .sum_squares = CPU_FN(sum_squares),
         .axpy = CPU_FN(axpy),

@@ -6,36 +6,10 @@
 
 #include "../ops.h"
 
-/* (name, argument struct) for every op that has the signature void(const MgBackend*, const Args*). */
-#define MG_CPU_OP_LIST(X)                                                                              \
-    X(embedding_forward, MgEmbeddingArgs)                                                              \
-    X(embedding_backward, MgEmbeddingArgs)                                                             \
-    X(linear_forward, MgLinearArgs)                                                                    \
-    X(linear_backward, MgLinearArgs)                                                                   \
-    X(timestep_norm_forward, MgTimestepNormArgs)                                                       \
-    X(timestep_norm_backward, MgTimestepNormArgs)                                                      \
-    X(cema_forward, MgCemaArgs)                                                                        \
-    X(cema_backward, MgCemaArgs)                                                                       \
-    X(rmsnorm_forward, MgRMSNormArgs)                                                                  \
-    X(rmsnorm_backward, MgRMSNormArgs)                                                                 \
-    X(layernorm_forward, MgLayerNormArgs)                                                              \
-    X(layernorm_backward, MgLayerNormArgs)                                                             \
-    X(qknorm_forward, MgQKNormArgs)                                                                    \
-    X(qknorm_backward, MgQKNormArgs)                                                                   \
-    X(rope_forward, MgRopeArgs)                                                                        \
-    X(rope_backward, MgRopeArgs)                                                                       \
-    X(attention_forward, MgAttentionArgs)                                                              \
-    X(attention_backward, MgAttentionArgs)                                                             \
-    X(act_forward, MgActArgs)                                                                          \
-    X(act_backward, MgActArgs)                                                                         \
-    X(dropout_forward, MgDropoutArgs)                                                                  \
-    X(dropout_backward, MgDropoutArgs)                                                                 \
-    X(cross_entropy, MgCrossEntropyArgs)
-
 #define MG_CPU_DECLARE(name, Args)                                                                     \
     void cpu_##name##_f32(const MgBackend *be, const Args *a);                                         \
     void cpu_##name##_f64(const MgBackend *be, const Args *a);
-MG_CPU_OP_LIST(MG_CPU_DECLARE)
+MG_OP_LIST(MG_CPU_DECLARE)
 #undef MG_CPU_DECLARE
 
 /* Precision-independent helpers (kernels/cpu/backend_common.c). */
