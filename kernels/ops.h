@@ -7,8 +7,18 @@
  * Conventions (read these once; every op follows them):
  *  - Tensors are dense and row-major. Activations are "token-major": (B, L, features), T = B*L rows.
  *    Multi-head tensors are (B, L, H, d_head), i.e. exactly what a linear layer with H*d_head outputs gives.
- *  - Pointers are void* in the backend's storage dtype (be->dtype: float32 or float64 on the CPU).
- *    Carried states (CEMA h, TimestepNorm mean/var) use be->state_dtype; counts are int64; tokens int32.
+ *  - Every pointer in an argument struct is backend memory (device memory on an accelerator, host memory
+ *    on the CPU); no struct mixes host and device pointers. Scalars travel by value in the struct.
+ *  - Two element types per backend. Activations, parameters and their gradients are in the compute dtype
+ *    be->dtype (float32 or float64 on the CPU; bfloat16 on the GPU). Everything that must not lose
+ *    precision is in be->state_dtype (float32; float64 on cpu-f64) whatever the compute dtype: carried
+ *    states (CEMA h, TimestepNorm mean/var), every saved statistic ([saved] mean, rstd, log-sum-exp) and
+ *    per-token losses. Counts are int64, tokens and targets int32.
+ *  - Data validation: ops check shapes and arguments (and fail with a message naming the op and the
+ *    value); they do NOT scan data. Token ids and targets are checked once on the host where they enter
+ *    (the model's entry points, the data loader); an op given an out-of-range id has undefined results.
+ *  - Ops do not allocate memory on the hot path: scratch comes from the backend's workspace, which grows
+ *    to the largest size asked for and is then reused (be->workspace_bytes reports it).
  *  - Forward fields are marked [in]/[out]/[saved]. [saved] buffers are written by forward and read by
  *    backward; the caller owns them (sizes are given next to each field).
  *  - Backward: parameter gradients ALWAYS accumulate (+=), so gradient accumulation over micro-batches is
@@ -26,11 +36,11 @@
 #include "../src/common.h"
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Embedding lookup: out[t, :] = weight[tokens[t], :].                                              */
+/* Embedding lookup: out[t, :] = weight[tokens[t], :].                                                */
 typedef struct {
     int64_t T;            /* tokens */
     int D, V;             /* width, vocabulary size */
-    const int32_t *tokens; /* [in] T, each in [0, V) (checked) */
+    const int32_t *tokens; /* [in] T, each in [0, V) (checked on the host by the caller) */
     const void *weight;   /* [in] V x D */
     void *out;            /* [out] T x D */
     /* backward */
@@ -57,19 +67,20 @@ typedef struct {
 /* TimestepNorm (spec §3): grouped cumulative mean/variance over time with the block-Welford merge.
  * The carried state is (count, mean, var) per (batch row, group); a fresh sequence has count 0, mean 0,
  * var 1 (pass NULL for all three *_in pointers). Padded steps (pad_mask[b*L+t] != 0) output 0 and leave
- * the state unchanged. */
+ * the state unchanged. Statistics only: with y == NULL the forward computes just the carried-out state
+ * (count/mean/var_out; saved_* may then be NULL too): a sequence-parallel rank's local summary. */
 typedef struct {
     int B, L, D, G;             /* G groups of D/G channels; D % G == 0 */
     double eps;                 /* inside the square root */
     const void *x;              /* [in] B x L x D */
     const uint8_t *pad_mask;    /* [in] B x L, nonzero = padding; NULL = no padding */
     const void *weight, *bias;  /* [in] D each; scale is (1 + weight) */
-    const int64_t *count_in;    /* [in] B (NULL = fresh state) */
+    const int64_t *count_in;    /* [in] B, backend memory (NULL = fresh state) */
     const void *mean_in, *var_in; /* [in] B x G, state dtype (NULL = fresh) */
-    int64_t *count_out;         /* [out] B (may be NULL) */
+    int64_t *count_out;         /* [out] B, backend memory (may be NULL) */
     void *mean_out, *var_out;   /* [out] B x G, state dtype (may be NULL) */
-    void *y;                    /* [out] B x L x D */
-    void *saved_mean, *saved_rstd; /* [saved] B x L x G: running mean and (var+eps)^-1/2 after step t */
+    void *y;                    /* [out] B x L x D (NULL: statistics only, see above) */
+    void *saved_mean, *saved_rstd; /* [saved] B x L x G, state dtype: running mean and (var+eps)^-1/2 after step t */
     /* backward */
     const void *dy;             /* [in] B x L x D */
     const void *dmean_out, *dvar_out; /* [in] B x G, gradient w.r.t. the carried-out state (NULL = 0) */
@@ -82,7 +93,8 @@ typedef struct {
 /* CEMA (spec §2): per channel j and order n,
  *   h_t = p x_t + q h_{t-1},  y_t = Re(sum_n gamma_n h_{t,n}) + omega x_t,
  * with p, q, gamma computed from the raw parameters inside the op. State h is complex, stored as
- * (B, D, N, 2) = (re, im) in the state dtype; NULL h_in = zero state. Requires 1 <= N <= 64. */
+ * (B, D, N, 2) = (re, im) in the state dtype; NULL h_in = zero state. Requires 1 <= N <= 64.
+ * State only: with y == NULL the forward computes just h_out (a sequence-parallel rank's local pass). */
 typedef struct {
     int B, L, D, N;
     const void *x;              /* [in] B x L x D */
@@ -92,7 +104,7 @@ typedef struct {
     const void *omega;          /* [in] D (skip weight) */
     const void *h_in;           /* [in] B x D x N x 2 or NULL (zeros) */
     void *h_out;                /* [out] B x D x N x 2 final state, or NULL if not needed */
-    void *y;                    /* [out] B x L x D */
+    void *y;                    /* [out] B x L x D (NULL: state only) */
     /* backward (recomputes the recurrence; nothing time-indexed is saved) */
     const void *dy;             /* [in] B x L x D */
     const void *dh_out;         /* [in] B x D x N x 2 gradient of h_out (complex gradient), NULL = 0 */
@@ -110,7 +122,7 @@ typedef struct {
     const void *x;              /* [in] T x D */
     const void *weight;         /* [in] D or NULL */
     void *y;                    /* [out] T x D */
-    void *saved_rstd;           /* [saved] T */
+    void *saved_rstd;           /* [saved] T, state dtype */
     const void *dy;             /* [in] */
     void *dx;                   /* [out]; += when accumulate */
     void *dweight;              /* [acc] D (ignored when weight is NULL) */
@@ -124,7 +136,7 @@ typedef struct {
     double eps;
     const void *x, *weight, *bias; /* [in] T x D, D, D */
     void *y;                    /* [out] T x D */
-    void *saved_mean, *saved_rstd; /* [saved] T each */
+    void *saved_mean, *saved_rstd; /* [saved] T each, state dtype */
     const void *dy;
     void *dx;                   /* += when accumulate */
     void *dweight, *dbias;      /* [acc] */
@@ -141,7 +153,7 @@ typedef struct {
     const void *z;              /* [in] T x Z */
     const void *gamma, *beta;   /* [in] 2 x Z each (row 0 for Q, row 1 for K) */
     void *q, *k;                /* [out] T x Z each */
-    void *saved_rstd;           /* [saved] T x H */
+    void *saved_rstd;           /* [saved] T x H, state dtype */
     const void *dq, *dk;        /* [in] */
     void *dz;                   /* [out]; += when accumulate */
     void *dgamma, *dbeta;       /* [acc] 2 x Z */
@@ -173,15 +185,20 @@ typedef struct {
     double scale;
     /* DropKey (attention dropout, MEGA/Megalodon style): before the softmax each visible score is set to
      * -inf with probability drop_p (no rescaling), except a query's own position, so no row is empty.
-     * The mask is the counter-based stream of drop_seed (index = (task * nq + i) * nk + j with task =
-     * (b * chunks + chunk) * H + h); backward regenerates it. drop_p = 0: off. */
+     * The mask is the counter-based stream of drop_seed with index = (task * nq + i) * nk + j and
+     * task = ((drop_seq0 + b) * chunks + drop_chunk0 + chunk) * H + h, chunks = drop_chunks if > 0 else
+     * the chunks of this call: with the global sequence index and chunk index (a sequence-parallel rank
+     * holds chunks drop_chunk0.. of sequences drop_seq0..) every layout draws the same mask as one process.
+     * Backward regenerates it. drop_p = 0: off. */
     double drop_p;
     uint64_t drop_seed;
+    int64_t drop_seq0, drop_chunk0, drop_chunks;
     const void *q;              /* [in] B x Lq x H x Dqk */
     const void *k;              /* [in] B x Lk x H x Dqk */
     const void *v;              /* [in] B x Lk x H x Dv */
     void *o;                    /* [out] B x Lq x H x Dv */
-    void *saved_lse;            /* [saved] B x H x Lq log-sum-exp of each score row (may be NULL when no backward) */
+    void *saved_lse;            /* [saved] B x H x Lq, state dtype: log-sum-exp of each score row (may be NULL
+                                 * when no backward) */
     const void *dout;           /* [in] B x Lq x H x Dv */
     void *dq, *dk, *dv;         /* [out]; += when accumulate */
     int accumulate;
@@ -204,12 +221,17 @@ typedef struct {
     int accumulate;
 } MgActArgs;
 
-/* Dropout with a counter-based RNG: element i is kept iff hash(seed, offset + i) >= p, and scaled by
- * 1/(1-p). Backward regenerates the same mask, so nothing is saved. p == 0 is an exact copy. */
+/* Dropout with a counter-based RNG: element i is kept iff hash(seed, counter(i)) >= p, and scaled by
+ * 1/(1-p). Backward regenerates the same mask, so nothing is saved. p == 0 is an exact copy.
+ * counter(i) = offset + i when seg_len == 0; otherwise the n elements are segments of seg_len elements
+ * placed seg_stride apart in the counter space: counter(i) = offset + (i / seg_len) * seg_stride +
+ * i % seg_len. This is how a slice of a larger tensor draws the mask the whole tensor would (e.g. the rows
+ * of a sequence-parallel slice: seg_len = L_local * D, seg_stride = L_global * D). */
 typedef struct {
     int64_t n;
     double p;
     uint64_t seed, offset;
+    int64_t seg_len, seg_stride;
     const void *x;              /* [in] */
     void *y;                    /* [out] (may equal x) */
     const void *dy;
@@ -232,17 +254,29 @@ typedef struct {
     void *dlogits;              /* [out] T x V or NULL */
 } MgCrossEntropyArgs;
 
-/* AdamW with decoupled weight decay on a flat float32 buffer (master weights and moments are fp32):
+/* AdamW with decoupled weight decay on the fp32 master weights (moments fp32 too):
  *   g = grad * grad_scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
- *   param -= lr * ( (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps) + weight_decay * param ) */
+ *   master -= lr * ( (m / (1-b1^step)) / (sqrt(v / (1-b2^step)) + eps) + weight_decay * master )
+ * The gradient is in the compute dtype. When the compute parameters are a separate copy (bf16 on the GPU,
+ * float64 on cpu-f64), param_out receives the updated masters in the compute dtype; when the masters ARE
+ * the parameters (float32), param_out is NULL. */
 typedef struct {
     int64_t n;
-    float *param;
-    const float *grad;
+    float *param;               /* [in/out] fp32 masters */
+    const void *grad;           /* [in] compute dtype */
+    void *param_out;            /* [out] compute dtype, or NULL */
     float *m, *v;
     double lr, beta1, beta2, eps, weight_decay, grad_scale;
     int64_t step;               /* 1-based, after increment */
 } MgAdamWArgs;
+
+/* Element-wise conversion between dtypes (float32, float64, bfloat16 with round-to-nearest-even). */
+typedef struct {
+    int64_t n;
+    MgDtype src_dtype, dst_dtype;
+    const void *src;            /* [in] */
+    void *dst;                  /* [out]; may equal src only when the dtypes have the same size */
+} MgConvertArgs;
 
 /* ---------------------------------------------------------------------------------------------- */
 /* The one op list: (name, argument struct) of every op with the signature void(const MgBackend*, const Args*).
@@ -271,14 +305,23 @@ typedef struct {
     X(act_backward, MgActArgs)                                                                         \
     X(dropout_forward, MgDropoutArgs)                                                                  \
     X(dropout_backward, MgDropoutArgs)                                                                 \
-    X(cross_entropy, MgCrossEntropyArgs)
+    X(cross_entropy, MgCrossEntropyArgs)                                                                \
+    X(adamw_update, MgAdamWArgs)                                                                       \
+    X(convert, MgConvertArgs)
 
 typedef struct MgBackend MgBackend;
+typedef struct MgEvent MgEvent;
+
+/* Streams: ops run in order on the compute stream; a transport may use the comm stream so that
+ * communication overlaps compute. Events order work across streams and with the host. */
+enum { MG_STREAM_COMPUTE = 0, MG_STREAM_COMM = 1 };
+
 struct MgBackend {
     const char *name;           /* "cpu-f32", "cpu-f64", later "cuda-bf16" */
-    MgDtype dtype;              /* activation/parameter storage type of this backend's ops */
-    MgDtype state_dtype;        /* carried CEMA/TimestepNorm states */
-    void *ctx;                  /* backend private (streams, handles, workspaces) */
+    MgDtype dtype;              /* compute dtype: activations, parameters and their gradients */
+    MgDtype state_dtype;        /* carried states, saved statistics, losses (see the conventions above) */
+    int device;                 /* device id this instance drives (0 on the CPU) */
+    void *ctx;                  /* backend private (streams, handles, workspace) */
 
     /* memory (device memory on accelerators; plain host memory on the CPU) */
     void *(*alloc)(const MgBackend *be, size_t bytes);   /* zero-filled */
@@ -287,15 +330,27 @@ struct MgBackend {
     void (*to_device)(const MgBackend *be, void *dst, const void *src_host, size_t bytes);
     void (*to_host)(const MgBackend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(const MgBackend *be, void *dst, const void *src, size_t bytes);
-    void (*synchronize)(const MgBackend *be);
+    void (*synchronize)(const MgBackend *be);   /* host waits for all work of this backend */
+
+    /* Events: record marks the current end of `stream`; stream_wait makes later work of `stream` wait
+     * for it; event_synchronize makes the host wait. The CPU backend runs every op synchronously in the
+     * caller's thread: its events are complete when recorded and waiting is free. */
+    MgEvent *(*event_create)(const MgBackend *be);
+    void (*event_destroy)(const MgBackend *be, MgEvent *ev);
+    void (*event_record)(const MgBackend *be, MgEvent *ev, int stream);
+    void (*stream_wait)(const MgBackend *be, int stream, MgEvent *ev);
+    void (*event_synchronize)(const MgBackend *be, MgEvent *ev);
+    /* The native handle of a stream for a transport (cudaStream_t for NCCL); NULL on the CPU. */
+    void *(*native_stream)(const MgBackend *be, int stream);
+
+    /* Bytes the op workspace holds now, and (grows != NULL) how many times it has grown since creation. */
+    size_t (*workspace_bytes)(const MgBackend *be, int64_t *grows);
 
     /* one function pointer per entry of MG_OP_LIST */
 #define MG_OP_FIELD(name, Args) void (*name)(const MgBackend *be, const Args *a);
     MG_OP_LIST(MG_OP_FIELD)
 #undef MG_OP_FIELD
 
-    /* Optimizer-side ops on float32 buffers (master weights, gradients, moments). */
-    void (*adamw_update)(const MgBackend *be, const MgAdamWArgs *a);
     /* Sum of squares of n elements of x (storage dtype), accumulated in double, fixed order. */
     double (*sum_squares)(const MgBackend *be, const void *x, int64_t n);
     /* y[i] += alpha * x[i] (storage dtype). */
@@ -304,13 +359,27 @@ struct MgBackend {
     void (*scale)(const MgBackend *be, int64_t n, double alpha, void *x);
 };
 
-/* The CPU backends (kernels/cpu). Thread count comes from OpenMP (OMP_NUM_THREADS / mg_set_threads). */
+/* ---- lifecycle ----------------------------------------------------------------------------------
+ * A backend instance drives one device and owns its workspace (and, on a GPU, its streams, handles and
+ * memory pool). Create one per process and device, destroy it after every model using it is freed. */
+typedef struct {
+    int threads;                /* CPU: OpenMP/BLAS threads (0 = leave the default) */
+} MgBackendOptions;
+
+/* name: "cpu" (= "cpu-f32"), "cpu-f64", later "cuda" (bf16) / "cuda-fp32". device: which device of that
+ * kind (must be 0 for the CPU). opts may be NULL. Returns NULL with a message in err (naming what to do)
+ * if the backend is not built in, the device does not exist, or it cannot be initialised. */
+MgBackend *mg_backend_create(const char *name, int device, const MgBackendOptions *opts, char *err, size_t errlen);
+void mg_backend_destroy(MgBackend *be);
+
+/* Process-wide default instances, created on first use and never destroyed (tools, tests). Exits with a
+ * clear message if the backend is not built in or no device is present. */
+const MgBackend *mg_backend_get(const char *name);
+
+/* The CPU backends' default instances (the same objects mg_backend_get returns for "cpu-f32"/"cpu-f64";
+ * tests call ops through them directly). Thread count comes from OpenMP (OMP_NUM_THREADS / mg_set_threads). */
 extern const MgBackend mg_cpu_backend_f32;
 extern const MgBackend mg_cpu_backend_f64;
-
-/* Look a backend up by name ("cpu", "cpu-f32", "cpu-f64", "cuda"); exits with a clear message if the
- * backend is not built in or no device is present. */
-const MgBackend *mg_backend_get(const char *name);
 
 /* Profiling: a backend that forwards to `inner` and times every op (kernels/profile.c). */
 const MgBackend *mg_backend_profile_wrap(const MgBackend *inner);

@@ -3,7 +3,6 @@
  * `megalodon bench --profile 1`; costs nothing when not used. */
 #include <string.h>
 
-#include "cpu/cpu_ops.h"
 #include "ops.h"
 
 #define MG_PROFILE_MAX 64
@@ -38,15 +37,6 @@ static ProfEntry *prof_entry(const char *name) {
     }
 MG_OP_LIST(MG_PROF_WRAP)
 
-static void prof_adamw_update(const MgBackend *be, const MgAdamWArgs *a) {
-    (void)be;
-    double t0 = mg_now();
-    g_inner->adamw_update(g_inner, a);
-    ProfEntry *e = prof_entry("adamw_update");
-    e->seconds += mg_now() - t0;
-    e->calls++;
-}
-
 static double prof_sum_squares(const MgBackend *be, const void *x, int64_t n) {
     (void)be;
     double t0 = mg_now();
@@ -72,7 +62,6 @@ const MgBackend *mg_backend_profile_wrap(const MgBackend *inner) {
 #define MG_PROF_SET(name, Args) g_wrapped.name = prof_##name;
     MG_OP_LIST(MG_PROF_SET)
 #undef MG_PROF_SET
-    g_wrapped.adamw_update = prof_adamw_update;
     g_wrapped.sum_squares = prof_sum_squares;
     g_wrapped.axpy = prof_axpy;
     return &g_wrapped;

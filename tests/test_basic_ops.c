@@ -55,8 +55,6 @@ static double emb_loss(void *p) {
     return tu_dot(c->dout, c->a.out, c->nout);
 }
 
-static void emb_bad_forward(void *p) { cpu_embedding_forward_f32(B32, p); }
-static void emb_bad_backward(void *p) { cpu_embedding_backward_f64(B64, p); }
 
 static void test_embedding(void) {
     const int V = 11, D = 37, T = 60;
@@ -125,14 +123,21 @@ static void test_embedding(void) {
         free(tk), free(g), free(g32), free(d1), free(d2), free(dn);
     }
 
-    /* Out-of-range ids are refused with the id and its position. */
-    tok[7] = V;
-    tu_expect_failure_all("embedding_forward refuses token id == V", emb_bad_forward, &a32,
-                 (const char *const[]){"token id 11", "position 7", NULL});
-    tok[7] = 3;
-    tok[0] = -1;
-    tu_expect_failure_all("embedding_backward refuses negative token id", emb_bad_backward, &a,
-                 (const char *const[]){"token id -1", "position 0", NULL});
+    /* Ops do not scan data (ops.h): ids are checked on the host where they enter, by mg_check_ids, which
+     * names the id and its position. */
+    {
+        char err[256] = "";
+        tok[7] = V;
+        int rc = mg_check_ids(tok, T, V, INT32_MIN, "token", err, sizeof err);
+        tu_check(rc == -1 && strstr(err, "token id 11 at position 7"), "host id check refuses token id == V", "%s", err);
+        tok[7] = 3;
+        tok[0] = -1;
+        rc = mg_check_ids(tok, T, V, INT32_MIN, "token", err, sizeof err);
+        tu_check(rc == -1 && strstr(err, "token id -1 at position 0"), "host id check refuses a negative id", "%s", err);
+        rc = mg_check_ids(tok, T, V, -1, "target", err, sizeof err);
+        tu_check(rc == 0, "host id check accepts the ignore index", "rc %d", rc);
+        tok[0] = 0;
+    }
     free(tok), free(w), free(out), free(dout), free(dw), free(ref), free(w32), free(out32);
 }
 
@@ -555,7 +560,7 @@ static void test_vector_ops(void) {
 /* ---------------------------------------------------------------------------------------------- */
 /* AdamW against the formula of ops.h, carried in double. */
 
-static void adamw_bad_step(void *p) { cpu_adamw_update(B32, p); }
+static void adamw_bad_step(void *p) { cpu_adamw_update_f32(B32, p); }
 
 static void test_adamw(void) {
     const int n = 1000, steps = 6;
@@ -573,7 +578,7 @@ static void test_adamw(void) {
             MgAdamWArgs a = {.n = n, .param = p, .grad = g, .m = m, .v = v, .lr = cfgs[ci].lr, .beta1 = cfgs[ci].b1,
                              .beta2 = cfgs[ci].b2, .eps = cfgs[ci].eps, .weight_decay = cfgs[ci].wd,
                              .grad_scale = cfgs[ci].gs, .step = s};
-            cpu_adamw_update(B32, &a);
+            cpu_adamw_update_f32(B32, &a);
             const double b1 = cfgs[ci].b1, b2 = cfgs[ci].b2;
             for (int i = 0; i < n; i++) {
                 double gi = gd[i] * cfgs[ci].gs;
@@ -592,6 +597,31 @@ static void test_adamw(void) {
         snprintf(name, sizeof name, "adamw_update vs double formula, config %d: moments m, v", ci);
         tu_check_err(name, em, 1e-6);
         free(p), free(m), free(v), free(g), free(pd), free(md), free(vd), free(gd);
+    }
+    /* Separate compute-dtype parameters (cpu-f64: float64 params, fp32 masters): the masters follow the
+     * same float32 arithmetic bit for bit, and param_out receives them exactly. */
+    {
+        float *p = falloc(n), *m = falloc(n), *v = falloc(n), *p2 = falloc(n), *m2 = falloc(n), *v2 = falloc(n);
+        double *pd = tu_dalloc(n), *gd = tu_dalloc(n), *out = tu_dalloc(n);
+        fill_f32exact(pd, n, 0.05, 1);
+        tu_to_f32(p, pd, n);
+        tu_to_f32(p2, pd, n);
+        float *g32 = falloc(n);
+        int same = 1;
+        for (int s = 1; s <= 3; s++) {
+            fill_f32exact(gd, n, 1e-3, 1);
+            tu_to_f32(g32, gd, n);
+            MgAdamWArgs a = {.n = n, .param = p, .grad = g32, .m = m, .v = v, .lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99,
+                             .eps = 1e-8, .weight_decay = 0.1, .grad_scale = 1.0, .step = s};
+            cpu_adamw_update_f32(B32, &a);
+            MgAdamWArgs b = a;
+            b.param = p2, b.m = m2, b.v = v2, b.grad = gd, b.param_out = out;
+            cpu_adamw_update_f64(B64, &b);
+            for (int i = 0; i < n; i++) same &= p[i] == p2[i] && m[i] == m2[i] && (double)p2[i] == out[i];
+        }
+        tu_check(same, "adamw_update with a float64 gradient and param_out: masters identical, param_out = masters",
+                 "3 steps, %d elements", n);
+        free(p), free(m), free(v), free(p2), free(m2), free(v2), free(pd), free(gd), free(out), free(g32);
     }
     MgAdamWArgs bad = {.n = 0, .step = 0};
     tu_expect_failure_all("adamw_update refuses step 0", adamw_bad_step, &bad, (const char *const[]){"step", NULL});

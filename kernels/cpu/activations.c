@@ -116,13 +116,16 @@ void CPU_FN(act_backward)(const MgBackend *be, const MgActArgs *a) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Dropout: element i of the tensor is element offset + i of the mask stream of `seed` (mg_mask_keep,
- * cpu_real.h), so backward regenerates the mask and a slice of a tensor can be processed with
- * offset + start. */
+/* Dropout: element i of the tensor is element counter(i) of the mask stream of `seed` (mg_mask_keep,
+ * cpu_real.h; counter() in ops.h: offset + i, or segments placed seg_stride apart), so backward
+ * regenerates the mask and a slice of a larger tensor draws the larger tensor's mask. */
 
 static void check_p(const char *op, const MgDropoutArgs *a) {
     MG_CHECK(a->p >= 0.0 && a->p < 1.0, "%s: probability p=%g must be in [0, 1)", op, a->p);
     MG_CHECK(a->n >= 0, "%s: n=%lld must be >= 0", op, (long long)a->n);
+    MG_CHECK(a->seg_len >= 0 && (a->seg_len == 0 || a->seg_stride >= a->seg_len),
+             "%s: segments of seg_len=%lld must not overlap (seg_stride=%lld must be >= seg_len)", op,
+             (long long)a->seg_len, (long long)a->seg_stride);
 }
 
 /* dst = mask * src * scale (or += when acc). Shared by forward (x -> y) and backward (dy -> dx). */
@@ -130,10 +133,25 @@ static void dropout_apply(const MgDropoutArgs *a, const real *src, real *dst, in
     const int64_t n = a->n;
     const uint64_t key = mg_fmix64(a->seed), base = a->offset, thr = mg_keep_threshold(a->p);
     const real scale = (real)(1.0 / (1.0 - a->p));
+    if (a->seg_len == 0 || a->seg_len >= n) {
 #pragma omp parallel for simd schedule(static) if (n > ACT_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        real v = mg_mask_keep(key, base + (uint64_t)i, thr) ? src[i] * scale : (real)0;
-        PUT(dst, i, v);
+        for (int64_t i = 0; i < n; i++) {
+            real v = mg_mask_keep(key, base + (uint64_t)i, thr) ? src[i] * scale : (real)0;
+            PUT(dst, i, v);
+        }
+        return;
+    }
+    const int64_t len = a->seg_len, nseg = (n + len - 1) / len;
+    const uint64_t stride = (uint64_t)a->seg_stride;
+#pragma omp parallel for schedule(static) if (n > ACT_PAR_MIN)
+    for (int64_t sgi = 0; sgi < nseg; sgi++) {
+        const int64_t i0 = sgi * len, i1 = MG_MIN(n, i0 + len);
+        const uint64_t b0 = base + (uint64_t)sgi * stride - (uint64_t)i0;
+#pragma omp simd
+        for (int64_t i = i0; i < i1; i++) {
+            real v = mg_mask_keep(key, b0 + (uint64_t)i, thr) ? src[i] * scale : (real)0;
+            PUT(dst, i, v);
+        }
     }
 }
 

@@ -113,7 +113,14 @@ static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t ta
     if (d.active) {
         d.key = mg_fmix64(a->drop_seed);
         d.threshold = mg_keep_threshold(a->drop_p);
-        d.base = (uint64_t)task * (uint64_t)g->nq * (uint64_t)g->nk;
+        /* task = (b * nchunks + ci) * H + h locally; the mask index uses the global sequence and chunk */
+        const int H = a->H;
+        const int64_t h = task % H, bc = task / H, ci = bc % g->nchunks, b = bc / g->nchunks;
+        const int64_t chunks = a->drop_chunks > 0 ? a->drop_chunks : g->nchunks;
+        const uint64_t gtask =
+            ((uint64_t)(a->drop_seq0 + b) * (uint64_t)chunks + (uint64_t)(a->drop_chunk0 + ci)) * (uint64_t)H +
+            (uint64_t)h;
+        d.base = gtask * (uint64_t)g->nq * (uint64_t)g->nk;
     }
     return d;
 }
@@ -205,28 +212,26 @@ static void attention_backward_task(const MgAttentionArgs *a, const AttGeom *g, 
 }
 
 void CPU_FN(attention_forward)(const MgBackend *be, const MgAttentionArgs *a) {
-    (void)be;
     const AttGeom g = attention_geometry(a, "attention_forward");
     const int64_t ntasks = (int64_t)a->B * g.nchunks * a->H;
     if (ntasks == 0) return;
     MG_CHECK(a->o, "attention_forward: output o is NULL");
+    cpu_ws_reserve(be, 0, sizeof(real) * (size_t)MG_MIN(ATT_RB, g.nq) * g.nk);
     /* Always a parallel region (even for one task) so that BLAS runs single-threaded inside it and
      * every output element is produced by the same sequence of operations whatever the thread count. */
 #pragma omp parallel
     {
-        real *S = mg_malloc(sizeof(real) * (size_t)MG_MIN(ATT_RB, g.nq) * g.nk);
+        real *S = cpu_ws_thread(be, 0);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             const AttTask t = attention_task(a, &g, task, 0);
             const DropMask dm = drop_mask(a, &g, task);
             attention_forward_task(a, &g, &t, S, &dm);
         }
-        free(S);
     }
 }
 
 void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
-    (void)be;
     const AttGeom g = attention_geometry(a, "attention_backward");
     const int64_t ntasks = (int64_t)a->B * g.nchunks * a->H;
     if (ntasks == 0 || (!a->dq && !a->dk && !a->dv)) return;
@@ -235,13 +240,14 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
     real *lse_tmp = NULL;
     MgAttentionArgs aa = *a;
     if (!a->saved_lse) {
-        lse_tmp = mg_malloc(sizeof(real) * (size_t)a->B * a->H * a->Lq);
+        lse_tmp = cpu_ws_shared(be, 0, sizeof(real) * (size_t)a->B * a->H * a->Lq);
         aa.saved_lse = lse_tmp;
     }
+    const size_t blk = (size_t)MG_MIN(ATT_RB, g.nq) * g.nk;
+    cpu_ws_reserve(be, 0, sizeof(real) * 2 * blk);
 #pragma omp parallel
     {
-        const size_t blk = (size_t)MG_MIN(ATT_RB, g.nq) * g.nk;
-        real *P = mg_malloc(sizeof(real) * blk), *dP = mg_malloc(sizeof(real) * blk);
+        real *P = cpu_ws_thread(be, 0), *dP = P + blk;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
             const AttTask t = attention_task(&aa, &g, task, 1);
@@ -254,8 +260,5 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
                 }
             attention_backward_task(&aa, &g, &t, P, dP, &dm);
         }
-        free(P);
-        free(dP);
     }
-    free(lse_tmp);
 }

@@ -43,7 +43,7 @@ static void cema_validate(const MgCemaArgs *a, const char *op, int backward) {
              a->B, a->L, a->D);
     MG_CHECK(a->x && a->alpha && a->delta && a->theta && a->gamma && a->omega,
              "%s: x, alpha, delta, theta, gamma and omega must not be NULL", op);
-    if (!backward) MG_CHECK(a->y, "%s: y must not be NULL", op);
+    if (!backward) MG_CHECK(a->y || a->h_out, "%s: nothing to compute (y and h_out are both NULL)", op);
     else MG_CHECK(a->dy, "%s: dy must not be NULL", op);
 }
 
@@ -56,11 +56,12 @@ typedef struct {
     cema_t *buf, *p, *qr, *qi, *gr, *gi;
 } CemaCoef;
 
-static void cema_coef(const MgCemaArgs *a, CemaCoef *c) {
+static void cema_coef(const MgBackend *be, const MgCemaArgs *a, CemaCoef *c) {
     const int D = a->D, N = a->N, nblk = (D + CEMA_BLOCK - 1) / CEMA_BLOCK;
     const size_t sz = (size_t)nblk * N * CEMA_BLOCK;
     const real *alpha = a->alpha, *delta = a->delta, *theta = a->theta, *gamma = a->gamma;
-    c->buf = mg_calloc(5 * sz, sizeof(cema_t));
+    c->buf = cpu_ws_shared(be, 0, 5 * sz * sizeof(cema_t));
+    memset(c->buf, 0, 5 * sz * sizeof(cema_t));
     c->p = c->buf;
     c->qr = c->p + sz;
     c->qi = c->qr + sz;
@@ -160,19 +161,19 @@ static inline void run_order(const cema_t *restrict p, const cema_t *restrict qr
 }
 
 void CPU_FN(cema_forward)(const MgBackend *be, const MgCemaArgs *a) {
-    (void)be;
     cema_validate(a, "cema_forward", 0);
     const int B = a->B, L = a->L, D = a->D, N = a->N, nblk = (D + CEMA_BLOCK - 1) / CEMA_BLOCK;
     const real *omega = a->omega;
     real *y = a->y;
     CemaCoef cf;
-    cema_coef(a, &cf);
+    cema_coef(be, a, &cf);
+    const size_t S = (size_t)N * CEMA_BLOCK, T = (size_t)CEMA_TILE * CEMA_BLOCK;
+    cpu_ws_reserve(be, 0, sizeof(cema_t) * (2 * S + 2 * T));
 
 #pragma omp parallel if (cema_parallel(a))
     {
-        const size_t S = (size_t)N * CEMA_BLOCK, T = (size_t)CEMA_TILE * CEMA_BLOCK;
-        cema_t *hr = mg_malloc_aligned(sizeof(cema_t) * (2 * S + 2 * T));
-        cema_t *hi = hr + S, *xb = hi + S, *yb = xb + T;
+        cema_t *hr = cpu_ws_thread(be, 0);
+        cema_t *hi = hr + S, *xb = hi + S, *yb = y ? xb + T : NULL; /* no output: state only */
 #pragma omp for schedule(static)
         for (int task = 0; task < B * nblk; task++) {
             const int b = task / nblk, blk = task % nblk, j0 = blk * CEMA_BLOCK;
@@ -184,22 +185,21 @@ void CPU_FN(cema_forward)(const MgBackend *be, const MgCemaArgs *a) {
             for (int t0 = 0; t0 < L; t0 += CEMA_TILE) {
                 const int tl = MG_MIN(CEMA_TILE, L - t0);
                 load_tile(a->x, L, D, b, t0, tl, j0, cw, xb);
-                for (size_t k = 0; k < (size_t)tl * CEMA_BLOCK; k++) yb[k] = om[k % CEMA_BLOCK] * xb[k];
+                if (yb)
+                    for (size_t k = 0; k < (size_t)tl * CEMA_BLOCK; k++) yb[k] = om[k % CEMA_BLOCK] * xb[k];
                 for (int n = 0; n < N; n++) {
                     const size_t o = ko + (size_t)n * CEMA_BLOCK;
                     run_order(cf.p + o, cf.qr + o, cf.qi + o, cf.gr + o, cf.gi + o, hr + n * CEMA_BLOCK,
                               hi + n * CEMA_BLOCK, xb, yb, tl, NULL, NULL);
                 }
-                for (int tt = 0; tt < tl; tt++) {
+                for (int tt = 0; yb && tt < tl; tt++) {
                     real *row = y + ((size_t)b * L + t0 + tt) * D + j0;
                     for (int c = 0; c < cw; c++) row[c] = (real)yb[(size_t)tt * CEMA_BLOCK + c];
                 }
             }
             if (a->h_out) store_state(a->h_out, b, D, N, j0, cw, hr, hi);
         }
-        mg_free_aligned(hr);
     }
-    free(cf.buf);
 }
 
 /* Per-(b, channel, n) sums of dL/dp and of the complex gradients of q and gamma (5 values), and per
@@ -207,7 +207,6 @@ void CPU_FN(cema_forward)(const MgBackend *be, const MgCemaArgs *a) {
 enum { P_P = 0, P_QR, P_QI, P_GR, P_GI, P_COUNT };
 
 void CPU_FN(cema_backward)(const MgBackend *be, const MgCemaArgs *a) {
-    (void)be;
     cema_validate(a, "cema_backward", 1);
     const int B = a->B, L = a->L, D = a->D, N = a->N, nblk = (D + CEMA_BLOCK - 1) / CEMA_BLOCK;
     const int ntile = (L + CEMA_TILE - 1) / CEMA_TILE;
@@ -215,20 +214,22 @@ void CPU_FN(cema_backward)(const MgBackend *be, const MgCemaArgs *a) {
     const int acc = a->accumulate;
     const int need_params = a->dalpha || a->ddelta || a->dtheta || a->dgamma || a->domega;
     CemaCoef cf;
-    cema_coef(a, &cf);
+    cema_coef(be, a, &cf);
 
     double *part = NULL, *part_om = NULL;
     if (need_params) {
-        part = mg_malloc((size_t)B * D * N * P_COUNT * sizeof(double));
-        part_om = mg_malloc((size_t)B * D * sizeof(double));
+        part = cpu_ws_shared(be, 1, (size_t)B * D * N * P_COUNT * sizeof(double));
+        part_om = cpu_ws_shared(be, 2, (size_t)B * D * sizeof(double));
     }
+    /* Per-thread scratch. State-shaped arrays are [n][c] (S slots), tiles [tt][c] (T slots). */
+    const size_t S = (size_t)N * CEMA_BLOCK, T = (size_t)CEMA_TILE * CEMA_BLOCK;
+    cpu_ws_reserve(be, 0, (size_t)ntile * 2 * S * sizeof(cema_t));
+    cpu_ws_reserve(be, 1, ((2 + P_COUNT) * S + 5 * T) * sizeof(cema_t));
 
 #pragma omp parallel if (cema_parallel(a))
     {
-        /* Per-thread scratch. State-shaped arrays are [n][c] (S slots), tiles [tt][c] (T slots). */
-        const size_t S = (size_t)N * CEMA_BLOCK, T = (size_t)CEMA_TILE * CEMA_BLOCK;
-        cema_t *ckpt = mg_malloc_aligned((size_t)ntile * 2 * S * sizeof(cema_t)); /* state entering tile */
-        cema_t *work = mg_malloc_aligned(((2 + P_COUNT) * S + 5 * T) * sizeof(cema_t));
+        cema_t *ckpt = cpu_ws_thread(be, 0); /* state entering each tile */
+        cema_t *work = cpu_ws_thread(be, 1);
         cema_t *lr = work, *li = lr + S; /* carry conj(q) lambda_{t+1}; dh_out before the last step */
         cema_t *G = li + S;              /* P_COUNT sums over t, [v][n][c] */
         cema_t *xb = G + P_COUNT * S, *dyb = xb + T, *dxb = dyb + T, *sr = dxb + T, *si = sr + T;
@@ -333,8 +334,6 @@ void CPU_FN(cema_backward)(const MgBackend *be, const MgCemaArgs *a) {
                 }
             }
         }
-        mg_free_aligned(ckpt);
-        mg_free_aligned(work);
     }
 
     if (need_params) {
@@ -374,8 +373,5 @@ void CPU_FN(cema_backward)(const MgBackend *be, const MgCemaArgs *a) {
                 domega[j] = (real)((double)domega[j] + so);
             }
         }
-        free(part);
-        free(part_om);
     }
-    free(cf.buf);
 }

@@ -14,7 +14,7 @@
 #ifndef MG_HAVE_BLAS
 /* C[i,j] = beta*C[i,j] + alpha * sum_k A(i,k) B(k,j), with A(i,k) = ta ? A[k*lda+i] : A[i*lda+k] etc.
  * Blocks of 64 rows x 256 k; the innermost loop runs over contiguous j for the common (ta=0, tb=0)
- * and (ta=1, tb=0) cases. B^T cases gather a packed block first. */
+ * and (ta=1, tb=0) cases; B^T cases read B with a stride (this is the no-BLAS fallback). */
 static void gemm_fallback(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
                           const real *B, int ldb, real beta, real *C, int ldc) {
     const int MB = 64, KB = 256;
@@ -28,7 +28,6 @@ static void gemm_fallback(int ta, int tb, int M, int N, int K, real alpha, const
 #pragma omp parallel for schedule(dynamic, 1) if (!in_par && (double)M * N * K > 1e6)
     for (int bi = 0; bi < nblocks; bi++) {
         int i0 = bi * MB, i1 = MG_MIN(M, i0 + MB);
-        real *brow = mg_malloc(sizeof(real) * (size_t)N);
         for (int i = i0; i < i1; i++) {
             real *c = C + (size_t)i * ldc;
             if (beta == 0) memset(c, 0, sizeof(real) * (size_t)N);
@@ -42,19 +41,16 @@ static void gemm_fallback(int ta, int tb, int M, int N, int K, real alpha, const
                 for (int k = k0; k < k1; k++) {
                     real aik = alpha * (ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
                     if (aik == 0) continue;
-                    const real *b;
                     if (!tb) {
-                        b = B + (size_t)k * ldb;
-                    } else {
-                        for (int j = 0; j < N; j++) brow[j] = B[(size_t)j * ldb + k];
-                        b = brow;
-                    }
+                        const real *b = B + (size_t)k * ldb;
 #pragma omp simd
-                    for (int j = 0; j < N; j++) c[j] += aik * b[j];
+                        for (int j = 0; j < N; j++) c[j] += aik * b[j];
+                    } else { /* B^T: strided reads (this fallback only runs in builds without BLAS) */
+                        for (int j = 0; j < N; j++) c[j] += aik * B[(size_t)j * ldb + k];
+                    }
                 }
             }
         }
-        free(brow);
     }
 }
 #endif

@@ -57,7 +57,6 @@ void CPU_FN(rmsnorm_forward)(const MgBackend *be, const MgRMSNormArgs *a) {
 
 /* With xh = x*rstd and g = dy*(1+w): dx = rstd * (g - xh * mean(g*xh)), dw = sum_t dy*xh. */
 void CPU_FN(rmsnorm_backward)(const MgBackend *be, const MgRMSNormArgs *a) {
-    (void)be;
     rmsnorm_validate(a, "rmsnorm_backward");
     const int D = a->D;
     const int64_t T = a->T;
@@ -65,7 +64,7 @@ void CPU_FN(rmsnorm_backward)(const MgBackend *be, const MgRMSNormArgs *a) {
     real *dx = a->dx, *dw = w ? a->dweight : NULL;
     if (!dx && !dw) return;
     const int64_t nb = norm_row_blocks(T);
-    double *part = dw ? mg_calloc((size_t)nb * D, sizeof(double)) : NULL;
+    double *part = dw ? cpu_ws_zeroed(be, 0, sizeof(double) * (size_t)nb * D) : NULL;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t t0 = T * b / nb, t1 = T * (b + 1) / nb;
@@ -99,7 +98,6 @@ void CPU_FN(rmsnorm_backward)(const MgBackend *be, const MgRMSNormArgs *a) {
     }
     if (part) {
         add_partials(dw, part, nb, D);
-        free(part);
     }
 }
 
@@ -152,7 +150,6 @@ void CPU_FN(layernorm_forward)(const MgBackend *be, const MgLayerNormArgs *a) {
 /* With xh = (x-mean)*rstd, g = dy*(1+w): dx = rstd * (g - mean(g) - xh * mean(g*xh)),
  * dw = sum_t dy*xh, db = sum_t dy. */
 void CPU_FN(layernorm_backward)(const MgBackend *be, const MgLayerNormArgs *a) {
-    (void)be;
     layernorm_validate(a, "layernorm_backward");
     const int D = a->D;
     const int64_t T = a->T;
@@ -161,7 +158,7 @@ void CPU_FN(layernorm_backward)(const MgBackend *be, const MgLayerNormArgs *a) {
     if (!dx && !dw && !db) return;
     const int64_t nb = norm_row_blocks(T);
     /* per block: D entries for dweight then D for dbias */
-    double *part = (dw || db) ? mg_calloc((size_t)nb * 2 * D, sizeof(double)) : NULL;
+    double *part = (dw || db) ? cpu_ws_zeroed(be, 0, sizeof(double) * (size_t)nb * 2 * D) : NULL;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t t0 = T * b / nb, t1 = T * (b + 1) / nb;
@@ -207,7 +204,6 @@ void CPU_FN(layernorm_backward)(const MgBackend *be, const MgLayerNormArgs *a) {
             if (dw) dw[j] += (real)sw;
             if (db) db[j] += (real)sb;
         }
-        free(part);
     }
 }
 
@@ -253,7 +249,6 @@ void CPU_FN(qknorm_forward)(const MgBackend *be, const MgQKNormArgs *a) {
 /* With zh = z*rstd, s = 1/sqrt(dz), G = s*(dq*(1+g0) + dk*(1+g1)):
  * dz = rstd * (G - zh * mean(G*zh)) per head; dgamma_{0,1} += s*d{q,k}*zh, dbeta_{0,1} += d{q,k}. */
 void CPU_FN(qknorm_backward)(const MgBackend *be, const MgQKNormArgs *a) {
-    (void)be;
     qknorm_validate(a, "qknorm_backward");
     const int Z = a->Z, H = a->H, dz = Z / H;
     const int64_t T = a->T;
@@ -263,7 +258,7 @@ void CPU_FN(qknorm_backward)(const MgBackend *be, const MgQKNormArgs *a) {
     if (!dzp && !dg && !dbt) return;
     const int64_t nb = norm_row_blocks(T);
     /* per block: dgamma (2Z) then dbeta (2Z) */
-    double *part = (dg || dbt) ? mg_calloc((size_t)nb * 4 * Z, sizeof(double)) : NULL;
+    double *part = (dg || dbt) ? cpu_ws_zeroed(be, 0, sizeof(double) * (size_t)nb * 4 * Z) : NULL;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         const int64_t t0 = T * b / nb, t1 = T * (b + 1) / nb;
@@ -316,6 +311,5 @@ void CPU_FN(qknorm_backward)(const MgBackend *be, const MgQKNormArgs *a) {
             if (dg) dg[j] += (real)sg;
             if (dbt) dbt[j] += (real)sb;
         }
-        free(part);
     }
 }

@@ -21,11 +21,11 @@ static void rope_validate(const MgRopeArgs *a, const char *who) {
     MG_CHECK(a->base > 0, "%s: base=%g must be > 0", who, a->base);
 }
 
-static RopeTable rope_table(const MgRopeArgs *a) {
+static RopeTable rope_table(const MgBackend *be, const MgRopeArgs *a) {
     RopeTable tb;
     tb.rows = MG_MIN(a->L, a->chunk);
     tb.half = a->dh / 2;
-    tb.cs = mg_malloc(sizeof(real) * 2 * (size_t)(tb.rows > 0 ? tb.rows : 1) * tb.half);
+    tb.cs = cpu_ws_shared(be, 0, sizeof(real) * 2 * (size_t)(tb.rows > 0 ? tb.rows : 1) * tb.half);
     const int64_t off = a->pos_offset % a->chunk;
     for (int r = 0; r < tb.rows; r++) {
         const double pos = (double)((off + r) % a->chunk);
@@ -40,8 +40,8 @@ static RopeTable rope_table(const MgRopeArgs *a) {
 }
 
 /* out = R(sign * angle) in (+= when acc). */
-static void rope_apply(const MgRopeArgs *a, const real *in, real *out, real sign, int acc) {
-    RopeTable tb = rope_table(a);
+static void rope_apply(const MgBackend *be, const MgRopeArgs *a, const real *in, real *out, real sign, int acc) {
+    RopeTable tb = rope_table(be, a);
     const int H = a->H, dh = a->dh, half = tb.half, chunk = a->chunk;
     const int64_t rows = (int64_t)a->B * a->L;
 #pragma omp parallel for schedule(static)
@@ -66,19 +66,16 @@ static void rope_apply(const MgRopeArgs *a, const real *in, real *out, real sign
             }
         }
     }
-    free(tb.cs);
 }
 
 void CPU_FN(rope_forward)(const MgBackend *be, const MgRopeArgs *a) {
-    (void)be;
     rope_validate(a, "rope_forward");
     if (a->B == 0 || a->L == 0) return;
-    rope_apply(a, a->x, a->y, (real)1, 0);
+    rope_apply(be, a, a->x, a->y, (real)1, 0);
 }
 
 void CPU_FN(rope_backward)(const MgBackend *be, const MgRopeArgs *a) {
-    (void)be;
     rope_validate(a, "rope_backward");
     if (a->B == 0 || a->L == 0 || !a->dx) return;
-    rope_apply(a, a->dy, a->dx, (real)-1, a->accumulate);
+    rope_apply(be, a, a->dy, a->dx, (real)-1, a->accumulate);
 }

@@ -22,13 +22,11 @@ static void tsn_validate(const MgTimestepNormArgs *a, const char *op, int backwa
              "%s: pass all three of count_in, mean_in, var_in (carried state) or none of them (fresh state)",
              op);
     MG_CHECK(a->x && a->weight && a->bias, "%s: x, weight and bias must not be NULL", op);
-    MG_CHECK(a->saved_mean && a->saved_rstd, "%s: saved_mean and saved_rstd (B x L x G) must not be NULL", op);
-    if (!backward) MG_CHECK(a->y, "%s: y must not be NULL", op);
-    else MG_CHECK(a->dy, "%s: dy must not be NULL", op);
-    if (a->count_in)
-        for (int b = 0; b < a->B; b++)
-            MG_CHECK(a->count_in[b] >= 0, "%s: count_in[%d] = %lld is negative", op, b,
-                     (long long)a->count_in[b]);
+    if (backward || a->y)
+        MG_CHECK(a->saved_mean && a->saved_rstd, "%s: saved_mean and saved_rstd (B x L x G) must not be NULL", op);
+    if (backward) MG_CHECK(a->dy, "%s: dy must not be NULL", op);
+    else MG_CHECK(a->y || a->count_out || a->mean_out || a->var_out,
+                  "%s: nothing to compute (y and every carried-out state pointer are NULL)", op);
 }
 
 void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs *a) {
@@ -46,14 +44,14 @@ void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs
     for (int task = 0; task < B * G; task++) {
         const int b = task / G, g = task % G;
         const size_t bg = (size_t)b * G + g;
-        int64_t n = a->count_in ? a->count_in[b] : 0;
+        /* a negative count can only come from a corrupted state: treat it as fresh */
+        int64_t n = a->count_in && a->count_in[b] > 0 ? a->count_in[b] : 0;
         double mu = mean_in ? (double)mean_in[bg] : 0.0;
         double var = var_in ? (double)var_in[bg] : 1.0;
         const real *wg = w + (size_t)g * dg, *bgp = bias + (size_t)g * dg;
         for (int t = 0; t < L; t++) {
             const size_t row = (size_t)b * L + t;
             const real *xt = x + row * D + (size_t)g * dg;
-            real *yt = y + row * D + (size_t)g * dg;
             const int pad = mask && mask[row];
             if (!pad) {
                 double m = 0.0;
@@ -70,9 +68,11 @@ void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs
                 mu += c * delta;
                 var = (1.0 - c) * var + c * s + c * (1.0 - c) * delta * delta;
             }
+            if (!y) continue; /* statistics only */
             const double rstd = 1.0 / sqrt(var + eps);
             smean[row * G + g] = (real)mu;
             srstd[row * G + g] = (real)rstd;
+            real *yt = y + row * D + (size_t)g * dg;
             if (pad) {
                 for (int i = 0; i < dg; i++) yt[i] = 0;
             } else {
@@ -91,7 +91,6 @@ void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs
  * Parameter gradients go to per-batch-row partials (each task owns a disjoint slice), then are summed
  * over b in order, so the result does not depend on the thread count. */
 void CPU_FN(timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArgs *a) {
-    (void)be;
     tsn_validate(a, "timestep_norm_backward", 1);
     const int B = a->B, L = a->L, D = a->D, G = a->G, dg = D / G;
     const real *x = a->x, *w = a->weight, *dy = a->dy;
@@ -105,15 +104,17 @@ void CPU_FN(timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArg
 
     double *pw = NULL, *pb = NULL;
     if (need_params) {
-        pw = mg_calloc((size_t)B * D, sizeof(double));
-        pb = mg_calloc((size_t)B * D, sizeof(double));
+        pw = cpu_ws_shared(be, 0, sizeof(double) * (size_t)B * D);
+        pb = cpu_ws_shared(be, 1, sizeof(double) * (size_t)B * D);
+        memset(pw, 0, sizeof(double) * (size_t)B * D);
+        memset(pb, 0, sizeof(double) * (size_t)B * D);
     }
 
 #pragma omp parallel for schedule(static) if (tsn_parallel(a))
     for (int task = 0; task < B * G; task++) {
         const int b = task / G, g = task % G;
         const size_t bg = (size_t)b * G + g;
-        int64_t n = a->count_in ? a->count_in[b] : 0;
+        int64_t n = a->count_in && a->count_in[b] > 0 ? a->count_in[b] : 0;
         for (int t = 0; t < L; t++) n += !(mask && mask[(size_t)b * L + t]);
         double U = dmean_out ? (double)dmean_out[bg] : 0.0;
         double V = dvar_out ? (double)dvar_out[bg] : 0.0;
@@ -178,7 +179,5 @@ void CPU_FN(timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArg
             if (dw) dw[i] = (real)((double)dw[i] + sw);
             if (db) db[i] = (real)((double)db[i] + sb);
         }
-        free(pw);
-        free(pb);
     }
 }
