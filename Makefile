@@ -98,6 +98,9 @@ LIB_OBJ        := $(CPU_F32_OBJ) $(CPU_F64_OBJ) $(COMMON_OBJ)
 TEST_SRC       := $(wildcard tests/test_*.c)
 TEST_BIN       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out tests/test_util.c,$(TEST_SRC)))
 TEST_UTIL_OBJ  := $(BUILD)/obj/tests/test_util.o
+# Helper sources of one test program live in tests/<name>/ (without the test_ prefix) and are linked
+# into build/tests/test_<name> only.
+BACKEND_OPS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/backend_ops/*.c))
 
 .PHONY: all deps test test-only clean features quickstart
 all: features $(BUILD)/megalodon $(TEST_BIN)
@@ -124,6 +127,8 @@ $(BUILD)/megalodon: $(BUILD)/obj/src/main.o $(LIB_OBJ)
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/test_backend_ops: $(BACKEND_OPS_OBJ)
 
 deps:
 	@scripts/setup.sh
