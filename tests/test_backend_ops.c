@@ -22,24 +22,17 @@ static const char *const backends_under_test[] = {"cpu-f32", "cpu-f64", "cuda"};
 #define REFERENCE_BACKEND "cpu-f64"
 
 /* ---------------------------------------------------------------------------------------------- */
-/* Backend availability: mg_backend_get exits with a message when a backend is not built in or has no
- * device, so it is first tried in a forked child; the message becomes the SKIP reason. */
+/* Backend availability: mg_backend_create returns NULL and says why when a backend is not built in or
+ * has no device; the reason becomes the SKIP line. Each backend under test is its own instance. */
 
-static void probe_backend(void *ctx) { (void)mg_backend_get((const char *)ctx); }
-
-static const MgBackend *backend_or_skip(const char *name) {
-    char out[1024];
-    int status = tu_run_child(probe_backend, (void *)name, out, sizeof out);
-    if (status != 0) {
-        /* First line of the message, without the "error: " prefix. */
-        char *nl = strchr(out, '\n');
-        if (nl) *nl = 0;
-        const char *why = strncmp(out, "error: ", 7) ? out : out + 7;
-        printf("SKIP backend_ops %s (%s)\n", name, *why ? why : "not available");
+static MgBackend *backend_or_skip(const char *name) {
+    char why[1024];
+    MgBackend *be = mg_backend_create(name, 0, NULL, why, sizeof why);
+    if (!be) {
+        printf("SKIP backend_ops %s (%s)\n", name, why);
         fflush(stdout);
-        return NULL;
     }
-    return mg_backend_get(name);
+    return be;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -183,9 +176,8 @@ int main(int argc, char **argv) {
     tu_init("test_backend_ops");
     const MgBackend *ref = mg_backend_get(REFERENCE_BACKEND);
 
-    /* Probe every backend before any of them runs (a forked child must not inherit a device context). */
     enum { NB = sizeof backends_under_test / sizeof backends_under_test[0] };
-    const MgBackend *bes[NB];
+    MgBackend *bes[NB];
     for (size_t bi = 0; bi < NB; bi++)
         bes[bi] = backend_selected(argc, argv, backends_under_test[bi]) ? backend_or_skip(backends_under_test[bi])
                                                                         : NULL;
@@ -214,5 +206,6 @@ int main(int argc, char **argv) {
             }
         }
     }
+    for (size_t bi = 0; bi < NB; bi++) mg_backend_destroy(bes[bi]);
     return tu_finish();
 }

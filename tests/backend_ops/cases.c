@@ -130,17 +130,15 @@ static int timestep_norm_case(BoCase *c, int v, int bwd) {
     if (S[v].carried) {
         double *cnt = BO_IN_(c, A, count_in, BO_I64, B);
         for (int b = 0; b < B; b++) cnt[b] = b == 0 ? 0 : floor(1 + 40 * tu_uniform()); /* 0 = fresh row */
-        bo_host(c, "count_in"); /* host memory in today's interface */
         normal(BO_IN_(c, A, mean_in, BO_STATE, nbg), nbg, 0.5);
         tu_fill_uniform(BO_IN_(c, A, var_in, BO_STATE, nbg), nbg, 0.5, 2.0);
         BO_OUT_(c, A, count_out, BO_I64, B);
-        bo_host(c, "count_out");
         BO_OUT_(c, A, mean_out, BO_STATE, nbg);
         BO_OUT_(c, A, var_out, BO_STATE, nbg);
     }
     BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_mean, BO_ACT, nstat);
-    BO_OUT_(c, A, saved_rstd, BO_ACT, nstat);
+    BO_OUT_(c, A, saved_mean, BO_STATE, nstat);
+    BO_OUT_(c, A, saved_rstd, BO_STATE, nstat);
     bo_call(c, BO_OP(timestep_norm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -237,7 +235,7 @@ static int rmsnorm_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     if (w) normal(BO_IN_(c, A, weight, BO_ACT, D), D, 0.3);
     BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_rstd, BO_ACT, T);
+    BO_OUT_(c, A, saved_rstd, BO_STATE, T);
     bo_call(c, BO_OP(rmsnorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -266,8 +264,8 @@ static int layernorm_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, weight, BO_ACT, D), D, 0.3);
     normal(BO_IN_(c, A, bias, BO_ACT, D), D, 0.3);
     BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_mean, BO_ACT, T);
-    BO_OUT_(c, A, saved_rstd, BO_ACT, T);
+    BO_OUT_(c, A, saved_mean, BO_STATE, T);
+    BO_OUT_(c, A, saved_rstd, BO_STATE, T);
     bo_call(c, BO_OP(layernorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -304,7 +302,7 @@ static int qknorm_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, beta, BO_ACT, 2 * (size_t)Z), 2 * (size_t)Z, 0.3);
     BO_OUT_(c, A, q, BO_ACT, n);
     BO_OUT_(c, A, k, BO_ACT, n);
-    BO_OUT_(c, A, saved_rstd, BO_ACT, (size_t)T * H);
+    BO_OUT_(c, A, saved_rstd, BO_STATE, (size_t)T * H);
     bo_call(c, BO_OP(qknorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dq, BO_ACT, n), n, 1.0);
@@ -408,7 +406,7 @@ static int attention_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, v, BO_ACT, nv), nv, 1.0);
     bo_tol(c, BO_TOL_REDUCTION); /* softmax over the visible keys, then P V */
     BO_OUT_(c, A, o, BO_ACT, no);
-    if (S[v].lse) BO_OUT_(c, A, saved_lse, BO_ACT, (size_t)B * H * Lq);
+    if (S[v].lse) BO_OUT_(c, A, saved_lse, BO_STATE, (size_t)B * H * Lq);
     bo_call(c, BO_OP(attention_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dout, BO_ACT, no), no, 1.0);
@@ -472,13 +470,16 @@ static int case_act_backward(BoCase *c, int v) { return act_case(c, v, 1); }
 /* dropout */
 
 static int dropout_case(BoCase *c, int v, int bwd) {
-    /* p = 0 (a copy), p > 0 with an offset into the mask stream, in place (y == x, dx == dy). */
+    /* p = 0 (a copy), p > 0 with an offset into the mask stream, in place (y == x, dx == dy), and a slice
+     * of a larger tensor (segments of seg_len placed seg_stride apart in the counter space). */
     static const struct {
         int n;
         double p;
         unsigned offset;
         int inplace, acc;
-    } S[] = {{37, 0.0, 0, 0, 1}, {40009, 0.3, 0, 0, 0}, {1001, 0.9, 77, 1, 0}, {41, 0.5, 12345, 0, 1}};
+        int seg_len, seg_stride;
+    } S[] = {{37, 0.0, 0, 0, 1, 0, 0},    {40009, 0.3, 0, 0, 0, 0, 0},  {1001, 0.9, 77, 1, 0, 0, 0},
+             {41, 0.5, 12345, 0, 1, 0, 0}, {1003, 0.4, 9, 0, 0, 17, 51}, {70001, 0.2, 5, 0, 1, 7000, 21000}};
     if (v >= NELEM(S)) return 0;
     typedef MgDropoutArgs A;
     const int n = S[v].n;
@@ -487,9 +488,11 @@ static int dropout_case(BoCase *c, int v, int bwd) {
     a->p = S[v].p;
     a->seed = 0xd0d0cafeu + (unsigned)v;
     a->offset = S[v].offset;
+    a->seg_len = S[v].seg_len;
+    a->seg_stride = S[v].seg_stride;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "n=%d p=%g offset=%u%s%s", n, S[v].p, S[v].offset, S[v].inplace ? " in-place" : "",
-             bwd && S[v].acc ? " acc" : "");
+    bo_shape(c, "n=%d p=%g offset=%u seg=%d/%d%s%s", n, S[v].p, S[v].offset, S[v].seg_len, S[v].seg_stride,
+             S[v].inplace ? " in-place" : "", bwd && S[v].acc ? " acc" : "");
     /* Tolerance: element-wise (the default); the mask is an integer compare, so it must match exactly,
      * and the scale 1/(1-p) is rounded to the storage dtype. */
     if (!bwd) {
@@ -567,7 +570,8 @@ static int case_adamw_update(BoCase *c, int v) {
         int n;
         long long step;
         double wd;
-    } S[] = {{37, 1, 0.1}, {40009, 7, 0.0}, {1, 1000, 0.01}};
+        int param_out; /* separate compute-dtype parameters receive the masters */
+    } S[] = {{37, 1, 0.1, 0}, {40009, 7, 0.0, 1}, {1, 1000, 0.01, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgAdamWArgs A;
     const int n = S[v].n;
@@ -580,12 +584,34 @@ static int case_adamw_update(BoCase *c, int v) {
     a->weight_decay = S[v].wd;
     a->grad_scale = 0.5;
     a->step = S[v].step;
-    bo_shape(c, "n=%d step=%lld wd=%g", n, S[v].step, S[v].wd);
+    bo_shape(c, "n=%d step=%lld wd=%g%s", n, S[v].step, S[v].wd, S[v].param_out ? " param_out" : "");
     normal(BO_INOUT_(c, A, param, BO_F32, n), n, 1.0);
-    normal(BO_IN_(c, A, grad, BO_F32, n), n, 1.0);
+    normal(BO_IN_(c, A, grad, BO_ACT, n), n, 1.0); /* the gradient is in the compute dtype */
+    if (S[v].param_out) BO_OUT_(c, A, param_out, BO_ACT, n);
     normal(BO_INOUT_(c, A, m, BO_F32, n), n, 0.1);
     tu_fill_uniform(BO_INOUT_(c, A, v, BO_F32, n), n, 0.0, 0.01);
     bo_call(c, BO_OP(adamw_update));
+    return 1;
+}
+
+static int case_convert(BoCase *c, int v) {
+    /* float64 -> float32 (rounding), float32 -> float64 (exact), float32 -> float32 (a copy) */
+    static const struct {
+        int n;
+        MgDtype src, dst;
+    } S[] = {{37, MG_F64, MG_F32}, {70001, MG_F32, MG_F64}, {5, MG_F32, MG_F32}};
+    if (v >= NELEM(S)) return 0;
+    typedef MgConvertArgs A;
+    const int n = S[v].n;
+    A *a = bo_args(c, sizeof *a);
+    a->n = n;
+    a->src_dtype = S[v].src;
+    a->dst_dtype = S[v].dst;
+    bo_shape(c, "n=%d %s->%s", n, mg_dtype_name(S[v].src), mg_dtype_name(S[v].dst));
+    bo_tol(c, BO_TOL_EXACT); /* one correctly rounded conversion: every backend must agree bit for bit */
+    normal(BO_IN_(c, A, src, S[v].src == MG_F64 ? BO_F64 : BO_F32, n), n, 3.0);
+    BO_OUT_(c, A, dst, S[v].dst == MG_F64 ? BO_F64 : BO_F32, n);
+    bo_call(c, BO_OP(convert));
     return 1;
 }
 
@@ -661,6 +687,7 @@ const BoCaseEntry bo_cases[] = {
     {BO_OP(dropout_backward), case_dropout_backward},
     {BO_OP(cross_entropy), case_cross_entropy},
     {BO_OP(adamw_update), case_adamw_update},
+    {BO_OP(convert), case_convert},
     {BO_OP(sum_squares), case_sum_squares},
     {BO_OP(axpy), case_axpy},
     {BO_OP(scale), case_scale},

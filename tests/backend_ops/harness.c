@@ -20,7 +20,7 @@ static const char *const op_names[BO_OP_COUNT] = {
 #define BO_OP_NAME(name, Args) #name,
     MG_OP_LIST(BO_OP_NAME)
 #undef BO_OP_NAME
-    "adamw_update", "sum_squares", "axpy", "scale",
+    "sum_squares", "axpy", "scale",
 };
 
 const char *bo_op_name(BoOp op) { return op >= 0 && op < BO_OP_COUNT ? op_names[op] : "?"; }
@@ -31,7 +31,6 @@ int bo_op_present(const MgBackend *be, BoOp op) {
     case BO_OP_##name: return be->name != NULL;
         MG_OP_LIST(BO_OP_PRESENT)
 #undef BO_OP_PRESENT
-    case BO_OP_adamw_update: return be->adamw_update != NULL;
     case BO_OP_sum_squares: return be->sum_squares != NULL;
     case BO_OP_axpy: return be->axpy != NULL;
     case BO_OP_scale: return be->scale != NULL;
@@ -46,7 +45,6 @@ static void call_op(const MgBackend *be, BoOp op, const void *args) {
     case BO_OP_##name: be->name(be, (const Args *)args); return;
         MG_OP_LIST(BO_OP_CALL)
 #undef BO_OP_CALL
-    case BO_OP_adamw_update: be->adamw_update(be, (const MgAdamWArgs *)args); return;
     case BO_OP_sum_squares: {
         const BoSumSquaresArgs *a = args;
         const double s = be->sum_squares(be, a->x, a->n);
@@ -78,6 +76,7 @@ static Elem elem_of_dtype(MgDtype t) {
     case MG_F32: return E_F32;
     case MG_F64: return E_F64;
     case MG_BF16: return E_BF16;
+    case MG_I64: return E_I64;
     }
     mg_fatal("backend_ops: unknown dtype %d", (int)t);
 }

@@ -30,8 +30,7 @@
  * list is an op the harness knows about (and must have a case for). */
 #define BO_OP_ENUM(name, Args) BO_OP_##name,
 typedef enum {
-    MG_OP_LIST(BO_OP_ENUM) BO_OP_adamw_update,
-    BO_OP_sum_squares,
+    MG_OP_LIST(BO_OP_ENUM) BO_OP_sum_squares,
     BO_OP_axpy,
     BO_OP_scale,
     BO_OP_COUNT
