@@ -13,9 +13,11 @@
 #define H100_BF16_PEAK 989.4e12
 
 double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes) {
-    /* Exactly the trainer's activation arena (src/model.c plans it); losses and statistics of the
-     * carried states stay fp32 even in bf16. */
-    return (double)mg_activation_plan_bytes(c, act_bytes, 4, B, L);
+    /* Exactly the trainer's activation arena (the model driver plans it); statistics, log-sum-exp and
+     * losses stay fp32 whatever the activation dtype. */
+    MG_CHECK(act_bytes == 2 || act_bytes == 4, "activation bytes per value must be 2 (bf16) or 4 (fp32), got %d",
+             act_bytes);
+    return (double)mg_activation_plan_bytes(c, act_bytes == 2 ? MG_BF16 : MG_F32, MG_F32, B, L);
 }
 
 void mg_memory_estimate(const MgConfig *c, const MgParamTable *t, MgMemoryEstimate *m) {

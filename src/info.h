@@ -9,8 +9,8 @@
 #include "params.h"
 
 /* Bytes of activations the trainer keeps for one micro-batch of B sequences of L tokens, with act_bytes
- * bytes per stored value (4 fp32, 2 bf16): the trainer's own arena plan (mg_activation_plan_bytes,
- * src/model.c): per layer the TimestepNorm, CEMA, RMSNorm, Z, Q, K, values, gate, attention output,
+ * bytes per stored activation (4 fp32, 2 bf16; statistics stay fp32): the trainer's own arena plan
+ * (mg_activation_plan_bytes, src/model/driver.c and the architecture's plan): per layer the TimestepNorm, CEMA, RMSNorm, Z, Q, K, values, gate, attention output,
  * gated output, FFN input/norm/hidden tensors and their statistics; the residual stream; the final norm;
  * the backward scratch reused by every layer; the LM head's 512-row logits block. */
 double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes);

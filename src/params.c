@@ -4,15 +4,13 @@
 #include <string.h>
 
 #include "common.h"
+#include "model/arch.h"
 
-static MgParam *add(MgParamTable *t, int *cap, int layer, MgInit init, int64_t fan_in, int matmul, int ndim,
-                    const int64_t *shape, const char *fmt, ...) MG_PRINTF(9, 10);
-
-static MgParam *add(MgParamTable *t, int *cap, int layer, MgInit init, int64_t fan_in, int matmul, int ndim,
-                    const int64_t *shape, const char *fmt, ...) {
-    if (t->count == *cap) {
-        *cap = *cap ? 2 * *cap : 64;
-        t->params = mg_realloc(t->params, sizeof(MgParam) * (size_t)*cap);
+MgParam *mg_param_add(MgParamTable *t, int layer, MgInit init, int64_t fan_in, int matmul, int ndim,
+                      const int64_t *shape, const char *fmt, ...) {
+    if (t->count == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 64;
+        t->params = mg_realloc(t->params, sizeof(MgParam) * (size_t)t->cap);
     }
     MgParam *p = &t->params[t->count++];
     memset(p, 0, sizeof(*p));
@@ -36,44 +34,11 @@ static MgParam *add(MgParamTable *t, int *cap, int layer, MgInit init, int64_t f
     return p;
 }
 
-#define SHAPE(...) ((const int64_t[]){__VA_ARGS__})
-
 void mg_param_table_build(const MgConfig *c, MgParamTable *t) {
     memset(t, 0, sizeof(*t));
-    int cap = 0;
-    const int64_t V = c->vocab_size, d = c->model_dim, N = c->cema_ndim, z = c->z_dim, v = c->value_dim,
-                  f = c->ffn_hidden_dim;
-    add(t, &cap, -1, MG_INIT_EMBED, d, 0, 2, SHAPE(V, d), "embed.weight");
-    for (int i = 0; i < c->n_layers; i++) {
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.attn.norm.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.attn.norm.bias", i);
-        add(t, &cap, i, MG_INIT_CEMA_AD, 0, 0, 2, SHAPE(d, N), "layers.%d.attn.cema.alpha", i);
-        add(t, &cap, i, MG_INIT_CEMA_AD, 0, 0, 2, SHAPE(d, N), "layers.%d.attn.cema.delta", i);
-        add(t, &cap, i, MG_INIT_CEMA_THETA, 0, 0, 1, SHAPE(d), "layers.%d.attn.cema.theta", i);
-        add(t, &cap, i, MG_INIT_CEMA_GAMMA, 0, 0, 3, SHAPE(d, N, 2), "layers.%d.attn.cema.gamma", i);
-        add(t, &cap, i, MG_INIT_CEMA_OMEGA, 0, 0, 1, SHAPE(d), "layers.%d.attn.cema.omega", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.attn.rmsnorm.weight", i);
-        add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(z, d), "layers.%d.attn.wz.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(z), "layers.%d.attn.wz.bias", i);
-        add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(v, d), "layers.%d.attn.wv.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(v), "layers.%d.attn.wv.bias", i);
-        add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(v, d), "layers.%d.attn.wr.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(v), "layers.%d.attn.wr.bias", i);
-        add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(d, d), "layers.%d.attn.wh1.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.attn.wh1.bias", i);
-        add(t, &cap, i, MG_INIT_HE, v, 1, 2, SHAPE(d, v), "layers.%d.attn.wh2.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 2, SHAPE(2, z), "layers.%d.attn.qk_gamma", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 2, SHAPE(2, z), "layers.%d.attn.qk_beta", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.ffn.norm.weight", i);
-        add(t, &cap, i, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "layers.%d.ffn.norm.bias", i);
-        add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(f, d), "layers.%d.ffn.fc1.weight", i);
-        if (c->swiglu) add(t, &cap, i, MG_INIT_HE, d, 1, 2, SHAPE(f, d), "layers.%d.ffn.fc3.weight", i);
-        add(t, &cap, i, MG_INIT_HE, f, 1, 2, SHAPE(d, f), "layers.%d.ffn.fc2.weight", i);
-    }
-    add(t, &cap, -1, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "final_norm.weight");
-    add(t, &cap, -1, MG_INIT_ZERO, 0, 0, 1, SHAPE(d), "final_norm.bias");
-    if (!c->share_emb) add(t, &cap, -1, MG_INIT_EMBED, d, 1, 2, SHAPE(V, d), "lm_head.weight");
-    else t->matmul_total += V * d; /* the tied embedding is used as the LM head matrix */
+    const MgArch *a = mg_arch_find(c->arch);
+    if (!a) mg_fatal("arch '%s' is not supported (known: megalodon)", c->arch);
+    a->declare_params(c, t);
 }
 
 void mg_param_table_free(MgParamTable *t) {

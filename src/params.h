@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "common.h"
 #include "config.h"
 
 typedef enum {
@@ -32,13 +33,17 @@ typedef struct {
 
 typedef struct {
     MgParam *params;
-    int count;
+    int count, cap;
     int64_t total;        /* elements */
     int64_t matmul_total; /* elements of matmul weights (incl. the LM head, excl. the embedding) */
 } MgParamTable;
 
-/* Build the table for a config (no allocation of the tensors themselves). */
+/* Build the table for a config (no allocation of the tensors themselves): the architecture of cfg->arch
+ * declares its parameters (src/model/<arch>.c). */
 void mg_param_table_build(const MgConfig *c, MgParamTable *t);
+/* Append a tensor (name printf-style) at the end of the layout; used by the architectures. */
+MgParam *mg_param_add(MgParamTable *t, int layer, MgInit init, int64_t fan_in, int matmul, int ndim,
+                      const int64_t *shape, const char *fmt, ...) MG_PRINTF(8, 9);
 void mg_param_table_free(MgParamTable *t);
 /* Index of a parameter by name, or -1. */
 int mg_param_find(const MgParamTable *t, const char *name);
