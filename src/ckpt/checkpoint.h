@@ -1,0 +1,191 @@
+/* Checkpoints: one HDF5 file per checkpoint (format: docs/checkpoint.md), written crash-safely
+ * (temp file, fsync, rename, fsync of the directory), read back with validation (format, version, every
+ * tensor's presence, shape and dtype, a CRC32 per tensor, no NaN/Inf), and a run directory with rotation
+ * and a `latest` pointer.
+ *
+ * Every function that can fail returns 0 on success and -1 on failure with a one-line message in err
+ * (naming the file and what to do); nothing here exits the process, so the trainer decides whether an
+ * error is fatal. In a build without HDF5 (make NO_HDF5=1) everything compiles and the file functions
+ * fail with "this build has no HDF5; install libhdf5-dev and rebuild".
+ *
+ * Call from one thread at a time (the tensor scans use OpenMP inside). The first call switches off
+ * HDF5's error printing and its exit-time clean-up (H5dont_atexit; see docs/checkpoint.md): any other
+ * HDF5 file this program opens must be closed explicitly. */
+#ifndef MG_CHECKPOINT_H
+#define MG_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../params.h"
+
+#define MG_CKPT_FORMAT "megalodon-checkpoint"
+#define MG_CKPT_FORMAT_VERSION 1
+#define MG_CKPT_META_NAME_MAX 64
+
+/* 1 if this build can read and write checkpoints (compiled with HDF5). */
+int mg_ckpt_available(void);
+
+/* ---- metadata: the root attributes ------------------------------------------------------------------ */
+
+typedef enum { MG_META_I64 = 0, MG_META_F64 = 1, MG_META_STR = 2 } MgMetaType;
+
+/* One trainer-defined root attribute ("extra"): an int64 or double scalar or 1-D array, or a string. */
+typedef struct {
+    char name[MG_CKPT_META_NAME_MAX];
+    MgMetaType type;
+    int is_array; /* 0: scalar (n == 1); 1: 1-D array of n elements (n may be 0 or 1) */
+    int64_t n;    /* elements (1 for strings) */
+    int64_t *i64; /* MG_META_I64: n values */
+    double *f64;  /* MG_META_F64: n values */
+    char *str;    /* MG_META_STR: NUL-terminated UTF-8 */
+} MgMetaEntry;
+
+typedef struct {
+    int format_version; /* filled by readers; writers always write MG_CKPT_FORMAT_VERSION */
+    int64_t step;
+    int64_t tokens_seen;
+    char *config_text; /* owned; the resolved config (mg_config_to_text); NULL is stored as "" */
+    int has_optimizer; /* filled by readers: the file holds /optimizer/m and /optimizer/v */
+    int n_extra, cap_extra;
+    MgMetaEntry *extra; /* owned; in insertion (writer) / file (reader) order */
+} MgCkptMeta;
+
+void mg_ckpt_meta_init(MgCkptMeta *m);
+void mg_ckpt_meta_free(MgCkptMeta *m);                                /* frees everything owned and re-initialises */
+void mg_ckpt_meta_set_config(MgCkptMeta *m, const char *config_text); /* copies */
+/* Setting a name that exists replaces it. Names are 1..63 characters without '/' and must not be one of
+ * the reserved root attributes (format, format_version, step, tokens_seen, config): a bad name is a
+ * programming error (fatal). Values are copied. */
+void mg_ckpt_meta_set_i64(MgCkptMeta *m, const char *name, int64_t value);
+void mg_ckpt_meta_set_i64_array(MgCkptMeta *m, const char *name, const int64_t *values, int64_t n);
+void mg_ckpt_meta_set_f64(MgCkptMeta *m, const char *name, double value);
+void mg_ckpt_meta_set_f64_array(MgCkptMeta *m, const char *name, const double *values, int64_t n);
+void mg_ckpt_meta_set_str(MgCkptMeta *m, const char *name, const char *value);
+const MgMetaEntry *mg_ckpt_meta_find(const MgCkptMeta *m, const char *name);
+/* Typed getters for the trainer: 0 on success; -1 (with a message naming the attribute) if it is absent,
+ * has another type, or (arrays) holds a different number of elements than n. A scalar reads as an array
+ * of one and vice versa. */
+int mg_ckpt_meta_get_i64(const MgCkptMeta *m, const char *name, int64_t *out, char *err, size_t errlen);
+int mg_ckpt_meta_get_i64_array(const MgCkptMeta *m, const char *name, int64_t *out, int64_t n, char *err,
+                               size_t errlen);
+int mg_ckpt_meta_get_f64(const MgCkptMeta *m, const char *name, double *out, char *err, size_t errlen);
+int mg_ckpt_meta_get_f64_array(const MgCkptMeta *m, const char *name, double *out, int64_t n, char *err, size_t errlen);
+const char *mg_ckpt_meta_get_str(const MgCkptMeta *m, const char *name); /* NULL if absent or not a string */
+
+/* ---- whole checkpoints -------------------------------------------------------------------------------- */
+
+/* Write params (and, unless m == NULL, the AdamW moments m and v, same layout as params) and the meta to
+ * `path`, crash-safely: `<path>.tmp` is written, flushed, closed, fsync'ed and renamed over `path`, and
+ * the directory is fsync'ed. On any failure (disk full, file size limit, I/O error, a NaN/Inf in the
+ * data) the temp file is removed, an existing `path` is left untouched, and -1 is returned. */
+int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
+                 const MgCkptMeta *meta, char *err, size_t errlen);
+
+/* Read a checkpoint into params (and m, v unless m == NULL) laid out by table t, validating the format,
+ * the version, every tensor's presence, shape and dtype against t (no tensors beyond t either), each
+ * tensor's CRC32, and that no value is NaN/Inf. Asking for m/v from a weights-only checkpoint is an error.
+ * meta_out (may be NULL) is initialised (old contents are not freed) and filled, left empty on failure;
+ * free it with mg_ckpt_meta_free. On failure the output arrays may be partially overwritten. */
+int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
+                 char *err, size_t errlen);
+
+/* Only the root attributes (step, config text, extras, has_optimizer), no tensor data: how a resume
+ * rebuilds the config (and so the table) from the checkpoint before loading it. */
+int mg_ckpt_read_meta(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen);
+
+/* Bytes a checkpoint of table t occupies (tensor data only; HDF5 metadata adds a few hundred KB). */
+int64_t mg_ckpt_size_estimate(const MgParamTable *t, int with_optimizer);
+
+/* Timing of the last mg_ckpt_save / mg_ckpt_load in this process (for MB/s reports). */
+typedef struct {
+    double bytes;        /* tensor bytes written or read */
+    double seconds;      /* whole call */
+    double io_seconds;   /* H5Dwrite / H5Dread calls */
+    double sync_seconds; /* save only: H5Fflush + close + fsync + rename + directory fsync */
+    double crc_seconds;  /* CRC32 + NaN/Inf scan */
+} MgCkptStats;
+MgCkptStats mg_ckpt_last_stats(void);
+
+/* ---- tensor-level access (tools: ckpt info / diff) ---------------------------------------------------- */
+
+typedef struct MgCkptReader MgCkptReader;
+
+typedef struct {
+    char name[96]; /* e.g. "layers.0.attn.wz.weight" */
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    int is_f32; /* stored as 4-byte IEEE float */
+    int has_crc;
+    uint32_t crc; /* stored CRC32 (zlib polynomial) of the little-endian float32 bytes */
+} MgCkptTensorInfo;
+
+/* Open and validate the format and version; meta_out (may be NULL) gets the root attributes. */
+MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen);
+void mg_ckpt_close(MgCkptReader *r);
+/* group: "model", "optimizer/m" or "optimizer/v". 1 if present. */
+int mg_ckpt_has_group(MgCkptReader *r, const char *group);
+/* The tensors of a group in the order they were written (the table order for our files). *out is
+ * malloc'ed (free it); a missing group gives 0 tensors. */
+int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int *n, char *err, size_t errlen);
+/* Read one tensor (numel must match) and verify its CRC32 when the file has one. Does not check for
+ * NaN/Inf (the tools report them). */
+int mg_ckpt_read_tensor(MgCkptReader *r, const char *group, const char *name, float *dst, int64_t numel, char *err,
+                        size_t errlen);
+
+/* ---- the writer mg_ckpt_save is built on ------------------------------------------------------------
+ * Exposed for the distributed milestone (docs/checkpoint.md "Distributed runs"): tensors are created
+ * whole (with their CRC32, which ranks combine with mg_crc32_combine from per-slice CRCs) and filled by
+ * element ranges of the flat row-major tensor, so a rank holding a slice of the optimizer arena writes
+ * just its part. Serially: begin, then add + put for every tensor, then commit (or abort). */
+
+typedef struct MgCkptWriter MgCkptWriter;
+
+/* Create `<path>.tmp` and write the root attributes. */
+MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, char *err, size_t errlen);
+/* Create dataset /<group>/<p->name> (group "model", "optimizer/m" or "optimizer/v") with p's shape,
+ * float32, contiguous, and its crc32 attribute. */
+int mg_ckpt_writer_add(MgCkptWriter *w, const char *group, const MgParam *p, uint32_t crc, char *err, size_t errlen);
+/* Write elements [start, start + count) (row-major flat index into the tensor) from src[0..count). */
+int mg_ckpt_writer_put(MgCkptWriter *w, const char *group, const MgParam *p, int64_t start, int64_t count,
+                       const float *src, char *err, size_t errlen);
+/* Flush, close, fsync, rename over the final name, fsync the directory. Frees w (also on failure, when the
+ * temp file is removed). */
+int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen);
+/* Close and remove the temp file; frees w. */
+void mg_ckpt_writer_abort(MgCkptWriter *w);
+
+/* ---- run directory: out_dir/ckpt_<step:08>.h5, out_dir/latest, rotation ------------------------------- */
+
+/* Create out_dir (and parents) if needed and prove it is writable (a probe file is written, fsync'ed and
+ * removed); with need_bytes > 0 also check that the filesystem has that much free space. Call before
+ * training so a bad out_dir fails in the first second, not at the first checkpoint. Fails in a build
+ * without HDF5, since no checkpoint could be written. */
+int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *err, size_t errlen);
+
+/* Save out_dir/ckpt_<meta->step, 8 digits>.h5 (mg_ckpt_save), then atomically point out_dir/latest at
+ * it, then delete the oldest ckpt_*.h5 (by step) beyond the newest `keep` (keep <= 0: keep all; the file
+ * just written is never deleted). Stale *.tmp files of earlier crashed saves are removed first.
+ * path_out (may be NULL) receives the file written. A failure to delete old files is not an error. */
+int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *params, const float *m, const float *v,
+                     const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err, size_t errlen);
+
+/* The newest complete checkpoint of out_dir: the one `latest` names if it opens and has a valid format,
+ * else (with a warning on stderr) the highest-step ckpt_*.h5 that does. Returns 0 and fills path_out;
+ * 1 when out_dir holds no usable checkpoint (a fresh run; err says why); -1 on an error such as an
+ * unreadable directory. Only the root attributes are validated here; mg_ckpt_load checks the data. */
+int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen);
+
+/* ---- CRC32 (zlib polynomial, same values as zlib.crc32 / Python's zlib.crc32) ------------------------- */
+
+uint32_t mg_crc32_update(uint32_t crc, const void *data, size_t len);
+/* CRC of A||B from crc(A), crc(B) and len(B): lets ranks checksum their slices of a tensor separately. */
+uint32_t mg_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
+/* Testing only: called at named points of a save ("tensor" after each tensor with its running index,
+ * "before-close", "before-rename"), so a test can kill the process at a known point. NULL = off. */
+typedef void (*MgCkptTestHook)(const char *stage, int index);
+void mg_ckpt_set_test_hook(MgCkptTestHook hook);
+
+#endif
