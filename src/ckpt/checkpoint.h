@@ -179,6 +179,10 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
 
 /* ---- CRC32 (zlib polynomial, same values as zlib.crc32 / Python's zlib.crc32) ------------------------- */
 
+/* Computed by zlib (crc32_z, crc32_combine64). A build without zlib has no checkpoints either:
+ * mg_crc32_available() is 0 there and calling the two functions below is a fatal error. */
+int mg_crc32_available(void);
+/* crc(A||B) from crc = crc(A) and B = data[0..len); start with crc = 0. */
 uint32_t mg_crc32_update(uint32_t crc, const void *data, size_t len);
 /* CRC of A||B from crc(A), crc(B) and len(B): lets ranks checksum their slices of a tensor separately. */
 uint32_t mg_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);

@@ -1,77 +1,73 @@
-/* CRC32 (the zlib polynomial: the values of Python's zlib.crc32) and the per-tensor scan that pairs it
- * with a NaN/Inf count. */
-#include <pthread.h>
+/* CRC32 (the zlib polynomial: the values of Python's zlib.crc32), computed by zlib, and the per-tensor
+ * scan that pairs it with a NaN/Inf count. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common.h"
 #include "internal.h"
 
-/* Reflected, polynomial 0xEDB88320 (the zlib / PNG / Python zlib.crc32 CRC), slice-by-8. */
+#ifdef MG_HAVE_ZLIB
+#include <zlib.h>
+#elif defined(MG_HAVE_HDF5)
+#error "checkpoints need zlib for their CRC32: install zlib1g-dev (the Makefile turns HDF5 off without it)"
+#endif
 
-#define CRC_POLY 0xedb88320u
-static uint32_t crc_tab[8][256];
-static uint32_t crc_x2n[32]; /* x^(2^n) mod P, for combining */
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+#ifdef MG_HAVE_ZLIB
 
-/* a(x) * b(x) mod P(x), bit-reflected representation (zlib's multmodp). */
-static uint32_t crc_multmodp(uint32_t a, uint32_t b) {
-    uint32_t m = 1u << 31, p = 0;
-    for (;;) {
-        if (a & m) {
-            p ^= b;
-            if ((a & (m - 1)) == 0) break;
-        }
-        m >>= 1;
-        b = b & 1 ? (b >> 1) ^ CRC_POLY : b >> 1;
-    }
-    return p;
-}
-
-static void crc_init(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ CRC_POLY : c >> 1;
-        crc_tab[0][i] = c;
-    }
-    for (int k = 1; k < 8; k++)
-        for (int i = 0; i < 256; i++) crc_tab[k][i] = (crc_tab[k - 1][i] >> 8) ^ crc_tab[0][crc_tab[k - 1][i] & 0xff];
-    uint32_t p = 1u << 30; /* x^1 */
-    crc_x2n[0] = p;
-    for (int n = 1; n < 32; n++) crc_x2n[n] = p = crc_multmodp(p, p);
-}
+int mg_crc32_available(void) { return 1; }
 
 uint32_t mg_crc32_update(uint32_t crc, const void *data, size_t len) {
-    pthread_once(&crc_once, crc_init);
-    const uint8_t *p = data;
-    crc = ~crc;
-    while (len && ((uintptr_t)p & 7)) {
-        crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-        len--;
+    /* zlib returns its initial value (0) for a NULL buffer instead of crc unchanged */
+    if (len == 0) return crc;
+#if ZLIB_VERNUM >= 0x1290
+    return (uint32_t)crc32_z(crc, data, len);
+#else /* zlib before 1.2.9: no size_t variant */
+    const unsigned char *p = data;
+    while (len) {
+        uInt n = len > UINT_MAX ? UINT_MAX : (uInt)len;
+        crc = (uint32_t)crc32(crc, p, n);
+        p += n;
+        len -= n;
     }
-    while (len >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        uint32_t lo = (uint32_t)w ^ crc, hi = (uint32_t)(w >> 32);
-        crc = crc_tab[7][lo & 0xff] ^ crc_tab[6][(lo >> 8) & 0xff] ^ crc_tab[5][(lo >> 16) & 0xff] ^
-              crc_tab[4][lo >> 24] ^ crc_tab[3][hi & 0xff] ^ crc_tab[2][(hi >> 8) & 0xff] ^
-              crc_tab[1][(hi >> 16) & 0xff] ^ crc_tab[0][hi >> 24];
-        p += 8;
-        len -= 8;
+    return crc;
+#endif
+}
+
+/* zlib's combine takes a signed offset type; longer lengths are split, using crc(A||0^n) = combine(crc(A), 0,
+ * n) and combine(combine(a, 0, n1), b, n2) = combine(a, b, n1 + n2). */
+#ifdef Z_LARGE64
+typedef z_off64_t ZLen;
+#define ZCOMBINE crc32_combine64
+#else
+typedef z_off_t ZLen;
+#define ZCOMBINE crc32_combine
+#endif
+
+uint32_t mg_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
+    const uint64_t max = ((uint64_t)1 << (8 * sizeof(ZLen) - 1)) - 1;
+    while (len_b > max) {
+        crc_a = (uint32_t)ZCOMBINE(crc_a, 0, (ZLen)max);
+        len_b -= max;
     }
-    while (len--) crc = crc_tab[0][(crc ^ *p++) & 0xff] ^ (crc >> 8);
-    return ~crc;
+    return (uint32_t)ZCOMBINE(crc_a, crc_b, (ZLen)len_b);
+}
+
+#else /* no zlib: nothing in this build reads or writes checkpoints (HDF5 is off too) */
+
+int mg_crc32_available(void) { return 0; }
+
+uint32_t mg_crc32_update(uint32_t crc, const void *data, size_t len) {
+    (void)crc, (void)data, (void)len;
+    mg_fatal("mg_crc32_update: this build has no zlib; install zlib1g-dev and rebuild");
 }
 
 uint32_t mg_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b) {
-    pthread_once(&crc_once, crc_init);
-    /* crc(A||B) = crc(A) * x^(8 len_b) mod P  xor  crc(B) */
-    uint32_t p = 1u << 31; /* x^0 */
-    unsigned k = 3;        /* 8 len_b = len_b * 2^3 */
-    for (uint64_t n = len_b; n; n >>= 1, k++)
-        if (n & 1) p = crc_multmodp(crc_x2n[k & 31], p);
-    return crc_multmodp(p, crc_a) ^ crc_b;
+    (void)crc_a, (void)crc_b, (void)len_b;
+    mg_fatal("mg_crc32_combine: this build has no zlib; install zlib1g-dev and rebuild");
 }
+
+#endif
 
 CkptScan ckpt_scan_f32(const float *x, int64_t n) {
     const int64_t B = (int64_t)1 << 20;
@@ -80,7 +76,6 @@ CkptScan ckpt_scan_f32(const float *x, int64_t n) {
     if (nb == 0) return s;
     uint32_t *crcs = mg_malloc(sizeof(uint32_t) * (size_t)nb);
     int64_t *bad = mg_malloc(sizeof(int64_t) * (size_t)nb), *first = mg_malloc(sizeof(int64_t) * (size_t)nb);
-    pthread_once(&crc_once, crc_init);
 #pragma omp parallel for schedule(dynamic, 1) if (nb > 1)
     for (int64_t b = 0; b < nb; b++) {
         int64_t lo = b * B, hi = MG_MIN(n, lo + B);
