@@ -78,7 +78,8 @@ const char *mg_ckpt_meta_get_str(const MgCkptMeta *m, const char *name); /* NULL
 /* Write params (and, unless m == NULL, the AdamW moments m and v, same layout as params) and the meta to
  * `path`, crash-safely: `<path>.tmp` is written, flushed, closed, fsync'ed and renamed over `path`, and
  * the directory is fsync'ed. On any failure (disk full, file size limit, I/O error, a NaN/Inf in the
- * data) the temp file is removed, an existing `path` is left untouched, and -1 is returned. */
+ * data) the temp file is removed, an existing `path` is left untouched, and -1 is returned.
+ * (mg_ckpt_save_io below with a tensor I/O that copies from these host arrays.) */
 int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
                  const MgCkptMeta *meta, char *err, size_t errlen);
 
@@ -86,7 +87,8 @@ int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, c
  * the version, every tensor's presence, shape and dtype against t (no tensors beyond t either), each
  * tensor's CRC32, and that no value is NaN/Inf. Asking for m/v from a weights-only checkpoint is an error.
  * meta_out (may be NULL) is initialised (old contents are not freed) and filled, left empty on failure;
- * free it with mg_ckpt_meta_free. On failure the output arrays may be partially overwritten. */
+ * free it with mg_ckpt_meta_free. On failure the output arrays may be partially overwritten (the tensors
+ * before the failing one; see mg_ckpt_load_io, which this calls with a tensor I/O that copies into them). */
 int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
                  char *err, size_t errlen);
 
@@ -97,15 +99,81 @@ int mg_ckpt_read_meta(const char *path, MgCkptMeta *meta_out, char *err, size_t 
 /* Bytes a checkpoint of table t occupies (tensor data only; HDF5 metadata adds a few hundred KB). */
 int64_t mg_ckpt_size_estimate(const MgParamTable *t, int with_optimizer);
 
-/* Timing of the last mg_ckpt_save / mg_ckpt_load in this process (for MB/s reports). */
+/* Timing of the last save or load (any of the mg_ckpt_save* / mg_ckpt_load* functions) in this process
+ * (for MB/s reports). */
 typedef struct {
     double bytes;        /* tensor bytes written or read */
     double seconds;      /* whole call */
     double io_seconds;   /* H5Dwrite / H5Dread calls */
     double sync_seconds; /* save only: H5Fflush + close + fsync + rename + directory fsync */
     double crc_seconds;  /* CRC32 + NaN/Inf scan */
+    double xfer_seconds; /* inside the tensor I/O's get / put (host copies, or device transfers) */
 } MgCkptStats;
 MgCkptStats mg_ckpt_last_stats(void);
+
+/* ---- staged tensor I/O: checkpoints of tensors that are not (all) in host memory ----------------------
+ * mg_ckpt_save / mg_ckpt_load above take whole host float32 arenas. When the parameters and optimizer
+ * moments live elsewhere (an accelerator, another dtype, a sharded arena), the _io variants below move
+ * every tensor through one host staging buffer, asking the caller's MgCkptTensorIO for element ranges:
+ *
+ *   save: get(range) -> staging buffer -> CRC32 + NaN/Inf scan -> H5Dwrite
+ *   load: H5Dread -> staging buffer -> CRC32 + NaN/Inf scan -> put(range)
+ *
+ * The staging buffer holds mg_ckpt_stage_elems(t, io) float32 values: io->stage_elems (0: the default
+ * MG_CKPT_STAGE_DEFAULT, 64 Mi elements = 256 MiB), reduced to the largest tensor of the table. It is
+ * allocated once per call, and no get or put is ever asked for more elements than that (nor for 0).
+ * get and put are called from the calling thread, one call at a time, group by group (model, m, v),
+ * tensors in table order, ranges in ascending order.
+ *
+ * A tensor that fits (numel <= the bound, every tensor of today's models with the default) is handled in
+ * one get or put of the whole tensor, and on load is checked before put sees any of it. A larger tensor is
+ * handled in ranges of at most the bound, in order, in two passes, because its CRC32 covers the whole
+ * tensor: save calls get for every range twice (once to checksum and scan, once to write; the two must
+ * return the same values, or the save fails with "changed while it was being saved" instead of writing a
+ * file whose CRC does not match), and load reads the ranges twice from the file (once to verify, then
+ * again to put; the second read is checksummed too and a difference fails the load). */
+
+/* Tensor groups, as passed to get / put. */
+typedef enum { MG_CKPT_GROUP_MODEL = 0, MG_CKPT_GROUP_M = 1, MG_CKPT_GROUP_V = 2 } MgCkptGroup;
+/* "model", "optimizer/m", "optimizer/v" (the HDF5 group names); "?" for anything else. */
+const char *mg_ckpt_group_name(int group);
+
+#define MG_CKPT_STAGE_DEFAULT ((int64_t)1 << 26)
+
+typedef struct {
+    void *ctx; /* passed back to get and put */
+    /* Save: copy elements [start, start + count) (row-major flat index) of tensor p of `group`
+     * (MgCkptGroup) as float32 into host memory dst[0..count). Return 0, or -1 with a message in err. */
+    int (*get)(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, float *dst, char *err,
+               size_t errlen);
+    /* Load: receive the verified host float32 values src[0..count) of elements [start, start + count) of
+     * tensor p of `group`. src is valid only during the call. Return 0, or -1 with a message in err. */
+    int (*put)(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src, char *err,
+               size_t errlen);
+    int64_t stage_elems; /* the staging bound in elements; 0: MG_CKPT_STAGE_DEFAULT */
+} MgCkptTensorIO;
+
+/* The staging buffer's size in elements for table t and io (see above); never more than io->stage_elems
+ * (or the default) and never more than the largest tensor of t. */
+int64_t mg_ckpt_stage_elems(const MgParamTable *t, const MgCkptTensorIO *io);
+
+/* mg_ckpt_save with the tensors read through io->get (groups 0..2 with with_optimizer, else group 0 only).
+ * Same file, same guarantees: crash-safe, NaN/Inf refused (the check runs per tensor as it is staged, so
+ * a refused save may have written part of the temp file, which is removed), and any failure of get makes
+ * the save fail with get's message, the temp file removed and an existing `path` untouched. */
+int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    const MgCkptMeta *meta, char *err, size_t errlen);
+
+/* mg_ckpt_load with the tensors handed to io->put, after the same validation as mg_ckpt_load: the format
+ * and every tensor's name, shape and dtype before any data is read, then per tensor its CRC32 and the
+ * NaN/Inf scan on the staged data before put sees it. Tensors are put in table order, model first, then
+ * m, then v. On failure (a damaged tensor, a read error, put failing: the message then includes put's),
+ * the tensors put before the failing one keep their new values; a tensor that fails its CRC32 or NaN/Inf
+ * check is never put (a larger-than-the-buffer one is checked in full by its first pass), but a large one
+ * may be partly put when its second read differs from the first or when put fails midway. The caller
+ * decides whether to reinitialise or give up. */
+int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    MgCkptMeta *meta_out, char *err, size_t errlen);
 
 /* ---- tensor-level access (tools: ckpt info / diff) ---------------------------------------------------- */
 
@@ -170,6 +238,10 @@ int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *er
  * path_out (may be NULL) receives the file written. A failure to delete old files is not an error. */
 int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *params, const float *m, const float *v,
                      const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err, size_t errlen);
+/* The same through a tensor I/O (mg_ckpt_save_io). */
+int mg_ckpt_dir_save_io(const char *out_dir, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                        const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err,
+                        size_t errlen);
 
 /* The newest complete checkpoint of out_dir: the one `latest` names if it opens and has a valid format,
  * else (with a warning on stderr) the highest-step ckpt_*.h5 that does. Returns 0 and fills path_out;

@@ -104,3 +104,9 @@ CkptScan ckpt_scan_f32(const float *x, int64_t n) {
     free(first);
     return s;
 }
+
+void ckpt_scan_append(CkptScan *s, int64_t done, CkptScan next, int64_t n) {
+    s->crc = mg_crc32_combine(s->crc, next.crc, (uint64_t)n * 4);
+    if (next.nonfinite && s->first_bad < 0) s->first_bad = done + next.first_bad;
+    s->nonfinite += next.nonfinite;
+}

@@ -33,6 +33,17 @@ typedef struct {
     int64_t nonfinite, first_bad;
 } CkptScan;
 CkptScan ckpt_scan_f32(const float *x, int64_t n);
+/* Extend s, the scan of elements [0, done) of a tensor, by `next`, the scan of the n elements after them
+ * (start from s = {0, 0, -1}, done = 0). */
+void ckpt_scan_append(CkptScan *s, int64_t done, CkptScan next, int64_t n);
+
+/* tensor_io.c: the tensor I/O over whole host arenas that the pointer-based functions use (src for
+ * save, dst for load; index = MgCkptGroup; tensor p at arena + p->offset). h must outlive the I/O. */
+typedef struct {
+    const float *src[3];
+    float *dst[3];
+} CkptHostArrays;
+MgCkptTensorIO ckpt_host_io(CkptHostArrays *h);
 
 /* meta.c */
 int ckpt_is_reserved(const char *name); /* one of the five root attributes the format defines */

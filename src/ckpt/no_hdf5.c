@@ -1,6 +1,6 @@
-/* A build without HDF5 (make NO_HDF5=1, or libhdf5-dev missing): every function that needs an HDF5 file
- * fails with NO_HDF5_MSG ("this build has no HDF5; install libhdf5-dev and rebuild"). The metadata, the
- * CRC and the run-directory functions are built as usual (the run directory's calls into these fail). */
+/* A build without HDF5 (make NO_HDF5=1, or libhdf5-dev or zlib missing): the reader and writer functions,
+ * each failing with NO_HDF5_MSG ("this build has no HDF5; install libhdf5-dev and rebuild"). The metadata,
+ * CRC, tensor I/O and run-directory files are built as usual (the run directory's calls into these fail). */
 #ifndef MG_HAVE_HDF5
 
 #include "../common.h"
@@ -15,6 +15,19 @@ int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, c
 int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
                  char *err, size_t errlen) {
     (void)t, (void)params, (void)m, (void)v;
+    if (meta_out) mg_ckpt_meta_init(meta_out);
+    mg_errf(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
+    return -1;
+}
+int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    const MgCkptMeta *meta, char *err, size_t errlen) {
+    (void)t, (void)io, (void)with_optimizer, (void)meta;
+    mg_errf(err, errlen, "cannot write checkpoint '%s': " NO_HDF5_MSG, path);
+    return -1;
+}
+int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    MgCkptMeta *meta_out, char *err, size_t errlen) {
+    (void)t, (void)io, (void)with_optimizer;
     if (meta_out) mg_ckpt_meta_init(meta_out);
     mg_errf(err, errlen, "cannot read checkpoint '%s': " NO_HDF5_MSG, path);
     return -1;

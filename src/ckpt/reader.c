@@ -1,5 +1,6 @@
 /* The reader: open a checkpoint and validate its format (mg_ckpt_open, mg_ckpt_read_meta), list and read
- * single tensors (the tools), and load a whole checkpoint against a parameter table (mg_ckpt_load). */
+ * single tensors (the tools), and load a whole checkpoint against a parameter table, staged through a
+ * tensor I/O (mg_ckpt_load_io) or into host arrays (mg_ckpt_load). */
 #ifdef MG_HAVE_HDF5
 
 #include <errno.h>
@@ -259,60 +260,99 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     return 0;
 }
 
-static int read_tensor_scan(MgCkptReader *r, const char *group, const char *name, float *dst, int64_t numel,
-                            CkptScan *scan_out, char *err, size_t errlen) {
-    ckpt_h5_init();
-    char dpath[256];
-    snprintf(dpath, sizeof(dpath), "%s/%s", group, name);
-    if (!ckpt_h5_link_exists(r->file, dpath)) {
-        mg_errf(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, dpath);
-        return -1;
-    }
-    hid_t ds = H5Dopen2(r->file, dpath, H5P_DEFAULT);
-    if (ds < 0) {
-        mg_errf(err, errlen, "cannot open tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
-        return -1;
-    }
+/* ---- reading tensors ---- */
+
+/* A tensor dataset opened for reading. */
+typedef struct {
+    hid_t ds;
+    char dpath[256]; /* "<group>/<name>" */
     MgCkptTensorInfo ti;
-    if (tensor_info(ds, name, &ti) != 0) {
-        mg_errf(err, errlen, "cannot read the shape of tensor '/%s' in checkpoint '%s': %s", dpath, r->path, REASON());
-        H5Dclose(ds);
+} OpenTensor;
+
+/* Open /<group>/<name> and check that it holds numel elements. */
+static int tensor_open(MgCkptReader *r, const char *group, const char *name, int64_t numel, OpenTensor *o, char *err,
+                       size_t errlen) {
+    snprintf(o->dpath, sizeof(o->dpath), "%s/%s", group, name);
+    o->ds = -1;
+    if (!ckpt_h5_link_exists(r->file, o->dpath)) {
+        mg_errf(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, o->dpath);
         return -1;
     }
-    if (ti.numel != numel) {
-        mg_errf(err, errlen, "tensor '/%s' in checkpoint '%s' has %lld elements, expected %lld", dpath, r->path,
-               (long long)ti.numel, (long long)numel);
-        H5Dclose(ds);
+    o->ds = H5Dopen2(r->file, o->dpath, H5P_DEFAULT);
+    if (o->ds < 0) {
+        mg_errf(err, errlen, "cannot open tensor '/%s' in checkpoint '%s': %s", o->dpath, r->path, REASON());
         return -1;
+    }
+    if (tensor_info(o->ds, name, &o->ti) != 0)
+        mg_errf(err, errlen, "cannot read the shape of tensor '/%s' in checkpoint '%s': %s", o->dpath, r->path,
+                REASON());
+    else if (o->ti.numel != numel)
+        mg_errf(err, errlen, "tensor '/%s' in checkpoint '%s' has %lld elements, expected %lld", o->dpath, r->path,
+                (long long)o->ti.numel, (long long)numel);
+    else
+        return 0;
+    H5Dclose(o->ds);
+    o->ds = -1;
+    return -1;
+}
+
+/* Read elements [start, start + count) (row-major flat index) of an open tensor into dst[0..count). */
+static int tensor_read(MgCkptReader *r, const OpenTensor *o, int64_t start, int64_t count, float *dst, char *err,
+                       size_t errlen) {
+    if (count == 0) return 0;
+    hid_t fspace = H5S_ALL, mspace = H5S_ALL;
+    herr_t rc = 0;
+    if (!(start == 0 && count == o->ti.numel)) {
+        hsize_t cnt = (hsize_t)count;
+        fspace = H5Dget_space(o->ds);
+        mspace = H5Screate_simple(1, &cnt, NULL);
+        rc = (fspace < 0 || mspace < 0 || ckpt_h5_select_range(fspace, o->ti.ndim, o->ti.shape, start, count) < 0)
+                 ? -1
+                 : 0;
     }
     double t0 = mg_now();
-    herr_t rc = numel ? H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) : 0;
+    if (rc == 0) rc = H5Dread(o->ds, H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, dst);
     ckpt_stats.io_seconds += mg_now() - t0;
     if (rc < 0) ckpt_h5_note();
-    H5Dclose(ds);
+    if (fspace != H5S_ALL) ckpt_h5_close(fspace);
+    if (mspace != H5S_ALL) ckpt_h5_close(mspace);
     if (rc < 0) {
-        mg_errf(err, errlen, "cannot read tensor '/%s' from checkpoint '%s' (truncated or damaged?): %s", dpath, r->path,
-               REASON());
+        mg_errf(err, errlen, "cannot read tensor '/%s' from checkpoint '%s' (truncated or damaged?): %s", o->dpath,
+                r->path, REASON());
         return -1;
     }
-    ckpt_stats.bytes += (double)numel * 4;
-    t0 = mg_now();
-    CkptScan s = ckpt_scan_f32(dst, numel);
+    return 0;
+}
+
+static CkptScan timed_scan(const float *x, int64_t n) {
+    double t0 = mg_now();
+    CkptScan s = ckpt_scan_f32(x, n);
     ckpt_stats.crc_seconds += mg_now() - t0;
-    if (ti.has_crc && ti.is_f32 && s.crc != ti.crc) {
+    return s;
+}
+
+/* The stored CRC32 (when the file has one) against the CRC of the data read. */
+static int crc_check(const MgCkptReader *r, const OpenTensor *o, uint32_t crc, char *err, size_t errlen) {
+    if (o->ti.has_crc && o->ti.is_f32 && crc != o->ti.crc) {
         mg_errf(err, errlen,
-               "tensor '/%s' in checkpoint '%s' is corrupt: CRC32 of its data is 0x%08x, the file records 0x%08x (the "
-               "file was damaged after it was written; use an older checkpoint)",
-               dpath, r->path, s.crc, ti.crc);
+                "tensor '/%s' in checkpoint '%s' is corrupt: CRC32 of its data is 0x%08x, the file records 0x%08x (the "
+                "file was damaged after it was written; use an older checkpoint)",
+                o->dpath, r->path, crc, o->ti.crc);
         return -1;
     }
-    if (scan_out) *scan_out = s;
     return 0;
 }
 
 int mg_ckpt_read_tensor(MgCkptReader *r, const char *group, const char *name, float *dst, int64_t numel, char *err,
                         size_t errlen) {
-    return read_tensor_scan(r, group, name, dst, numel, NULL, err, errlen);
+    ckpt_h5_init();
+    OpenTensor o;
+    if (tensor_open(r, group, name, numel, &o, err, errlen)) return -1;
+    int rc = tensor_read(r, &o, 0, numel, dst, err, errlen);
+    H5Dclose(o.ds);
+    if (rc) return -1;
+    ckpt_stats.bytes += (double)numel * 4;
+    return crc_check(r, &o, timed_scan(dst, numel).crc, err, errlen);
 }
 
 int mg_ckpt_read_meta(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen) {
@@ -330,21 +370,82 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (k < n) snprintf(buf + k, n - k, "]");
 }
 
-int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
-                 char *err, size_t errlen) {
+/* ---- whole checkpoints through a tensor I/O ---- */
+
+static int stage_put(const MgCkptTensorIO *io, const MgCkptReader *r, int gi, const MgParam *P, int64_t start,
+                     int64_t count, const float *src, char *err, size_t errlen) {
+    char e2[400] = "";
+    double t0 = mg_now();
+    int rc = io->put(io->ctx, gi, P, start, count, src, e2, sizeof(e2));
+    ckpt_stats.xfer_seconds += mg_now() - t0;
+    if (rc != 0)
+        mg_errf(err, errlen, "cannot load checkpoint '%s': putting elements [%lld, %lld) of tensor '/%s/%s' failed: %s",
+                r->path, (long long)start, (long long)(start + count), mg_ckpt_group_name(gi), P->name,
+                e2[0] ? e2 : "(the tensor I/O gave no reason)");
+    return rc != 0 ? -1 : 0;
+}
+
+/* One tensor: read into the staging buffer, checked (CRC32, NaN/Inf), then put; see checkpoint.h for the
+ * two passes of a tensor larger than the staging buffer. */
+static int load_tensor(MgCkptReader *r, const MgCkptTensorIO *io, int gi, const MgParam *P, float *stage,
+                       int64_t cap, char *err, size_t errlen) {
+    OpenTensor o;
+    if (tensor_open(r, mg_ckpt_group_name(gi), P->name, P->numel, &o, err, errlen)) return -1;
+    int rc = -1;
+    CkptScan s = {0, 0, -1}, again = {0, 0, -1};
+    for (int64_t at = 0; at < P->numel; at += cap) { /* pass 1: read and check */
+        int64_t n = MG_MIN(cap, P->numel - at);
+        if (tensor_read(r, &o, at, n, stage, err, errlen)) goto done;
+        ckpt_scan_append(&s, at, timed_scan(stage, n), n);
+    }
+    if (crc_check(r, &o, s.crc, err, errlen)) goto done;
+    if (s.nonfinite) {
+        mg_errf(err, errlen,
+                "tensor '/%s' in checkpoint '%s' holds %lld NaN/Inf values (first at element %lld): the run "
+                "had diverged when it was saved; use an older checkpoint",
+                o.dpath, r->path, (long long)s.nonfinite, (long long)s.first_bad);
+        goto done;
+    }
+    if (P->numel <= cap) {
+        rc = P->numel ? stage_put(io, r, gi, P, 0, P->numel, stage, err, errlen) : 0;
+        goto done;
+    }
+    for (int64_t at = 0; at < P->numel; at += cap) { /* pass 2: read again and put */
+        int64_t n = MG_MIN(cap, P->numel - at);
+        if (tensor_read(r, &o, at, n, stage, err, errlen)) goto done;
+        ckpt_scan_append(&again, at, timed_scan(stage, n), n);
+        if (stage_put(io, r, gi, P, at, n, stage, err, errlen)) goto done;
+    }
+    if (again.crc != s.crc) {
+        mg_errf(err, errlen,
+                "tensor '/%s' in checkpoint '%s' read back differently the second time (CRC32 0x%08x, then 0x%08x): "
+                "is the file being changed, or the disk failing?",
+                o.dpath, r->path, s.crc, again.crc);
+        goto done;
+    }
+    rc = 0;
+done:
+    H5Dclose(o.ds);
+    if (rc == 0) ckpt_stats.bytes += (double)P->numel * 4;
+    return rc;
+}
+
+int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    MgCkptMeta *meta_out, char *err, size_t errlen) {
     ckpt_h5_init();
     memset(&ckpt_stats, 0, sizeof(ckpt_stats));
     if (meta_out) mg_ckpt_meta_init(meta_out); /* valid (empty) on failure too */
     double t_start = mg_now();
-    if ((m == NULL) != (v == NULL)) {
-        mg_errf(err, errlen, "mg_ckpt_load('%s'): pass both optimizer moments m and v, or neither", path);
+    if (!io || !io->put || io->stage_elems < 0) {
+        mg_errf(err, errlen, "mg_ckpt_load_io('%s'): the tensor I/O needs a put function and stage_elems >= 0",
+                path);
         return -1;
     }
     MgCkptMeta meta;
     MgCkptReader *r = mg_ckpt_open(path, &meta, err, errlen);
     if (!r) return -1;
     int rc = -1;
-    if (m && !meta.has_optimizer) {
+    if (with_optimizer && !meta.has_optimizer) {
         mg_errf(err, errlen,
                "checkpoint '%s' holds weights only (no /optimizer/m and /optimizer/v): it cannot resume the optimizer; "
                "start from its weights without optimizer state instead",
@@ -352,8 +453,8 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
         goto done;
     }
     const char *groups[3] = {"model", "optimizer/m", "optimizer/v"};
-    float *bases[3] = {params, m, v};
-    int ngroups = m ? 3 : 1;
+    int ngroups = with_optimizer ? 3 : 1;
+    float *stage = NULL;
     MgCkptTensorInfo *lists[3] = {NULL, NULL, NULL};
     int counts[3] = {0, 0, 0};
     /* Validate every group's names, shapes and dtypes before reading any data. */
@@ -403,23 +504,14 @@ int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *
             }
         }
     }
-    for (int gi = 0; gi < ngroups; gi++) {
-        for (int p = 0; p < t->count; p++) {
-            const MgParam *P = &t->params[p];
-            CkptScan s;
-            if (read_tensor_scan(r, groups[gi], P->name, bases[gi] + P->offset, P->numel, &s, err, errlen))
-                goto free_lists;
-            if (s.nonfinite) {
-                mg_errf(err, errlen,
-                       "tensor '/%s/%s' in checkpoint '%s' holds %lld NaN/Inf values (first at element %lld): the run "
-                       "had diverged when it was saved; use an older checkpoint",
-                       groups[gi], P->name, path, (long long)s.nonfinite, (long long)s.first_bad);
-                goto free_lists;
-            }
-        }
-    }
+    int64_t cap = mg_ckpt_stage_elems(t, io);
+    stage = mg_malloc(sizeof(float) * (size_t)cap);
+    for (int gi = 0; gi < ngroups; gi++)
+        for (int p = 0; p < t->count; p++)
+            if (load_tensor(r, io, gi, &t->params[p], stage, cap, err, errlen)) goto free_lists;
     rc = 0;
 free_lists:
+    free(stage);
     for (int gi = 0; gi < 3; gi++) free(lists[gi]);
 done:
     mg_ckpt_close(r);
@@ -429,6 +521,19 @@ done:
         mg_ckpt_meta_free(&meta);
     ckpt_stats.seconds = mg_now() - t_start;
     return rc;
+}
+
+int mg_ckpt_load(const char *path, const MgParamTable *t, float *params, float *m, float *v, MgCkptMeta *meta_out,
+                 char *err, size_t errlen) {
+    if ((m == NULL) != (v == NULL)) {
+        memset(&ckpt_stats, 0, sizeof(ckpt_stats));
+        if (meta_out) mg_ckpt_meta_init(meta_out);
+        mg_errf(err, errlen, "mg_ckpt_load('%s'): pass both optimizer moments m and v, or neither", path);
+        return -1;
+    }
+    CkptHostArrays h = {{NULL, NULL, NULL}, {params, m, v}};
+    MgCkptTensorIO io = ckpt_host_io(&h);
+    return mg_ckpt_load_io(path, t, &io, m != NULL, meta_out, err, errlen);
 }
 
 #endif /* MG_HAVE_HDF5 */

@@ -1,5 +1,5 @@
 /* The run directory: out_dir/ckpt_<step:08>.h5 files, the `latest` pointer and rotation
- * (mg_ckpt_dir_check_writable, mg_ckpt_dir_save, mg_ckpt_dir_latest). */
+ * (mg_ckpt_dir_check_writable, mg_ckpt_dir_save / mg_ckpt_dir_save_io, mg_ckpt_dir_latest). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -201,8 +201,9 @@ done:
     return rc;
 }
 
-int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *params, const float *m, const float *v,
-                     const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err, size_t errlen) {
+int mg_ckpt_dir_save_io(const char *out_dir, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                        const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err,
+                        size_t errlen) {
     if (meta->step < 0) {
         mg_errf(err, errlen, "cannot save a checkpoint for negative step %lld", (long long)meta->step);
         return -1;
@@ -213,7 +214,7 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
     char *path = ckpt_path_join(out_dir, name);
     if (path_out && path_len) snprintf(path_out, path_len, "%s", path);
     remove_stale_tmp(out_dir);
-    int rc = mg_ckpt_save(path, t, params, m, v, meta, err, errlen);
+    int rc = mg_ckpt_save_io(path, t, io, with_optimizer, meta, err, errlen);
     if (rc == 0) {
         char e2[512];
         if (write_latest(out_dir, name, e2, sizeof(e2))) {
@@ -241,6 +242,17 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
     }
     free(path);
     return rc;
+}
+
+int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *params, const float *m, const float *v,
+                     const MgCkptMeta *meta, int keep, char *path_out, size_t path_len, char *err, size_t errlen) {
+    if ((m == NULL) != (v == NULL)) {
+        mg_errf(err, errlen, "mg_ckpt_dir_save('%s'): pass both optimizer moments m and v, or neither", out_dir);
+        return -1;
+    }
+    CkptHostArrays h = {{params, m, v}, {NULL, NULL, NULL}};
+    MgCkptTensorIO io = ckpt_host_io(&h);
+    return mg_ckpt_dir_save_io(out_dir, t, &io, m != NULL, meta, keep, path_out, path_len, err, errlen);
 }
 
 int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen) {

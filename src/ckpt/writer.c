@@ -1,5 +1,6 @@
 /* The writer: a checkpoint file built tensor by tensor (mg_ckpt_writer_begin / add / put / commit /
- * abort) into `<path>.tmp` and renamed into place crash-safely, and mg_ckpt_save on top of it. */
+ * abort) into `<path>.tmp` and renamed into place crash-safely; on top of it mg_ckpt_save_io, which
+ * stages every tensor through a tensor I/O, and mg_ckpt_save, the same for host arrays. */
 #ifdef MG_HAVE_HDF5
 
 #include <errno.h>
@@ -328,62 +329,112 @@ static int preflight(const char *path, const MgParamTable *t, int ngroups, const
     return rc;
 }
 
-int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
-                 const MgCkptMeta *meta, char *err, size_t errlen) {
+/* ---- whole checkpoints through a tensor I/O ---- */
+
+/* get() elements [start, start + count) of tensor P into dst; the message names the file and tensor. */
+static int stage_get(const MgCkptTensorIO *io, const char *path, int gi, const MgParam *P, int64_t start,
+                     int64_t count, float *dst, char *err, size_t errlen) {
+    char e2[400] = "";
+    double t0 = mg_now();
+    int rc = io->get(io->ctx, gi, P, start, count, dst, e2, sizeof(e2));
+    ckpt_stats.xfer_seconds += mg_now() - t0;
+    if (rc != 0)
+        mg_errf(err, errlen, "cannot write checkpoint '%s': getting elements [%lld, %lld) of tensor '/%s/%s' failed: %s",
+                path, (long long)start, (long long)(start + count), mg_ckpt_group_name(gi), P->name,
+                e2[0] ? e2 : "(the tensor I/O gave no reason)");
+    return rc != 0 ? -1 : 0;
+}
+
+static CkptScan stage_scan(const float *x, int64_t n) {
+    double t0 = mg_now();
+    CkptScan s = ckpt_scan_f32(x, n);
+    ckpt_stats.crc_seconds += mg_now() - t0;
+    return s;
+}
+
+/* One tensor: staged, checksummed and scanned, created with its CRC32 and written (see checkpoint.h for
+ * the two passes of a tensor larger than the staging buffer). */
+static int save_tensor(MgCkptWriter *w, const MgCkptTensorIO *io, int gi, const MgParam *P, float *stage,
+                       int64_t cap, char *err, size_t errlen) {
+    const char *group = mg_ckpt_group_name(gi);
+    int one_pass = P->numel <= cap;
+    CkptScan s = {0, 0, -1};
+    for (int64_t at = 0; at < P->numel; at += cap) { /* pass 1: CRC32 and NaN/Inf */
+        int64_t n = MG_MIN(cap, P->numel - at);
+        if (stage_get(io, w->path, gi, P, at, n, stage, err, errlen)) return -1;
+        CkptScan c = stage_scan(stage, n);
+        ckpt_scan_append(&s, at, c, n);
+    }
+    /* Refuse NaN/Inf: a diverged state must not become `latest` and push good checkpoints out of the
+     * rotation. */
+    if (s.nonfinite) {
+        mg_errf(err, errlen,
+                "refusing to save checkpoint '%s': tensor '/%s/%s' holds %lld NaN/Inf values (first at element "
+                "%lld); the run has diverged, earlier checkpoints are kept",
+                w->path, group, P->name, (long long)s.nonfinite, (long long)s.first_bad);
+        return -1;
+    }
+    if (mg_ckpt_writer_add(w, group, P, s.crc, err, errlen)) return -1;
+    if (one_pass) return mg_ckpt_writer_put(w, group, P, 0, P->numel, stage, err, errlen);
+    CkptScan again = {0, 0, -1};
+    for (int64_t at = 0; at < P->numel; at += cap) { /* pass 2: the same ranges again, written */
+        int64_t n = MG_MIN(cap, P->numel - at);
+        if (stage_get(io, w->path, gi, P, at, n, stage, err, errlen)) return -1;
+        ckpt_scan_append(&again, at, stage_scan(stage, n), n);
+        if (mg_ckpt_writer_put(w, group, P, at, n, stage, err, errlen)) return -1;
+    }
+    if (again.crc != s.crc) {
+        mg_errf(err, errlen,
+                "cannot write checkpoint '%s': tensor '/%s/%s' changed while it was being saved (its two reads "
+                "through the tensor I/O differ: is it still being written to?)",
+                w->path, group, P->name);
+        return -1;
+    }
+    return 0;
+}
+
+int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
+                    const MgCkptMeta *meta, char *err, size_t errlen) {
     ckpt_h5_init();
     memset(&ckpt_stats, 0, sizeof(ckpt_stats));
     double t_start = mg_now();
-    if ((m == NULL) != (v == NULL)) {
-        mg_errf(err, errlen, "mg_ckpt_save('%s'): pass both optimizer moments m and v, or neither", path);
+    if (!io || !io->get || io->stage_elems < 0) {
+        mg_errf(err, errlen, "mg_ckpt_save_io('%s'): the tensor I/O needs a get function and stage_elems >= 0",
+                path);
         return -1;
     }
-    const char *groups[3] = {"model", "optimizer/m", "optimizer/v"};
-    const float *bases[3] = {params, m, v};
-    int ngroups = m ? 3 : 1;
-    /* Checksums first, and refuse NaN/Inf: a diverged state must not become `latest` and push good
-     * checkpoints out of the rotation. */
-    uint32_t *crcs = mg_malloc(sizeof(uint32_t) * (size_t)(3 * t->count + 1));
-    double t0 = mg_now();
-    for (int gi = 0; gi < ngroups; gi++)
-        for (int p = 0; p < t->count; p++) {
-            const MgParam *P = &t->params[p];
-            CkptScan s = ckpt_scan_f32(bases[gi] + P->offset, P->numel);
-            if (s.nonfinite) {
-                mg_errf(err, errlen,
-                       "refusing to save checkpoint '%s': tensor '/%s/%s' holds %lld NaN/Inf values (first at element "
-                       "%lld); the run has diverged, earlier checkpoints are kept",
-                       path, groups[gi], P->name, (long long)s.nonfinite, (long long)s.first_bad);
-                free(crcs);
-                return -1;
-            }
-            crcs[gi * t->count + p] = s.crc;
-        }
-    ckpt_stats.crc_seconds = mg_now() - t0;
-    if (preflight(path, t, ngroups, meta, err, errlen)) {
-        free(crcs);
-        return -1;
-    }
+    int ngroups = with_optimizer ? 3 : 1;
+    if (preflight(path, t, ngroups, meta, err, errlen)) return -1;
+    int64_t cap = mg_ckpt_stage_elems(t, io);
     MgCkptWriter *w = mg_ckpt_writer_begin(path, meta, err, errlen);
-    if (!w) {
-        free(crcs);
-        return -1;
-    }
+    if (!w) return -1;
+    float *stage = mg_malloc(sizeof(float) * (size_t)cap);
     int k = 0;
     for (int gi = 0; gi < ngroups; gi++)
         for (int p = 0; p < t->count; p++) {
-            const MgParam *P = &t->params[p];
-            if (mg_ckpt_writer_add(w, groups[gi], P, crcs[gi * t->count + p], err, errlen) ||
-                mg_ckpt_writer_put(w, groups[gi], P, 0, P->numel, bases[gi] + P->offset, err, errlen)) {
+            if (save_tensor(w, io, gi, &t->params[p], stage, cap, err, errlen)) {
+                free(stage);
                 writer_discard(w, err, errlen);
-                free(crcs);
                 return -1;
             }
             ckpt_hook("tensor", k++);
         }
-    free(crcs);
+    free(stage);
     int rc = mg_ckpt_writer_commit(w, err, errlen);
     ckpt_stats.seconds = mg_now() - t_start;
     return rc;
+}
+
+int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
+                 const MgCkptMeta *meta, char *err, size_t errlen) {
+    if ((m == NULL) != (v == NULL)) {
+        memset(&ckpt_stats, 0, sizeof(ckpt_stats));
+        mg_errf(err, errlen, "mg_ckpt_save('%s'): pass both optimizer moments m and v, or neither", path);
+        return -1;
+    }
+    CkptHostArrays h = {{params, m, v}, {NULL, NULL, NULL}};
+    MgCkptTensorIO io = ckpt_host_io(&h);
+    return mg_ckpt_save_io(path, t, &io, m != NULL, meta, err, errlen);
 }
 
 #endif /* MG_HAVE_HDF5 */
