@@ -5,7 +5,8 @@
 CC      ?= gcc
 BUILD   ?= build
 OPT     ?= -O3 -march=native
-# NO_BLAS=1, NO_OPENMP=1, NO_HDF5=1, NO_MPI=1, NO_CUDA=1 force a part off (used by tests of the fallbacks).
+# NO_BLAS=1, NO_OPENMP=1, NO_ZLIB=1, NO_HDF5=1, NO_MPI=1, NO_CUDA=1 force a part off (used by tests of the
+# fallbacks).
 
 CFLAGS_BASE := -std=c11 -Wall -Wextra -Wno-unknown-pragmas -D_GNU_SOURCE -g $(OPT) -fno-math-errno
 CPPFLAGS    := -I. -MMD -MP
@@ -49,14 +50,31 @@ else
   FEATURES += BLAS:no(fallback-gemm)
 endif
 
+# ---- zlib (the CRC32 of checkpoint tensors; without it there are no checkpoints, whatever HDF5 says) --
+ifndef NO_ZLIB
+  HAVE_ZLIB := $(shell printf '\043include <zlib.h>\nint main(void){return (int)crc32(0L, 0, 0);}\n' | \
+                 $(CC) -x c - -lz -o /dev/null 2>/dev/null && echo 1)
+endif
+ifeq ($(HAVE_ZLIB),1)
+  CPPFLAGS += -DMG_HAVE_ZLIB
+  LDLIBS   += -lz
+  FEATURES += zlib:yes
+else
+  FEATURES += zlib:no
+endif
+
 # ---- HDF5 (serial flavour named explicitly: libhdf5-openmpi-dev flips the plain hdf5.pc) -----------
 ifndef NO_HDF5
   HDF5_PC := $(shell pkg-config --exists hdf5-serial 2>/dev/null && echo hdf5-serial)
 endif
 ifneq ($(HDF5_PC),)
-  CPPFLAGS += $(shell pkg-config --cflags $(HDF5_PC)) -DMG_HAVE_HDF5
-  LDLIBS   += $(shell pkg-config --libs $(HDF5_PC))
-  FEATURES += HDF5:yes
+  ifeq ($(HAVE_ZLIB),1)
+    CPPFLAGS += $(shell pkg-config --cflags $(HDF5_PC)) -DMG_HAVE_HDF5
+    LDLIBS   += $(shell pkg-config --libs $(HDF5_PC))
+    FEATURES += HDF5:yes
+  else
+    FEATURES += HDF5:no(checkpoints_need_zlib)
+  endif
 else
   FEATURES += HDF5:no
 endif
@@ -89,7 +107,8 @@ CFLAGS := $(CFLAGS_BASE)
 
 # ---- sources ----------------------------------------------------------------------------------------
 CPU_KERNEL_SRC := $(wildcard kernels/cpu/*.c)
-COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/*/*.c) $(wildcard kernels/*.c) $(wildcard parallel/*.c)
+COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/*/*.c) $(wildcard kernels/*.c) \
+                  $(wildcard parallel/*.c)
 CPU_F32_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f32/%.o,$(CPU_KERNEL_SRC))
 CPU_F64_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f64/%.o,$(CPU_KERNEL_SRC))
 COMMON_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC))

@@ -14,6 +14,7 @@ PACKAGES=(
     libopenblas-openmp-dev libopenblas0-openmp      # BLAS for the CPU backend (OpenMP flavour)
     openmpi-bin libopenmpi-dev                       # mpirun / mpicc
     libhdf5-dev hdf5-tools                           # checkpoints (serial HDF5), h5dump
+    zlib1g-dev                                       # checkpoints' CRC32
     python3 python3-numpy python3-torch python3-h5py # PyTorch reference implementation and tests
     python3-sentencepiece python3-protobuf           # building/verifying the Llama-2 tokenizer model
 )

@@ -169,8 +169,31 @@ HDF5_ONLY static int count_files(const char *dir, const char *suffix) {
 /* ---------------------------------------------------------------------------------------------------- */
 
 static void test_crc(void) {
+    if (!mg_crc32_available()) {
+        printf("# skip CRC32 tests: this build has no zlib\n");
+        return;
+    }
+    /* Independently published values: the CRC-32 "check" value of the catalogue of CRC parameters, and
+     * zlib.crc32(b"The quick brown fox jumps over the lazy dog"). */
     uint32_t c = mg_crc32_update(0, "123456789", 9);
     tu_check(c == 0xCBF43926u, "crc32_check_value", "crc32(\"123456789\") = 0x%08x, expected 0xcbf43926", c);
+    const char *fox = "The quick brown fox jumps over the lazy dog";
+    uint32_t cf = mg_crc32_update(0, fox, strlen(fox));
+    uint32_t c0 = mg_crc32_update(0x12345678u, NULL, 0); /* empty data leaves the CRC as it is */
+    tu_check(cf == 0x414FA339u && c0 == 0x12345678u && mg_crc32_update(0, "", 0) == 0, "crc32_known_values",
+             "fox 0x%08x (expected 0x414fa339), empty update 0x%08x", cf, c0);
+    /* combine over megabytes (as the scan combines its 4 MiB blocks) equals the CRC of the concatenation */
+    size_t big = (size_t)5 << 20;
+    unsigned char *bb = mg_malloc(big);
+    for (size_t i = 0; i < big; i++) bb[i] = (unsigned char)(i * 2654435761u >> 13);
+    uint32_t whole_big = mg_crc32_update(0, bb, big);
+    size_t cut[2] = {(size_t)4 << 20, 12345};
+    int big_ok = 1;
+    for (int k = 0; k < 2; k++)
+        big_ok &= mg_crc32_combine(mg_crc32_update(0, bb, cut[k]), mg_crc32_update(0, bb + cut[k], big - cut[k]),
+                                   big - cut[k]) == whole_big;
+    free(bb);
+    tu_check(big_ok, "crc32_combine_megabytes", "5 MiB split at 4 MiB and at 12345 bytes");
     unsigned char buf[1000];
     for (int i = 0; i < 1000; i++) buf[i] = (unsigned char)(tu_uniform() * 256);
     int bad = 0;
@@ -209,6 +232,18 @@ static void test_meta_getters(void) {
 
 #ifndef MG_HAVE_HDF5
 
+static int g_no_hdf5_calls = 0;
+static int no_hdf5_get(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, float *dst, char *err,
+                       size_t errlen) {
+    (void)ctx, (void)group, (void)p, (void)start, (void)count, (void)dst, (void)err, (void)errlen;
+    return g_no_hdf5_calls++, -1;
+}
+static int no_hdf5_put(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src,
+                       char *err, size_t errlen) {
+    (void)ctx, (void)group, (void)p, (void)start, (void)count, (void)src, (void)err, (void)errlen;
+    return g_no_hdf5_calls++, -1;
+}
+
 static void test_no_hdf5(void) {
     MgConfig c;
     make_cfg(&c, 32, 1, 8);
@@ -223,6 +258,14 @@ static void test_no_hdf5(void) {
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_load", "%s", err);
     rc = mg_ckpt_dir_check_writable(g_dir, 0, err, sizeof(err));
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_dir_check", "%s", err);
+    MgCkptTensorIO io = {NULL, no_hdf5_get, no_hdf5_put, 0};
+    int rc1 = mg_ckpt_save_io(tmp_path("x.h5"), &s.t, &io, 1, &meta, err, sizeof(err));
+    int ok1 = rc1 == -1 && strstr(err, "no HDF5");
+    int rc2 = mg_ckpt_load_io(tmp_path("x.h5"), &s.t, &io, 1, NULL, err, sizeof(err));
+    int ok2 = rc2 == -1 && strstr(err, "no HDF5");
+    int rc3 = mg_ckpt_dir_save_io(g_dir, &s.t, &io, 1, &meta, 2, NULL, 0, err, sizeof(err));
+    tu_check(ok1 && ok2 && rc3 == -1 && strstr(err, "no HDF5") && g_no_hdf5_calls == 0, "no_hdf5_tensor_io",
+             "%d tensor I/O calls; %s", g_no_hdf5_calls, err);
     mg_ckpt_meta_free(&meta);
     state_free_arrays(&s);
     mg_param_table_free(&s.t);
@@ -663,6 +706,276 @@ static int loads_ok(const char *path, const State *s, int64_t *step) {
     return ok;
 }
 
+/* ---- staged tensor I/O ---- */
+
+/* A stand-in for an accelerator: the tensors live in float64 "device" arrays (table layout) that only
+ * get/put touch, converting to and from float32. Every request is recorded: how often each element was
+ * asked for, the largest count, requests outside the tensor or above the bound, which tensors were put. */
+typedef struct {
+    const MgParamTable *t;
+    double *arr[3];
+    int64_t bound;             /* the documented staging bound the requests must respect */
+    int64_t max_count, calls;  /* largest count asked for, number of calls */
+    int bad_requests;          /* outside the tensor, or count > bound, or count == 0 */
+    int32_t *seen;             /* per group and element: times asked */
+    unsigned char *put_tensor; /* per group and tensor index: put at least once */
+    int64_t fail_at;           /* the call (0-based) that fails with fail_msg; -1: none */
+    int drift;                 /* get: an element asked for a second time comes back different */
+} Dev;
+
+static void dev_init(Dev *d, const MgParamTable *t, const State *from, int64_t bound) {
+    memset(d, 0, sizeof(*d));
+    d->t = t;
+    size_t n = (size_t)t->total;
+    for (int g = 0; g < 3; g++) {
+        d->arr[g] = tu_dalloc(n);
+        const float *src = !from ? NULL : g == 0 ? from->p : g == 1 ? from->m : from->v;
+        for (size_t i = 0; src && i < n; i++) d->arr[g][i] = src[i];
+    }
+    d->bound = bound;
+    d->seen = mg_calloc(3 * n, sizeof(int32_t));
+    d->put_tensor = mg_calloc(3 * (size_t)t->count, 1);
+    d->fail_at = -1;
+}
+
+static void dev_free(Dev *d) {
+    for (int g = 0; g < 3; g++) free(d->arr[g]);
+    free(d->seen);
+    free(d->put_tensor);
+}
+
+/* Bookkeeping shared by get and put; returns -1 when this call is the one to fail. */
+static int dev_request(Dev *d, int group, const MgParam *p, int64_t start, int64_t count, char *err, size_t errlen) {
+    int64_t call = d->calls++;
+    if (call == d->fail_at) {
+        snprintf(err, errlen, "device lost (injected at call %lld)", (long long)call);
+        return -1;
+    }
+    if (group < 0 || group > 2 || start < 0 || count <= 0 || start + count > p->numel || count > d->bound)
+        d->bad_requests++;
+    d->max_count = MG_MAX(d->max_count, count);
+    for (int64_t i = 0; i < count; i++) d->seen[(size_t)group * (size_t)d->t->total + (size_t)(p->offset + start + i)]++;
+    return 0;
+}
+
+static int dev_get(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, float *dst, char *err,
+                   size_t errlen) {
+    Dev *d = ctx;
+    if (dev_request(d, group, p, start, count, err, errlen)) return -1;
+    const double *x = d->arr[group] + p->offset + start;
+    for (int64_t i = 0; i < count; i++) {
+        dst[i] = (float)x[i];
+        if (d->drift && d->seen[(size_t)group * (size_t)d->t->total + (size_t)(p->offset + start + i)] > 1)
+            dst[i] += 1.0f;
+    }
+    return 0;
+}
+
+static int dev_put(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src, char *err,
+                   size_t errlen) {
+    Dev *d = ctx;
+    if (dev_request(d, group, p, start, count, err, errlen)) return -1;
+    double *x = d->arr[group] + p->offset + start;
+    for (int64_t i = 0; i < count; i++) x[i] = src[i];
+    d->put_tensor[(size_t)group * (size_t)d->t->count + (size_t)(p - d->t->params)] = 1;
+    return 0;
+}
+
+static MgCkptTensorIO dev_io(Dev *d, int64_t stage_elems) {
+    MgCkptTensorIO io = {d, dev_get, dev_put, stage_elems};
+    return io;
+}
+
+/* Every element of the first ngroups groups asked for exactly `times` times (a tensor that fits the bound:
+ * once; a larger one: twice), counting the tensors larger than the bound. */
+static int dev_coverage_ok(const Dev *d, int ngroups, int times_small, int times_large, int *n_large) {
+    *n_large = 0;
+    for (int g = 0; g < 3; g++)
+        for (int i = 0; i < d->t->count; i++) {
+            const MgParam *P = &d->t->params[i];
+            int large = P->numel > d->bound;
+            if (g == 0) *n_large += large;
+            int want = g < ngroups ? (large ? times_large : times_small) : 0;
+            for (int64_t k = 0; k < P->numel; k++)
+                if (d->seen[(size_t)g * (size_t)d->t->total + (size_t)(P->offset + k)] != want) return 0;
+        }
+    return 1;
+}
+
+/* 1 if the device arrays hold exactly the float32 values of s (the first ngroups groups). */
+static int dev_equals_state(const Dev *d, const State *s, int ngroups) {
+    const float *src[3] = {s->p, s->m, s->v};
+    for (int g = 0; g < ngroups; g++)
+        for (int64_t i = 0; i < s->t.total; i++)
+            if (d->arr[g][i] != (double)src[g][i]) return 0;
+    return 1;
+}
+
+/* Number of tensors whose stored bytes (read straight from the files at the dataset offsets HDF5 reports)
+ * or crc32 attributes differ between two checkpoints of table t; -1 if a file cannot be read. */
+static int tensor_bytes_differ(const char *a, const char *b, const MgParamTable *t, int ngroups) {
+    const char *path[2] = {a, b};
+    hid_t f[2];
+    int fd[2];
+    for (int k = 0; k < 2; k++) {
+        f[k] = H5Fopen(path[k], H5F_ACC_RDONLY, H5P_DEFAULT);
+        fd[k] = open(path[k], O_RDONLY);
+    }
+    int differ = f[0] < 0 || f[1] < 0 || fd[0] < 0 || fd[1] < 0 ? -1 : 0;
+    for (int g = 0; g < ngroups && differ >= 0; g++)
+        for (int i = 0; i < t->count && differ >= 0; i++) {
+            char dpath[256];
+            snprintf(dpath, sizeof(dpath), "%s/%s", g == 0 ? "model" : g == 1 ? "optimizer/m" : "optimizer/v",
+                     t->params[i].name);
+            size_t bytes = (size_t)t->params[i].numel * 4;
+            unsigned char *buf[2] = {mg_malloc(bytes + 1), mg_malloc(bytes + 1)};
+            unsigned int crc[2] = {0, 0};
+            int ok = 1;
+            for (int k = 0; k < 2; k++) {
+                hid_t ds = H5Dopen2(f[k], dpath, H5P_DEFAULT);
+                haddr_t off = ds >= 0 ? H5Dget_offset(ds) : HADDR_UNDEF;
+                ok &= ds >= 0 && off != HADDR_UNDEF && H5Dget_storage_size(ds) == bytes &&
+                      pread(fd[k], buf[k], bytes, (off_t)off) == (ssize_t)bytes;
+                hid_t at = ds >= 0 ? H5Aopen(ds, "crc32", H5P_DEFAULT) : -1;
+                ok &= at >= 0 && H5Aread(at, H5T_NATIVE_UINT, &crc[k]) >= 0;
+                if (at >= 0) H5Aclose(at);
+                if (ds >= 0) H5Dclose(ds);
+            }
+            if (!ok)
+                differ = -1;
+            else if (memcmp(buf[0], buf[1], bytes) != 0 || crc[0] != crc[1])
+                differ++;
+            free(buf[0]);
+            free(buf[1]);
+        }
+    for (int k = 0; k < 2; k++) {
+        if (f[k] >= 0) H5Fclose(f[k]);
+        if (fd[k] >= 0) close(fd[k]);
+    }
+    return differ;
+}
+
+static void test_tensor_io(const State *s, const char *good) {
+    char err[1024] = "";
+    MgCkptMeta meta;
+    fill_meta(&meta, 1234);
+    int64_t largest = 0;
+    for (int i = 0; i < s->t.count; i++) largest = MG_MAX(largest, s->t.params[i].numel);
+    const int64_t bound = 100; /* smaller than most tensors here, so they go through in ranges */
+    Dev d;
+    dev_init(&d, &s->t, s, bound);
+    MgCkptTensorIO io = dev_io(&d, bound);
+    tu_check(mg_ckpt_stage_elems(&s->t, &io) == bound && largest > bound, "stage_elems_bound",
+             "bound %lld, largest tensor %lld", (long long)mg_ckpt_stage_elems(&s->t, &io), (long long)largest);
+    MgCkptTensorIO io_default = dev_io(&d, 0);
+    tu_check(mg_ckpt_stage_elems(&s->t, &io_default) == largest, "stage_elems_default_is_largest_tensor",
+             "%lld vs %lld", (long long)mg_ckpt_stage_elems(&s->t, &io_default), (long long)largest);
+
+    /* save from the float64 "device" through a 100-element staging buffer: the same tensor bytes and
+     * CRCs as the pointer-based save of the same values */
+    const char *dev_file = tmp_path("from_device.h5");
+    int rc = mg_ckpt_save_io(dev_file, &s->t, &io, 1, &meta, err, sizeof(err));
+    MgCkptStats st = mg_ckpt_last_stats();
+    int n_large = 0, cov = dev_coverage_ok(&d, 3, 1, 2, &n_large);
+    tu_check(rc == 0 && tensor_bytes_differ(good, dev_file, &s->t, 3) == 0, "save_io_same_tensor_bytes_as_save",
+             "rc %d %s", rc, err);
+    tu_check(rc == 0 && d.max_count == bound && d.bad_requests == 0 && cov && n_large > 0,
+             "save_io_requests_within_bound",
+             "%lld calls, largest %lld (bound %lld), %d bad; each element asked once (twice in the %d tensors "
+             "larger than the bound): %s",
+             (long long)d.calls, (long long)d.max_count, (long long)bound, d.bad_requests, n_large,
+             cov ? "yes" : "no");
+    tu_check(rc == 0 && st.bytes == (double)s->t.total * 12 && st.xfer_seconds > 0, "save_io_stats",
+             "bytes %.0f, get %.6f s", st.bytes, st.xfer_seconds);
+    dev_free(&d);
+
+    /* load into a zeroed device, through the same bound: bit-exact, requests within the bound; both files */
+    const char *files[2] = {dev_file, good};
+    for (int k = 0; k < 2; k++) {
+        dev_init(&d, &s->t, NULL, bound);
+        io = dev_io(&d, bound);
+        MgCkptMeta back;
+        char why[128] = "";
+        rc = mg_ckpt_load_io(files[k], &s->t, &io, 1, &back, err, sizeof(err));
+        cov = dev_coverage_ok(&d, 3, 1, 1, &n_large);
+        tu_check(rc == 0 && dev_equals_state(&d, s, 3) && meta_equal(&meta, &back, why, sizeof(why)) &&
+                     d.max_count == bound && d.bad_requests == 0 && cov,
+                 k == 0 ? "load_io_of_save_io_file_bit_exact" : "load_io_of_pointer_saved_file_bit_exact",
+                 "rc %d %s %s; %lld calls, largest %lld, %d bad, each element put once: %s", rc, err, why,
+                 (long long)d.calls, (long long)d.max_count, d.bad_requests, cov ? "yes" : "no");
+        if (rc == 0) mg_ckpt_meta_free(&back);
+        dev_free(&d);
+    }
+    /* the default bound: one put per tensor, weights only */
+    dev_init(&d, &s->t, NULL, largest);
+    io = dev_io(&d, 0);
+    rc = mg_ckpt_load_io(good, &s->t, &io, 0, NULL, err, sizeof(err));
+    cov = dev_coverage_ok(&d, 1, 1, 1, &n_large);
+    tu_check(rc == 0 && dev_equals_state(&d, s, 1) && d.calls == s->t.count && d.max_count == largest && cov,
+             "load_io_default_bound_one_put_per_tensor", "rc %d %s; %lld calls for %d tensors", rc, err,
+             (long long)d.calls, s->t.count);
+    dev_free(&d);
+
+    /* get failing midway: the save fails with get's message, no temp file, the previous file intact */
+    const char *prev = tmp_path("io_fail.h5");
+    rc = mg_ckpt_save(prev, &s->t, s->p, s->m, s->v, &meta, err, sizeof(err));
+    dev_init(&d, &s->t, s, bound);
+    d.fail_at = 37;
+    io = dev_io(&d, bound);
+    MgCkptMeta meta2;
+    fill_meta(&meta2, 999);
+    int rc2 = mg_ckpt_save_io(prev, &s->t, &io, 1, &meta2, err, sizeof(err));
+    int64_t step = -1;
+    char tmpname[600];
+    snprintf(tmpname, sizeof(tmpname), "%s.tmp", prev);
+    tu_check(rc == 0 && rc2 == -1 && strstr(err, "device lost (injected at call 37)") && strstr(err, prev) &&
+                 access(tmpname, F_OK) != 0 && loads_ok(prev, s, &step) && step == 1234,
+             "save_io_get_failure_keeps_previous", "%s", err);
+    /* get returning other values the second time it is asked for a range of a large tensor */
+    d.fail_at = -1;
+    d.drift = 1;
+    memset(d.seen, 0, sizeof(int32_t) * 3 * (size_t)s->t.total);
+    rc2 = mg_ckpt_save_io(prev, &s->t, &io, 1, &meta2, err, sizeof(err));
+    tu_check(rc2 == -1 && strstr(err, "changed while it was being saved") && access(tmpname, F_OK) != 0 &&
+                 loads_ok(prev, s, &step) && step == 1234,
+             "save_io_detects_data_changing_between_passes", "%s", err);
+    dev_free(&d);
+    mg_ckpt_meta_free(&meta2);
+
+    /* put failing: the load fails with put's message and returns no metadata */
+    dev_init(&d, &s->t, NULL, bound);
+    d.fail_at = 5;
+    io = dev_io(&d, bound);
+    MgCkptMeta back;
+    rc = mg_ckpt_load_io(good, &s->t, &io, 1, &back, err, sizeof(err));
+    tu_check(rc == -1 && strstr(err, "device lost (injected at call 5)") && strstr(err, good) && back.n_extra == 0 &&
+                 back.config_text == NULL,
+             "load_io_put_failure_reports_message", "%s", err);
+    dev_free(&d);
+
+    /* a tensor with NaN/Inf is never put; the tensors before it (table order) were */
+    const MgParam *P = mg_param_get(&s->t, "layers.0.ffn.fc2.weight");
+    int bad_index = (int)(P - s->t.params);
+    const char *np = tmp_path("nan_io.h5");
+    copy_file(good, np, file_size(good));
+    inject_nan(np, "model/layers.0.ffn.fc2.weight", P->numel, 5, 1);
+    for (int k = 0; k < 2; k++) {
+        int64_t b = k == 0 ? largest : bound;
+        dev_init(&d, &s->t, NULL, b);
+        io = dev_io(&d, b);
+        rc = mg_ckpt_load_io(np, &s->t, &io, 1, NULL, err, sizeof(err));
+        int before = 1;
+        for (int i = 0; i < bad_index; i++) before &= d.put_tensor[i];
+        tu_check(rc == -1 && strstr(err, "NaN/Inf") && before && !d.put_tensor[bad_index] &&
+                     !d.put_tensor[bad_index + 1],
+                 k == 0 ? "load_io_nan_tensor_never_put" : "load_io_nan_tensor_never_put_ranges",
+                 "bound %lld; %d tensors before it put: %s; it: %s; %s", (long long)b, bad_index, before ? "yes" : "no",
+                 d.put_tensor[bad_index] ? "put" : "not put", err);
+        dev_free(&d);
+    }
+    mg_ckpt_meta_free(&meta);
+}
+
 static void test_rotation_and_latest(const State *s) {
     char dir[400], err[1024] = "", path[600];
     snprintf(dir, sizeof(dir), "%s/run_rot", g_dir);
@@ -952,6 +1265,7 @@ int main(void) {
     snprintf(good, sizeof(good), "%s", tmp_path("rt.h5"));
     test_round_trip(&s, good);
     test_sliced_writer(&s);
+    test_tensor_io(&s, good);
     test_large_attributes(&s);
     test_h5py(&s, good);
     test_bad_files(&s, good);
