@@ -89,7 +89,7 @@ CFLAGS := $(CFLAGS_BASE)
 
 # ---- sources ----------------------------------------------------------------------------------------
 CPU_KERNEL_SRC := $(wildcard kernels/cpu/*.c)
-COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) $(wildcard parallel/*.c)
+COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/*/*.c) $(wildcard kernels/*.c) $(wildcard parallel/*.c)
 CPU_F32_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f32/%.o,$(CPU_KERNEL_SRC))
 CPU_F64_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f64/%.o,$(CPU_KERNEL_SRC))
 COMMON_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC))

@@ -1,0 +1,26 @@
+/* The trainer's step log: a console line for logged steps and one JSON object per step appended to
+ * out_dir/log.jsonl (docs/training.md lists the fields). */
+#ifndef MG_TRAIN_LOG_H
+#define MG_TRAIN_LOG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+/* One step as logged. */
+typedef struct {
+    int64_t step, tokens; /* tokens: trained on so far */
+    double loss, lr, grad_norm, tokens_per_s, mfu, elapsed;
+    int has_val;          /* a validation step: val_loss and val_ppl are set */
+    double val_loss, val_ppl;
+} MgLogRecord;
+
+/* "step 40/400 | loss 6.9123 | lr ... | val loss ... ppl ..." */
+void mg_log_print(FILE *out, const MgLogRecord *r, int64_t max_steps);
+/* Append r to the log as one JSON line and flush. */
+void mg_log_write(FILE *log, const MgLogRecord *r);
+
+/* Open out_dir/log.jsonl: a new log for a new run; for a run resumed at step resume_step, the old log
+ * without the lines of steps after resume_step (those steps run again), opened for appending. */
+FILE *mg_log_open(const char *out_dir, int resume, int64_t resume_step);
+
+#endif
