@@ -6,6 +6,25 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* A JSON object built in memory (one log line). Keys and string values are escaped (", \\, control
+ * characters; bytes that are not valid UTF-8 become U+FFFD); numbers that are not finite (inf, -inf,
+ * nan) are written as null, since JSON has no such numbers. Members are separated by ", " and keys from
+ * values by ": ". */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    int members;
+} MgJson;
+
+void mg_json_begin(MgJson *j);
+void mg_json_int(MgJson *j, const char *key, int64_t v);
+void mg_json_fixed(MgJson *j, const char *key, double v, int decimals); /* printf "%.*f" */
+void mg_json_sci(MgJson *j, const char *key, double v, int decimals);   /* printf "%.*e" */
+void mg_json_str(MgJson *j, const char *key, const char *s);
+/* Close the object and return its text (no newline), valid until mg_json_free. */
+const char *mg_json_end(MgJson *j);
+void mg_json_free(MgJson *j);
+
 /* One step as logged. */
 typedef struct {
     int64_t step, tokens; /* tokens: trained on so far */
@@ -16,7 +35,7 @@ typedef struct {
 
 /* "step 40/400 | loss 6.9123 | lr ... | val loss ... ppl ..." */
 void mg_log_print(FILE *out, const MgLogRecord *r, int64_t max_steps);
-/* Append r to the log as one JSON line and flush. */
+/* Append r to the log as one JSON line (fields in docs/training.md; non-finite values as null) and flush. */
 void mg_log_write(FILE *log, const MgLogRecord *r);
 
 /* Open out_dir/log.jsonl: a new log for a new run; for a run resumed at step resume_step, the old log
