@@ -163,6 +163,17 @@ ok = not bad and len(sys.argv) > 5 and lines > 200
 print(("PASS" if ok else "FAIL") + f" every line of {len(sys.argv) - 1} log.jsonl files ({lines} lines) is a strict JSON object with an integer step" + ("" if ok else f": {bad[:3]}"))
 EOF
 
+# resume trims the log by its step field whatever the spacing or key order, and keeps unreadable lines
+printf '{"loss": 9.5,"step":31}\nnot a log line\n{"tokens": 1, "step" : 32 , "loss": 9.4' >>"$T/c/log.jsonl"
+out=$($M train "${TINY[@]}" --out_dir "$T/c" --max_steps 31 --eval_every 10 --resume auto 2>&1)
+steps=$($PY -c 'import json,sys; print(" ".join(str(json.loads(l)["step"]) if l.startswith("{") else "x" for l in open(sys.argv[1])))' "$T/c/log.jsonl")
+if grep -q "dropped 2 lines of steps after 30" <<<"$out" && grep -q "kept 1 lines without a readable step" <<<"$out" &&
+   [ "$steps" = "$(seq -s ' ' 1 30) x 31" ]; then
+    pass "resume drops the log lines of later steps (any spacing, key order, a line cut short) and keeps unreadable ones"
+else
+    fail "log trim on resume" "steps: $steps; output: $(grep log.jsonl <<<"$out")"
+fi
+
 # ---- bad input: refused with a message that names the problem ---------------------------------------
 printf 'n_layers = 2\nmodel_dimm = 64\n' >"$T/bad.conf"
 expect_fail "bad config key names the key and line" "bad.conf:2: unknown key 'model_dimm'" $M train --config "$T/bad.conf"

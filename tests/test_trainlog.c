@@ -1,10 +1,11 @@
 /* The trainer's log (src/train/log.c): the JSON writer (non-finite numbers as null, escaped strings,
- * output that a strict JSON reader accepts). */
+ * output that a strict JSON reader accepts), the step reader and the trim of log.jsonl on resume. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../src/train/log.h"
@@ -40,6 +41,12 @@ static const char *flat(const char *s) {
     }
     buf[n] = 0;
     return buf;
+}
+
+static void write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    fwrite(text, 1, strlen(text), f);
+    fclose(f);
 }
 
 /* Run python3's json module, strictly (NaN/Infinity refused), over every line of path; returns its
@@ -100,8 +107,8 @@ static void test_json_writer(void) {
     /* quote, backslash, slash, newline, tab, CR, other control characters, UTF-8 (2 to 4 bytes), DEL, and
      * bytes that are not UTF-8 (a lone continuation byte, 0xff, a cut sequence, an overlong encoding, a
      * UTF-16 surrogate) */
-    const char *s = "a\"b\\c/d\ne\tf\rg\x01h\x1fi \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f|\x80|\xff|\xe2\x82|\xc0\xaf|"
-                    "\xed\xa0\x80|end";
+    const char *s = "a\"b\\c/d\ne\tf\rg\x01h\x1fi \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f|"
+                    "\x80|\xff|\xe2\x82|\xc0\xaf|\xed\xa0\x80|end";
     mg_json_begin(&j);
     mg_json_str(&j, "k\"ey", s);
     mg_json_str(&j, "empty", "");
@@ -164,14 +171,16 @@ static void test_json_writer(void) {
                  "\"tokens\":3072,\"tokens_per_s\":null}\n"
                  "{\"inf\":null,\"loss\":1.5,\"lr\":0.0006,\"nan\":null,\"neg_zero\":-0.0,\"ninf\":null,"
                  "\"sci_inf\":null,\"sci_nan\":null,\"step\":7,\"tokens\":-9007199254740993}\n"
-                 "{\"empty\":\"\",\"k\\\"ey\":\"a\\\"b\\\\c/d\\ne\\tf\\rg\\u0001h\\u001fi \\u00e9 \\u20ac \\ud83d\\ude00 "
+                 "{\"empty\":\"\",\"k\\\"ey\":\"a\\\"b\\\\c/d\\ne\\tf\\rg\\u0001h\\u001fi "
+                 "\\u00e9 \\u20ac \\ud83d\\ude00 "
                  "\\u007f|\\ufffd|\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd\\ufffd|end\"}\n";
         /* the long record: check its start and size rather than spelling out 100 000 x */
         size_t wl = strlen(want);
         int ok = canon && !strncmp(canon, want, wl);
         if (ok) {
             const char *last = canon + wl;
-            ok = !strncmp(last, "{\"huge\":1e+300,\"long\":\"xxxx", 26) && strlen(last) == 23 + big + 3; /* {"huge":1e+300,"long":" x... "}\n */
+            /* {"huge":1e+300,"long":"  x...x  "}\n */
+            ok = !strncmp(last, "{\"huge\":1e+300,\"long\":\"xxxx", 26) && strlen(last) == 23 + big + 3;
         }
         tu_check(ok, "python3's json module (NaN/Infinity refused) parses every line and decodes the intended values",
                  "%s", canon ? flat(canon) : "python3 failed");
@@ -183,6 +192,148 @@ static void test_json_writer(void) {
     free(long_copy);
 }
 
+static int step_of(const char *line, int64_t *step) { return mg_log_parse_step(line, strlen(line), step); }
+
+static void test_parse_step(void) {
+    static const struct {
+        const char *line;
+        int64_t step; /* -1: no readable step */
+    } cases[] = {
+        {"{\"step\": 12, \"loss\": 1.0}\n", 12},
+        {"{\"step\":12}", 12},
+        {"  {\n\t\"loss\" :1.0 ,\r\n \"step\"\t:\t34 }  \n", 34},
+        {"{\"a\": {\"step\": 99, \"b\": [1, {\"step\": 98}]}, \"s\": \"\\\"step\\\": 97\", \"step\": 5}", 5},
+        {"{\"st\\u0065p\": 6}", 6},
+        {"{\"a\": {}, \"b\": [], \"c\": [true, false, null, -0.5e-3, \"]\"], \"step\": 3}", 3},
+        {"{\"step\": 7, \"step\": 8}", 8},
+        {"{\"step\": 1.2e1}", 12},
+        {"{\"step\": 9, \"loss\": 1.2", 9},      /* cut short while being written */
+        {"{\"step\": 10, \"loss\": nan}", 10},   /* damage after the step */
+        {"{\"loss\": 1.0, \"st", -1},
+        {"{\"step\": \"11\"}", -1},
+        {"{\"step\": 1.5}", -1},
+        {"{\"step\": null}", -1},
+        {"{\"step\": -}", -1},
+        {"{\"steps\": 3, \"Step\": 4, \"step \": 5}", -1},
+        {"{\"step\\u0000\": 3}", -1},
+        {"{\"x\": [1, 2, {\"y\": tru}], \"step\": 3}", -1}, /* the step comes after damage: unreadable */
+        {"[{\"step\": 3}]", -1},
+        {"step: 3", -1},
+        {"{}", -1},
+        {"", -1},
+        {"\n", -1},
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int64_t step = -1;
+        int rc = step_of(cases[i].line, &step);
+        int64_t got = rc == 0 ? step : -1;
+        if (got != cases[i].step) {
+            bad++;
+            printf("# case %zu: %s -> %lld, expected %lld\n", i, cases[i].line, (long long)got,
+                   (long long)cases[i].step);
+        }
+    }
+    tu_check(bad == 0, "the step of a line: any spacing and member order, nested and quoted 'step' ignored, "
+                       "damage refused", "%d of %zu cases wrong", bad, sizeof cases / sizeof cases[0]);
+    /* Deep nesting is refused, not a stack overflow. */
+    size_t depth = 100000;
+    char *deep = malloc(2 * depth + 64);
+    size_t n = (size_t)sprintf(deep, "{\"x\": ");
+    for (size_t i = 0; i < depth; i++) deep[n++] = '[';
+    for (size_t i = 0; i < depth; i++) deep[n++] = ']';
+    n += (size_t)sprintf(deep + n, ", \"step\": 3}");
+    int64_t step = 0;
+    tu_check(mg_log_parse_step(deep, n, &step) == -1, "100 000 nested arrays: refused", "ok");
+    free(deep);
+}
+
+static void test_trim(void) {
+    char path[256], tmp[300];
+    snprintf(path, sizeof path, "%s/log.jsonl", g_dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    size_t big = 20000;
+    char *pad = malloc(big + 1);
+    memset(pad, 'y', big);
+    pad[big] = 0;
+    /* kept lines, in order */
+    const char *keep1 = "{\"step\": 1, \"loss\": 2.0}\n";
+    const char *keep2 = "{\"step\":2,\"loss\":1.9}\n";
+    const char *keep3 = "{ \"loss\" : 1.8 ,\t\"step\"\t:  3 }\n";
+    const char *keep4 =
+        "{\"eval\": {\"step\": 99}, \"tags\": [\"step\", 100], \"s\": \"\\\"step\\\": 100\", \"step\": 4}\n";
+    const char *junk1 = "not json at all\n";
+    const char *junk2 = "{\"loss\": 1.0}\n";
+    const char *junk3 = "\n";
+    char *keep5 = malloc(big + 64), *drop2 = malloc(big + 64);
+    sprintf(keep5, "{\"step\": 5, \"note\": \"%s\"}\n", pad);  /* longer than any fixed line buffer */
+    sprintf(drop2, "{\"note\": \"%s\", \"step\": 8}\n", pad);  /* its step comes after 20 kB */
+    const char *drop1 = "{\"loss\": 0.5, \"step\":6}\n";
+    const char *drop3 = "{\"st\\u0065p\": 7}\n";
+    const char *drop4 = "{\"step\": 9, \"loss\": 1.2"; /* cut short by a crash: no newline */
+    size_t total = 0;
+    const char *parts[] = {keep1, drop1, keep2, junk1, keep3, drop2, keep4, junk2, drop3, keep5, junk3, drop4};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) total += strlen(parts[i]);
+    char *text = malloc(total + 1), *want = malloc(total + 1);
+    text[0] = want[0] = 0;
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        strcat(text, parts[i]);
+        if (parts[i] != drop1 && parts[i] != drop2 && parts[i] != drop3 && parts[i] != drop4) strcat(want, parts[i]);
+    }
+    write_file(path, text);
+    MgLogTrim st;
+    char err[512] = "";
+    int rc = mg_log_trim(path, 5, &st, err, sizeof err);
+    char *got = read_file(path, NULL);
+    tu_check(rc == 0 && got && !strcmp(got, want),
+             "trim keeps the steps up to the checkpoint and the lines it cannot read",
+             "rc %d %s; %zu bytes, want %zu", rc, err, got ? strlen(got) : 0, strlen(want));
+    tu_check(st.kept == 8 && st.dropped == 4 && st.unparsed == 3, "trim counts kept, dropped and unreadable lines",
+             "kept %lld dropped %lld unreadable %lld", (long long)st.kept, (long long)st.dropped,
+             (long long)st.unparsed);
+    tu_check(access(tmp, F_OK) != 0, "trim leaves no temporary file", "%s", tmp);
+    free(got);
+
+    /* nothing to drop: the file stays as it was */
+    struct stat before, after;
+    stat(path, &before);
+    rc = mg_log_trim(path, 100, &st, err, sizeof err);
+    got = read_file(path, NULL);
+    stat(path, &after);
+    tu_check(rc == 0 && !strcmp(got, want) && before.st_ino == after.st_ino && st.dropped == 0 &&
+                 access(tmp, F_OK) != 0,
+             "trim with nothing to drop leaves the log untouched", "rc %d dropped %lld", rc, (long long)st.dropped);
+    free(got);
+
+    /* a kept last line without its newline gets one, so the next record starts on its own line */
+    write_file(path, "{\"step\": 1}\n{\"step\": 2}");
+    rc = mg_log_trim(path, 2, &st, err, sizeof err);
+    got = read_file(path, NULL);
+    tu_check(rc == 0 && !strcmp(got, "{\"step\": 1}\n{\"step\": 2}\n"), "trim ends a cut last line", "%s", flat(got));
+    free(got);
+
+    /* a missing log is fine; a temporary file that cannot be created leaves the log as it was */
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/none.jsonl", g_dir);
+    rc = mg_log_trim(missing, 1, &st, err, sizeof err);
+    tu_check(rc == 0 && st.kept == 0 && access(missing, F_OK) != 0, "trim of a missing log: nothing to do", "rc %d",
+             rc);
+    write_file(path, "{\"step\": 1}\n{\"step\": 2}\n");
+    mkdir(tmp, 0700); /* path.tmp is a directory: fopen fails */
+    err[0] = 0;
+    rc = mg_log_trim(path, 1, &st, err, sizeof err);
+    got = read_file(path, NULL);
+    tu_check(rc == -1 && strstr(err, ".tmp") && !strcmp(got, "{\"step\": 1}\n{\"step\": 2}\n"),
+             "trim that cannot write its temporary file fails and keeps the log", "rc %d: %s", rc, err);
+    rmdir(tmp);
+    free(got);
+    free(text);
+    free(want);
+    free(keep5);
+    free(drop2);
+    free(pad);
+}
+
 int main(void) {
     tu_init("test_trainlog");
     if (!mkdtemp(g_dir)) {
@@ -190,6 +341,8 @@ int main(void) {
         return 1;
     }
     test_json_writer();
+    test_parse_step();
+    test_trim();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
     if (system(cmd) != 0) printf("# could not remove %s\n", g_dir);

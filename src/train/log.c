@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common.h"
 #include "../config.h"
@@ -150,39 +151,246 @@ void mg_log_write(FILE *log, const MgLogRecord *r) {
     mg_json_free(&j);
 }
 
-/* After a crash the log may hold steps newer than the checkpoint we resume from; those steps will run
- * again, so drop their lines (rewritten through a temporary file and a rename). */
-static void trim_log(const char *path, int64_t last_step) {
+/* ---- reading a line's step back ----------------------------------------------------------------- */
+/* A small strict JSON scanner over [p, e): just enough to find the top-level "step" member of a line. */
+typedef struct {
+    const char *p, *e;
+} Scan;
+
+static void scan_ws(Scan *s) {
+    while (s->p < s->e && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n')) s->p++;
+}
+
+static int scan_eat(Scan *s, char ch) {
+    if (s->p < s->e && *s->p == ch) {
+        s->p++;
+        return 1;
+    }
+    return 0;
+}
+
+static int hex4(const char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char ch = p[i];
+        unsigned d = ch >= '0' && ch <= '9' ? (unsigned)(ch - '0')
+                   : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10)
+                   : ch >= 'A' && ch <= 'F' ? (unsigned)(ch - 'A' + 10)
+                                            : 16u;
+        if (d == 16) return -1;
+        v = v * 16 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A string at s->p. Its ASCII decoding goes to out (NUL-terminated) if out is not NULL; characters
+ * outside ASCII (and NUL) decode as 0x7f, and a string longer than outlen - 1 is cut (returns 1).
+ * Returns -1 if it is not a well-formed JSON string, else 0. */
+static int scan_string(Scan *s, char *out, size_t outlen) {
+    if (!scan_eat(s, '"')) return -1;
+    size_t n = 0;
+    int cut = 0;
+    while (s->p < s->e) {
+        unsigned char ch = (unsigned char)*s->p++;
+        unsigned cp = ch;
+        if (ch == '"') {
+            if (out) out[n] = 0;
+            return cut;
+        }
+        if (ch < 0x20) return -1;
+        if (ch == '\\') {
+            if (s->p >= s->e) return -1;
+            char esc = *s->p++;
+            switch (esc) {
+            case '"': case '\\': case '/': cp = (unsigned char)esc; break;
+            case 'b': cp = '\b'; break;
+            case 'f': cp = '\f'; break;
+            case 'n': cp = '\n'; break;
+            case 'r': cp = '\r'; break;
+            case 't': cp = '\t'; break;
+            case 'u':
+                if (s->e - s->p < 4 || hex4(s->p, &cp)) return -1;
+                s->p += 4;
+                break;
+            default: return -1;
+            }
+        }
+        if (out) {
+            if (n + 1 < outlen) out[n++] = cp > 0 && cp < 0x80 ? (char)cp : 0x7f;
+            else cut = 1;
+        }
+    }
+    return -1;
+}
+
+/* A JSON number at s->p; returns -1 if there is none. */
+static int scan_number(Scan *s) {
+    const char *p = s->p, *e = s->e;
+#define MG_DIGIT(q) ((q) < e && *(q) >= '0' && *(q) <= '9')
+    if (p < e && *p == '-') p++;
+    if (p < e && *p == '0') p++;
+    else if (MG_DIGIT(p)) while (MG_DIGIT(p)) p++;
+    else return -1;
+    if (p < e && *p == '.') {
+        p++;
+        if (!MG_DIGIT(p)) return -1;
+        while (MG_DIGIT(p)) p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (!MG_DIGIT(p)) return -1;
+        while (MG_DIGIT(p)) p++;
+    }
+#undef MG_DIGIT
+    s->p = p;
+    return 0;
+}
+
+static int scan_literal(Scan *s, const char *word) {
+    size_t n = strlen(word);
+    if ((size_t)(s->e - s->p) < n || memcmp(s->p, word, n)) return -1;
+    s->p += n;
+    return 0;
+}
+
+/* Skip one JSON value (objects and arrays nested at most 64 deep). */
+static int scan_value(Scan *s, int depth) {
+    scan_ws(s);
+    if (s->p >= s->e || depth > 64) return -1;
+    char ch = *s->p;
+    if (ch == '"') return scan_string(s, NULL, 0) < 0 ? -1 : 0;
+    if (ch == 't') return scan_literal(s, "true");
+    if (ch == 'f') return scan_literal(s, "false");
+    if (ch == 'n') return scan_literal(s, "null");
+    if (ch == '{' || ch == '[') {
+        const char close = ch == '{' ? '}' : ']';
+        s->p++;
+        scan_ws(s);
+        if (scan_eat(s, close)) return 0;
+        for (;;) {
+            if (ch == '{') {
+                scan_ws(s);
+                if (scan_string(s, NULL, 0) < 0) return -1;
+                scan_ws(s);
+                if (!scan_eat(s, ':')) return -1;
+            }
+            if (scan_value(s, depth + 1)) return -1;
+            scan_ws(s);
+            if (scan_eat(s, close)) return 0;
+            if (!scan_eat(s, ',')) return -1;
+        }
+    }
+    return scan_number(s);
+}
+
+int mg_log_parse_step(const char *line, size_t len, int64_t *step) {
+    Scan s = {line, line + len};
+    int found = 0;
+    int64_t value = 0;
+    scan_ws(&s);
+    if (!scan_eat(&s, '{')) return -1;
+    scan_ws(&s);
+    if (scan_eat(&s, '}')) return -1;
+    for (;;) {
+        char key[8];
+        scan_ws(&s);
+        int kr = scan_string(&s, key, sizeof key);
+        if (kr < 0) break;
+        scan_ws(&s);
+        if (!scan_eat(&s, ':')) break;
+        scan_ws(&s);
+        const char *v0 = s.p;
+        if (kr == 0 && !strcmp(key, "step") && scan_number(&s) == 0) {
+            /* an integer, possibly written as 12.0 or 1.2e1; anything else is not a step */
+            char num[64];
+            size_t n = (size_t)(s.p - v0);
+            if (n < sizeof num) {
+                memcpy(num, v0, n);
+                num[n] = 0;
+                double v = strtod(num, NULL);
+                if (v == floor(v) && fabs(v) <= 9007199254740992.0) { /* 2^53: exact in a double */
+                    value = (int64_t)v;
+                    found = 1; /* a repeated key: the last one counts, as in most JSON readers */
+                }
+            }
+        } else if (scan_value(&s, 0)) {
+            break;
+        }
+        scan_ws(&s);
+        if (!scan_eat(&s, ',')) break; /* '}' ends the object; anything else is damage (a step before it counts) */
+    }
+    if (found) *step = value;
+    return found ? 0 : -1;
+}
+
+/* ---- trimming the log on resume ------------------------------------------------------------------ */
+int mg_log_trim(const char *path, int64_t last_step, MgLogTrim *st, char *err, size_t errlen) {
+    memset(st, 0, sizeof *st);
     FILE *in = fopen(path, "r");
-    if (!in) return;
-    char tmp[MG_PATH_MAX + 48];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (!in) return errno == ENOENT ? 0 : mg_errf(err, errlen, "cannot read '%s': %s", path, strerror(errno));
+    size_t tmp_len = strlen(path) + 5;
+    char *tmp = mg_malloc(tmp_len);
+    snprintf(tmp, tmp_len, "%s.tmp", path);
     FILE *out = fopen(tmp, "w");
     if (!out) {
+        int rc = mg_errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
         fclose(in);
-        return;
+        free(tmp);
+        return rc;
     }
-    char line[4096];
-    int64_t dropped = 0;
-    while (fgets(line, sizeof line, in)) {
-        const char *k = strstr(line, "\"step\": ");
-        long long step = k ? atoll(k + 8) : 0;
-        if (step > last_step) dropped++;
-        else fputs(line, out);
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int changed = 0;
+    while ((n = getline(&line, &cap, in)) > 0) {
+        int64_t step;
+        int parsed = mg_log_parse_step(line, (size_t)n, &step) == 0;
+        if (parsed && step > last_step) {
+            st->dropped++;
+            changed = 1;
+            continue;
+        }
+        st->kept++;
+        if (!parsed) st->unparsed++;
+        fwrite(line, 1, (size_t)n, out);
+        if (line[n - 1] != '\n') { /* a last line without its newline: records appended later start anew */
+            fputc('\n', out);
+            changed = 1;
+        }
     }
+    free(line);
+    int rc = 0;
+    if (ferror(in)) rc = mg_errf(err, errlen, "reading '%s' failed", path);
     fclose(in);
-    if (fclose(out) == 0 && rename(tmp, path) == 0) {
-        if (dropped) printf("log.jsonl: dropped %lld lines of steps after %lld (they run again)\n", (long long)dropped,
-                            (long long)last_step);
-    } else {
-        remove(tmp);
+    if (fflush(out) || ferror(out) || (changed && fsync(fileno(out)))) {
+        if (!rc) rc = mg_errf(err, errlen, "writing '%s' failed: %s", tmp, strerror(errno));
     }
+    if (fclose(out) && !rc) rc = mg_errf(err, errlen, "writing '%s' failed: %s", tmp, strerror(errno));
+    if (!rc && changed && rename(tmp, path))
+        rc = mg_errf(err, errlen, "cannot replace '%s': %s", path, strerror(errno));
+    if (rc || !changed) remove(tmp);
+    free(tmp);
+    return rc;
 }
 
 FILE *mg_log_open(const char *out_dir, int resume, int64_t resume_step) {
     char path[MG_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/log.jsonl", out_dir);
-    if (resume) trim_log(path, resume_step);
+    if (resume) {
+        MgLogTrim st;
+        char err[2 * MG_PATH_MAX + 128];
+        if (mg_log_trim(path, resume_step, &st, err, sizeof err)) {
+            fprintf(stderr, "warning: %s; log.jsonl keeps its lines of steps after %lld, which run again\n", err,
+                    (long long)resume_step);
+        } else {
+            if (st.dropped)
+                printf("log.jsonl: dropped %lld lines of steps after %lld (they run again)\n", (long long)st.dropped,
+                       (long long)resume_step);
+            if (st.unparsed) printf("log.jsonl: kept %lld lines without a readable step\n", (long long)st.unparsed);
+        }
+    }
     FILE *f = fopen(path, resume ? "a" : "w");
     if (!f) mg_fatal("cannot open the log file '%s': %s", path, strerror(errno));
     return f;

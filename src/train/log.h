@@ -42,4 +42,21 @@ void mg_log_write(FILE *log, const MgLogRecord *r);
  * without the lines of steps after resume_step (those steps run again), opened for appending. */
 FILE *mg_log_open(const char *out_dir, int resume, int64_t resume_step);
 
+/* The step of a log line: the integer value of the "step" member of the JSON object on the line (any
+ * spacing, any member order; nested objects do not count; a repeated key: the last). A line cut short
+ * after its step member (a crash while writing it) still yields that step. Returns -1 if the line has no
+ * readable step. */
+int mg_log_parse_step(const char *line, size_t len, int64_t *step);
+
+typedef struct {
+    int64_t kept, dropped; /* lines */
+    int64_t unparsed;      /* kept lines without a readable step */
+} MgLogTrim;
+
+/* Drop the lines of steps after last_step from the log at path (a resumed run writes them again). Lines
+ * without a readable step are kept, and a newline is added to a last line that lacks one. The file is
+ * replaced through path.tmp (written, fsynced, renamed), so a crash leaves the old or the new log. A
+ * missing log is not an error. Returns 0, or -1 with a message in err and the log unchanged. */
+int mg_log_trim(const char *path, int64_t last_step, MgLogTrim *st, char *err, size_t errlen);
+
 #endif
