@@ -12,8 +12,8 @@ int cmd_features(int argc, char **argv);
 int cmd_info(int argc, char **argv); /* info.c */
 int cmd_prepare(int argc, char **argv);  /* src/cmd_prepare.c */
 int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */
-int cmd_train(int argc, char **argv);    /* src/train.c */
-int cmd_eval(int argc, char **argv);     /* src/train.c */
+int cmd_train(int argc, char **argv);    /* src/train/trainer.c */
+int cmd_eval(int argc, char **argv);     /* src/train/eval.c */
 int cmd_sample(int argc, char **argv);   /* src/sample.c */
 int cmd_bench(int argc, char **argv);    /* src/bench.c */
 int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */

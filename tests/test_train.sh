@@ -146,6 +146,34 @@ expect_fail "resume refuses a different data mixture" "trained on train_data" \
     $M train "${TINY[@]}" "${CONT[@]}" --out_dir "$T/ct2" --resume auto --max_steps 70 --train_data data/corpus/train
 $M train "${TINY[@]}" "${CONT[@]}" --init_optimizer true --out_dir "$T/ct3" --max_steps 12 >"$T/ct3.log" 2>&1 && grep -q "with its AdamW moments" "$T/ct3.log" && pass "init_from with init_optimizer loads the moments" || fail "init_optimizer" "$(tail -n 2 "$T/ct3.log")"
 
+# ---- every log written above is strict JSON, line by line (fresh, resumed, killed and resumed, continued)
+$PY - "$T"/*/log.jsonl <<'EOF'
+import json, sys
+def refuse(c): raise ValueError("not JSON: " + c)   # json.loads would accept NaN and Infinity
+bad, lines = [], 0
+for path in sys.argv[1:]:
+    for i, l in enumerate(open(path, encoding="utf-8"), 1):
+        lines += 1
+        try:
+            r = json.loads(l, parse_constant=refuse)
+            if not isinstance(r, dict) or type(r.get("step")) is not int: raise ValueError("no integer step")
+        except ValueError as e:
+            bad.append(f"{path}:{i}: {e}")
+ok = not bad and len(sys.argv) > 5 and lines > 200
+print(("PASS" if ok else "FAIL") + f" every line of {len(sys.argv) - 1} log.jsonl files ({lines} lines) is a strict JSON object with an integer step" + ("" if ok else f": {bad[:3]}"))
+EOF
+
+# resume trims the log by its step field whatever the spacing or key order, and keeps unreadable lines
+printf '{"loss": 9.5,"step":31}\nnot a log line\n{"tokens": 1, "step" : 32 , "loss": 9.4' >>"$T/c/log.jsonl"
+out=$($M train "${TINY[@]}" --out_dir "$T/c" --max_steps 31 --eval_every 10 --resume auto 2>&1)
+steps=$($PY -c 'import json,sys; print(" ".join(str(json.loads(l)["step"]) if l.startswith("{") else "x" for l in open(sys.argv[1])))' "$T/c/log.jsonl")
+if grep -q "dropped 2 lines of steps after 30" <<<"$out" && grep -q "kept 1 lines without a readable step" <<<"$out" &&
+   [ "$steps" = "$(seq -s ' ' 1 30) x 31" ]; then
+    pass "resume drops the log lines of later steps (any spacing, key order, a line cut short) and keeps unreadable ones"
+else
+    fail "log trim on resume" "steps: $steps; output: $(grep log.jsonl <<<"$out")"
+fi
+
 # ---- bad input: refused with a message that names the problem ---------------------------------------
 printf 'n_layers = 2\nmodel_dimm = 64\n' >"$T/bad.conf"
 expect_fail "bad config key names the key and line" "bad.conf:2: unknown key 'model_dimm'" $M train --config "$T/bad.conf"

@@ -1,0 +1,132 @@
+/* The trainer's checkpoints: what a checkpoint records beyond the weights and moments (step, tokens,
+ * data cursor and mixture, schedule, config; docs/checkpoint.md lists these extras), saving, resuming a
+ * run from one, continual pre-training from one, and mg_model_from_checkpoint for eval and sample. */
+#include <string.h>
+
+#include "../checkpoint.h"
+#include "../common.h"
+#include "../run.h"
+#include "trainer.h"
+
+static void fill_meta(Trainer *t, MgCkptMeta *meta) {
+    mg_ckpt_meta_init(meta);
+    meta->step = t->step;
+    meta->tokens_seen = t->tokens_seen;
+    char *text = mg_config_to_text(&t->cfg);
+    mg_ckpt_meta_set_config(meta, text);
+    free(text);
+    int n = mg_loader_state_len(t->train);
+    int64_t *st = mg_malloc(sizeof(int64_t) * (size_t)n);
+    mg_loader_state_get(t->train, st);
+    mg_ckpt_meta_set_i64_array(meta, "loader_state", st, n);
+    free(st);
+    mg_ckpt_meta_set_str(meta, "train_data", mg_loader_spec_normalised(t->train));
+    /* The mixture as realised so far: windows drawn from each source, next to the requested weights. */
+    int ns = mg_loader_num_sources(t->train);
+    int64_t *counts = mg_malloc(sizeof(int64_t) * (size_t)ns);
+    double *weights = mg_malloc(sizeof(double) * (size_t)ns);
+    for (int i = 0; i < ns; i++) {
+        counts[i] = mg_loader_source_count(t->train, i);
+        weights[i] = mg_loader_source_weight(t->train, i);
+    }
+    mg_ckpt_meta_set_i64_array(meta, "mixture_counts", counts, ns);
+    mg_ckpt_meta_set_f64_array(meta, "mixture_weights", weights, ns);
+    free(counts);
+    free(weights);
+    mg_ckpt_meta_set_i64(meta, "seed", (int64_t)t->cfg.seed);
+    double sched[6] = {t->sched.peak_lr, t->sched.warmup_init_ratio, t->sched.min_lr_ratio,
+                       (double)t->sched.warmup_steps, (double)t->sched.max_steps, (double)t->sched.kind};
+    mg_ckpt_meta_set_f64_array(meta, "schedule", sched, 6);
+    mg_ckpt_meta_set_f64(meta, "lr", mg_schedule_lr(&t->sched, t->step > 0 ? t->step : 1));
+    mg_ckpt_meta_set_str(meta, "init_from", t->init_from);
+}
+
+void trainer_save(Trainer *t, const char *why) {
+    if (!mg_ckpt_available()) {
+        printf("checkpoint (%s) skipped: this build has no HDF5\n", why);
+        return;
+    }
+    MgCkptMeta meta;
+    fill_meta(t, &meta);
+    char err[4096], path[MG_PATH_MAX + 64];
+    double t0 = mg_now();
+    int rc = mg_ckpt_dir_save(t->cfg.out_dir, mg_model_params_table(t->model), mg_model_params(t->model), t->m, t->v,
+                              &meta, t->cfg.ckpt_keep, path, sizeof path, err, sizeof err);
+    mg_ckpt_meta_free(&meta);
+    if (rc) mg_fatal("saving the %s checkpoint failed: %s (the previous checkpoint is intact)", why, err);
+    MgCkptStats s = mg_ckpt_last_stats();
+    printf("saved %s checkpoint %s (%.1f MB in %.2f s, %.0f MB/s)\n", why, path, s.bytes / 1e6, mg_now() - t0,
+           s.seconds > 0 ? s.bytes / 1e6 / s.seconds : 0.0);
+    fflush(stdout);
+}
+
+/* Load weights (and moments if with_optimizer) from path into the trainer's model. */
+static void load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
+    char err[4096];
+    if (mg_ckpt_load(path, mg_model_params_table(t->model), mg_model_params(t->model), with_optimizer ? t->m : NULL,
+                     with_optimizer ? t->v : NULL, meta, err, sizeof err))
+        mg_fatal("%s", err);
+}
+
+void trainer_resume(Trainer *t, const char *resume_path) {
+    const MgConfig *c = &t->cfg;
+    char err[8192];
+    MgCkptMeta meta;
+    load_weights(t, resume_path, 1, &meta);
+    t->step = meta.step;
+    t->tokens_seen = meta.tokens_seen;
+    const char *spec = mg_ckpt_meta_get_str(&meta, "train_data");
+    if (spec && strcmp(spec, mg_loader_spec_normalised(t->train)) != 0)
+        mg_fatal("checkpoint %s was trained on train_data '%s' but this run has '%s': pass --train_data '%s' to "
+                 "resume it, or start a new run with --init_from",
+                 resume_path, spec, mg_loader_spec_normalised(t->train), spec);
+    int n = mg_loader_state_len(t->train);
+    int64_t *st = mg_malloc(sizeof(int64_t) * (size_t)n);
+    if (mg_ckpt_meta_get_i64_array(&meta, "loader_state", st, n, err, sizeof err)) mg_fatal("%s: %s", resume_path, err);
+    if (mg_loader_state_set(t->train, st, n, err, sizeof err)) mg_fatal("%s: %s", resume_path, err);
+    free(st);
+    mg_ckpt_meta_free(&meta);
+    printf("resumed from %s at step %lld (%lld tokens seen)\n", resume_path, (long long)t->step,
+           (long long)t->tokens_seen);
+    if (t->step >= c->max_steps) printf("note: the checkpoint is already at max_steps = %lld\n", (long long)c->max_steps);
+}
+
+void trainer_init_from(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    MgCkptMeta meta;
+    load_weights(t, c->init_from, c->init_optimizer, &meta);
+    printf("initialised from %s (step %lld of its run)%s; new schedule: re-warm over %lld steps to lr %g\n",
+           c->init_from, (long long)meta.step, c->init_optimizer ? " with its AdamW moments" : "",
+           (long long)t->sched.warmup_steps, c->lr);
+    mg_ckpt_meta_free(&meta);
+}
+
+MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const char *const *extra_keys,
+                                  const char **extra_values, MgConfig *cfg_out) {
+    /* --ckpt must be known before the stored config can be read, so the arguments are parsed twice:
+     * once on a scratch config for the subcommand's own flags, then on top of the stored config. */
+    MgConfig probe;
+    mg_config_defaults(&probe);
+    mg_config_from_args(&probe, argc, argv, extra_keys, extra_values);
+    const char *path = extra_values[0];
+    if (!path) mg_fatal("%s needs --ckpt FILE (a checkpoint written by `megalodon train`)", cmd);
+    char err[4096];
+    MgCkptMeta meta;
+    mg_ckpt_meta_init(&meta);
+    if (mg_ckpt_read_meta(path, &meta, err, sizeof err)) mg_fatal("%s", err);
+    MgConfig cfg;
+    mg_config_defaults(&cfg);
+    char origin[MG_PATH_MAX + 32];
+    snprintf(origin, sizeof origin, "%s (stored config)", path);
+    if (mg_config_load_text(&cfg, meta.config_text ? meta.config_text : "", origin, err, sizeof err))
+        mg_fatal("%s", err);
+    mg_config_from_args(&cfg, argc, argv, extra_keys, extra_values);
+    mg_ckpt_meta_free(&meta);
+    if (mg_config_validate(&cfg, err, sizeof err)) mg_fatal("%s", err);
+    mg_set_threads(cfg.threads);
+    MgModel *m = mg_model_create(&cfg, mg_backend_for(&cfg));
+    if (mg_ckpt_load(path, mg_model_params_table(m), mg_model_params(m), NULL, NULL, NULL, err, sizeof err))
+        mg_fatal("%s", err);
+    *cfg_out = cfg;
+    return m;
+}

@@ -1,0 +1,50 @@
+/* Validation loss: used by the trainer on evaluation steps and by `megalodon eval`. */
+#include <math.h>
+
+#include "../cli.h"
+#include "../common.h"
+#include "../run.h"
+#include "trainer.h"
+
+double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int64_t *tokens_out) {
+    mg_loader_rewind(val);
+    if (batches <= 0) {
+        int64_t w = mg_loader_total_windows(val);
+        batches = (int)MG_MAX(1, w / B);
+    }
+    int32_t *in = mg_malloc(sizeof(int32_t) * (size_t)B * L), *tg = mg_malloc(sizeof(int32_t) * (size_t)B * L);
+    double sum = 0.0;
+    int64_t count = 0;
+    for (int i = 0; i < batches; i++) {
+        mg_loader_next(val, B, in, tg);
+        int64_t n = 0;
+        sum += mg_model_forward_loss(model, in, tg, B, L, NULL, NULL, NULL, &n);
+        count += n;
+    }
+    free(in);
+    free(tg);
+    if (tokens_out) *tokens_out = count;
+    return sum / (double)MG_MAX(count, 1);
+}
+
+/* `megalodon eval --ckpt F --data PATH [--batches N] [--key value ...]` prints "val_loss X". */
+int cmd_eval(int argc, char **argv) {
+    static const char *const extra[] = {"ckpt", "data", "batches", NULL};
+    const char *vals[3] = {0};
+    MgConfig cfg;
+    MgModel *m = mg_model_from_checkpoint("eval", argc, argv, extra, vals, &cfg);
+    const char *data = vals[1] ? vals[1] : cfg.val_data;
+    int batches = vals[2] ? atoi(vals[2]) : 0;
+    char err[4096];
+    MgLoader *l = mg_loader_open_eval(data, cfg.vocab_size, cfg.seq_len, 0, 1, err, sizeof err);
+    if (!l) mg_fatal("--data: %s", err);
+    double t0 = mg_now();
+    int64_t tokens = 0;
+    double loss = mg_evaluate(m, l, cfg.batch_size, cfg.seq_len, batches, &tokens);
+    printf("val_loss %.6f\n", loss);
+    printf("val_ppl %.4f\n", exp(loss));
+    printf("tokens %lld (%d x %d per batch), %.1f s\n", (long long)tokens, cfg.batch_size, cfg.seq_len, mg_now() - t0);
+    mg_loader_close(l);
+    mg_model_free(m);
+    return 0;
+}

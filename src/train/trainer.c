@@ -1,0 +1,233 @@
+/* `megalodon train`: set-up, the run loop, teardown. What one step does is trainer_step (step.c); the
+ * log is log.c, evaluation eval.c, checkpoints ckpt.c. docs/training.md describes the behaviour. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../checkpoint.h"
+#include "../cli.h"
+#include "../common.h"
+#include "../info.h"
+#include "../params.h"
+#include "../run.h"
+#include "../sample.h"
+#include "log.h"
+#include "trainer.h"
+
+static volatile sig_atomic_t g_stop_signal = 0;
+static void on_signal(int sig) { g_stop_signal = sig; }
+
+/* Is `step` one of every n-th steps (n = 0: never)? */
+static int every(int64_t step, int64_t n) { return n > 0 && step % n == 0; }
+
+/* ---- set-up -------------------------------------------------------------------------------------- */
+/* Fail before any work if the output directory cannot hold our checkpoints. */
+static void check_out_dir(const MgConfig *c) {
+    char err[8192];
+    MgParamTable probe;
+    mg_param_table_build(c, &probe);
+    if (mg_ckpt_available()) {
+        if (mg_ckpt_dir_check_writable(c->out_dir, mg_ckpt_size_estimate(&probe, 1), err, sizeof err)) mg_fatal("%s", err);
+    } else {
+        if (mkdir(c->out_dir, 0777) && errno != EEXIST) mg_fatal("cannot create out_dir '%s': %s", c->out_dir, strerror(errno));
+        fprintf(stderr, "warning: this build has no HDF5, so no checkpoints will be written\n");
+    }
+    mg_param_table_free(&probe);
+}
+
+static int dir_has_checkpoints(const char *out_dir, char *newest, size_t n) {
+    char err[1024];
+    int rc = mg_ckpt_dir_latest(out_dir, newest, n, err, sizeof err);
+    return rc == 0;
+}
+
+/* Where do we start? The checkpoint to resume from goes to resume_path ("" = a new run). */
+static void choose_start(const MgConfig *c, char *resume_path, size_t n) {
+    resume_path[0] = 0;
+    if (!strcmp(c->resume, "auto")) {
+        if (!dir_has_checkpoints(c->out_dir, resume_path, n)) {
+            resume_path[0] = 0;
+            printf("resume auto: no checkpoint in %s, starting a new run\n", c->out_dir);
+        }
+    } else if (c->resume[0]) {
+        snprintf(resume_path, n, "%s", c->resume);
+    } else {
+        char newest[MG_PATH_MAX + 64];
+        if (mg_ckpt_available() && dir_has_checkpoints(c->out_dir, newest, sizeof newest))
+            mg_fatal("out_dir '%s' already holds checkpoints (newest: %s): pass --resume auto to continue that run, "
+                     "or choose another --out_dir (nothing was overwritten)",
+                     c->out_dir, newest);
+    }
+}
+
+static void open_data(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    char err[8192];
+    t->train = mg_loader_open(c->train_data, c->vocab_size, c->seq_len, c->seed, 0, 1, err, sizeof err);
+    if (!t->train) mg_fatal("train_data: %s", err);
+    if (c->val_data[0]) {
+        t->val = mg_loader_open_eval(c->val_data, c->vocab_size, c->seq_len, 0, 1, err, sizeof err);
+        if (!t->val) mg_fatal("val_data: %s (set --val_data \"\" to train without validation)", err);
+    }
+    int64_t micro_tokens = (int64_t)c->batch_size * c->seq_len;
+    t->n_micro = c->batch_tokens > 0 ? (int)(c->batch_tokens / micro_tokens) : 1;
+    t->inputs = mg_malloc(sizeof(int32_t) * (size_t)micro_tokens);
+    t->targets = mg_malloc(sizeof(int32_t) * (size_t)micro_tokens);
+}
+
+/* The model, the AdamW moments and the learning-rate schedule (re-warmed for init_from). */
+static void create_model(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    t->model = mg_model_create(c, t->be);
+    const MgParamTable *pt = mg_model_params_table(t->model);
+    t->m = t->be->alloc(t->be, sizeof(float) * (size_t)pt->total);
+    t->v = t->be->alloc(t->be, sizeof(float) * (size_t)pt->total);
+    if (mg_schedule_kind(c->lr_schedule, &t->sched.kind)) mg_fatal("unknown lr_schedule '%s'", c->lr_schedule);
+    t->sched.peak_lr = c->lr;
+    t->sched.warmup_init_ratio = c->warmup_init_ratio;
+    t->sched.min_lr_ratio = c->min_lr_ratio;
+    t->sched.warmup_steps = c->warmup_steps;
+    t->sched.max_steps = c->max_steps;
+    if (c->init_from[0]) {
+        snprintf(t->init_from, sizeof t->init_from, "%s", c->init_from);
+        if (c->rewarm_steps >= 0) t->sched.warmup_steps = c->rewarm_steps;
+    }
+}
+
+static void write_config_txt(const MgConfig *c) {
+    char path[MG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/config.txt", c->out_dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        mg_config_print(c, f);
+        fclose(f);
+    }
+}
+
+static void print_header(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    const MgParamTable *pt = mg_model_params_table(t->model);
+    char b1[32], b2[32];
+    printf("megalodon train: %s, %d layers, d %d, %d heads, z %d, v %d, f %d%s, N %d, G %d, chunk %d\n", c->arch,
+           c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->value_dim, c->ffn_hidden_dim,
+           c->swiglu ? " (SwiGLU)" : "", c->cema_ndim, c->norm_num_groups, c->chunk_size);
+    printf("parameters: %lld (%s in fp32); optimizer state %s\n", (long long)pt->total,
+           mg_format_bytes(4.0 * (double)pt->total, b1, sizeof b1), mg_format_bytes(8.0 * (double)pt->total, b2, sizeof b2));
+    printf("batch: %d x %d tokens per micro-batch, %d micro-batch%s per step = %lld tokens per step\n", c->batch_size,
+           c->seq_len, t->n_micro, t->n_micro == 1 ? "" : "es", (long long)t->n_micro * c->batch_size * c->seq_len);
+    mg_model_print_memory(t->model, c->batch_size, c->seq_len);
+    printf("backend: %s, %d threads\n", t->be->name, mg_get_threads());
+    int64_t train_tokens = 0;
+    for (int i = 0; i < mg_loader_num_sources(t->train); i++) train_tokens += mg_loader_source_tokens(t->train, i);
+    printf("data: train %s (%lld tokens)", mg_loader_spec_normalised(t->train), (long long)train_tokens);
+    if (t->val) printf(", val %s (%lld windows)", c->val_data, (long long)mg_loader_total_windows(t->val));
+    printf("\n");
+    char desc[256];
+    t->peak_flops = mg_peak_flops(c, desc, sizeof desc);
+    t->flops_per_token = mg_flops_per_token(c, pt);
+    printf("MFU: %.3g FLOPs per token (6 x matmul params + causal chunk attention, design.md) / %s\n",
+           t->flops_per_token, desc);
+    printf("schedule: %s, peak lr %g, warm-up %lld steps, floor %g x lr, %lld steps%s\n", c->lr_schedule,
+           t->sched.peak_lr, (long long)t->sched.warmup_steps, t->sched.min_lr_ratio, (long long)t->sched.max_steps,
+           t->init_from[0] ? " (re-warm: continual pre-training)" : "");
+    printf("out_dir: %s\n", c->out_dir);
+    fflush(stdout);
+}
+
+/* Config, output directory, starting point (resume / init_from / fresh weights), data, model, optimizer
+ * state, log, header, signal handlers. Exits with a clear message on any problem. */
+static void trainer_setup(Trainer *t, int argc, char **argv) {
+    memset(t, 0, sizeof *t);
+    MgConfig *c = &t->cfg;
+    char err[8192];
+    mg_config_defaults(c);
+    mg_config_from_args(c, argc, argv, NULL, NULL);
+    if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
+    mg_set_threads(c->threads);
+    t->be = mg_backend_for(c);
+    MG_CHECK(t->be->dtype == MG_F32, "training needs a float32 backend (got %s)", t->be->name);
+    check_out_dir(c);
+    char resume_path[MG_PATH_MAX + 64];
+    choose_start(c, resume_path, sizeof resume_path);
+    open_data(t);
+    create_model(t);
+    if (resume_path[0]) trainer_resume(t, resume_path);
+    else if (c->init_from[0]) trainer_init_from(t);
+    else mg_model_init_weights(t->model, c->seed);
+    t->last_step = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;
+    t->log = mg_log_open(c->out_dir, resume_path[0] != 0, t->step);
+    write_config_txt(c);
+    print_header(t);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    t->t_start = mg_now();
+}
+
+static void trainer_free(Trainer *t) {
+    fclose(t->log);
+    mg_loader_close(t->train);
+    if (t->val) mg_loader_close(t->val);
+    t->be->free(t->be, t->m);
+    t->be->free(t->be, t->v);
+    free(t->inputs);
+    free(t->targets);
+    mg_model_free(t->model);
+}
+
+/* ---- the run ------------------------------------------------------------------------------------- */
+/* Log the step just done: always to log.jsonl, to the console every log_every steps, on the first and
+ * last step and on validation steps. */
+static void log_step(Trainer *t, const MgStepResult *r, int has_val, double val_loss) {
+    const MgConfig *c = &t->cfg;
+    const double step_tokens = (double)t->n_micro * c->batch_size * c->seq_len;
+    MgLogRecord rec = {.step = t->step, .tokens = t->tokens_seen, .loss = r->loss, .lr = r->lr,
+                       .grad_norm = r->grad_norm, .tokens_per_s = step_tokens / r->seconds,
+                       .elapsed = mg_now() - t->t_start, .has_val = has_val, .val_loss = val_loss,
+                       .val_ppl = exp(val_loss)};
+    rec.mfu = t->flops_per_token * rec.tokens_per_s / t->peak_flops;
+    if (every(t->step, c->log_every) || t->step == 1 || t->step == t->last_step || has_val)
+        mg_log_print(stdout, &rec, c->max_steps);
+    mg_log_write(t->log, &rec);
+}
+
+int cmd_train(int argc, char **argv) {
+    Trainer T, *t = &T;
+    trainer_setup(t, argc, argv);
+    const MgConfig *c = &t->cfg;
+    int64_t last_saved = t->step;
+    while (t->step < t->last_step) {
+        MgStepResult r = trainer_step(t);
+        const int64_t step = t->step;
+
+        int do_eval = t->val && (every(step, c->eval_every) || step == c->max_steps);
+        double val_loss = NAN;
+        if (do_eval) val_loss = mg_evaluate(t->model, t->val, c->batch_size, c->seq_len, c->eval_batches, NULL);
+        log_step(t, &r, do_eval, val_loss);
+
+        if (every(step, c->sample_every)) mg_sample_during_training(t->model, c, stdout);
+
+        if (g_stop_signal) {
+            printf("received %s at step %lld: writing a checkpoint and stopping\n",
+                   g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)step);
+            trainer_save(t, "signal");
+            trainer_free(t);
+            return 0;
+        }
+        if (every(step, c->ckpt_every) && step != t->last_step) {
+            trainer_save(t, "periodic");
+            last_saved = step;
+        }
+    }
+    if (t->step > last_saved) trainer_save(t, t->step >= c->max_steps ? "final" : "stop_at");
+    printf("done: %lld steps, %lld tokens, %.1f s\n", (long long)t->step, (long long)t->tokens_seen,
+           mg_now() - t->t_start);
+    trainer_free(t);
+    return 0;
+}

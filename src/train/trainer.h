@@ -1,0 +1,62 @@
+/* The trainer's private interface (src/train/), shared by its files:
+ *   trainer.c  cmd_train: set-up, the run loop, teardown
+ *   step.c     one optimizer step
+ *   log.c      the console step line and out_dir/log.jsonl (log.h)
+ *   eval.c     the validation loss; `megalodon eval`
+ *   ckpt.c     the trainer's checkpoints (save, resume, init_from); mg_model_from_checkpoint
+ * Everything that decides the next step (weights, moments, step, data cursor; dropout masks derive from
+ * (seed, step)) is in the checkpoint, so a resumed run continues bit-identically. */
+#ifndef MG_TRAIN_TRAINER_H
+#define MG_TRAIN_TRAINER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../config.h"
+#include "../data.h"
+#include "../model.h"
+#include "../schedule.h"
+
+typedef struct {
+    MgConfig cfg;
+    const MgBackend *be;
+    MgModel *model;
+    float *m, *v;            /* AdamW moments (backend memory, fp32) */
+    MgSchedule sched;
+    int64_t step, tokens_seen; /* optimizer steps done, tokens trained on */
+    int64_t last_step;       /* the run stops after this step: stop_at if set, else max_steps */
+    MgLoader *train, *val;   /* val is NULL without val_data */
+    int n_micro;             /* micro-batches per optimizer step */
+    int32_t *inputs, *targets; /* one micro-batch, batch_size x seq_len */
+    FILE *log;               /* out_dir/log.jsonl */
+    double flops_per_token, peak_flops;
+    double t_start;          /* mg_now() when the step loop started */
+    char init_from[MG_PATH_MAX];
+} Trainer;
+
+/* What one optimizer step measured. */
+typedef struct {
+    double loss;      /* mean loss over every target of the step's batch */
+    double grad_norm; /* global L2 norm of the gradient before clipping */
+    double lr;
+    double seconds;   /* wall time of the step */
+} MgStepResult;
+
+/* step.c: run optimizer step t->step + 1 and advance t->step and t->tokens_seen. Exits with an error if
+ * the loss is not finite. */
+MgStepResult trainer_step(Trainer *t);
+
+/* eval.c: mean loss over `batches` micro-batches (B x L) of the eval loader from its start (0 = one full
+ * pass); the number of targets counted goes to tokens_out if not NULL. */
+double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int64_t *tokens_out);
+
+/* ckpt.c */
+/* Write out_dir/ckpt_<step>.h5 (or say that this build cannot); `why` names the occasion in the message.
+ * Exits with an error if saving fails (the previous checkpoint is intact). */
+void trainer_save(Trainer *t, const char *why);
+/* Continue the run of checkpoint `path`: weights, AdamW moments, step, tokens seen, data cursor. */
+void trainer_resume(Trainer *t, const char *path);
+/* Continual pre-training: the weights (and, with init_optimizer, the moments) of cfg.init_from. */
+void trainer_init_from(Trainer *t);
+
+#endif
