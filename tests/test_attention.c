@@ -334,7 +334,11 @@ static int refused(int Lq, int Lk, int chunk, const char *expect) {
 }
 
 /* The DropKey mask as documented in ops.h, re-implemented here: splitmix64's finaliser, index
- * ((task * nq + i) * nk + j), task = (b * chunks + chunk) * H + h; kept iff (h >> 11) >= ceil(p 2^53). */
+ * ((task * nq + i) * nk + j), task = (b * chunks + chunk) * H + h; kept iff (h >> 11) >= ceil(p 2^53).
+ * This copy of the finaliser is deliberately independent of src/hash.h (the one the kernels use): it is
+ * the oracle, written from the documented constants, so a wrong constant or shift in the shared header
+ * would make the kernel's mask disagree with it instead of agreeing with itself. (tests/test_hash.c pins
+ * the shared header to the published splitmix64 outputs.) */
 static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -8,16 +8,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "../src/hash.h"
+
 static const char *g_prog = "test";
 static int g_pass = 0, g_fail = 0;
 static uint64_t g_seed = 1234, g_state = 0;
-
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 void tu_init(const char *program_name) {
     g_prog = program_name;
@@ -70,7 +65,7 @@ int tu_check_err(const char *name, double err, double tol) {
 }
 
 uint64_t tu_seed(void) { return g_seed; }
-double tu_uniform(void) { return (double)(splitmix64(&g_state) >> 11) * 0x1.0p-53; }
+double tu_uniform(void) { return (double)(mg_splitmix64_next(&g_state) >> 11) * 0x1.0p-53; }
 double tu_normal(void) {
     double u1 = tu_uniform(), u2 = tu_uniform();
     if (u1 < 1e-300) u1 = 1e-300;

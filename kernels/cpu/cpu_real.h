@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <tgmath.h>
 
+#include "../../src/hash.h"
 #include "../ops.h"
 #include "cpu_ops.h"
 
@@ -78,18 +79,13 @@ static inline float mg_exp(float x) {
 
 /* Counter-based dropout masks, shared by dropout and attention's DropKey. Element `index` of a stream
  * draws u = (h >> 11) * 2^-53 from h = fmix64(fmix64(seed) + index * 0x9E3779B97F4A7C15) (fmix64 =
- * splitmix64's finaliser) and is kept iff u >= p, i.e. iff (h >> 11) >= ceil(p * 2^53) (an exact integer
- * compare). A pure function of (seed, index): backward regenerates the mask, another backend can
- * reproduce it. */
-static inline uint64_t mg_fmix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+ * splitmix64's finaliser, mg_fmix64 in src/hash.h) and is kept iff u >= p, i.e. iff
+ * (h >> 11) >= ceil(p * 2^53) (an exact integer compare). A pure function of (seed, index): backward
+ * regenerates the mask, another backend can reproduce it. */
 static inline uint64_t mg_keep_threshold(double p) { return (uint64_t)ceil(p * 0x1.0p53); }
 /* key = mg_fmix64(seed), computed once per stream. */
 static inline int mg_mask_keep(uint64_t key, uint64_t index, uint64_t threshold) {
-    return (mg_fmix64(key + index * 0x9E3779B97F4A7C15ull) >> 11) >= threshold;
+    return (mg_fmix64(key + index * MG_SPLITMIX64_GAMMA) >> 11) >= threshold;
 }
 
 #endif
