@@ -11,7 +11,7 @@
 #include "../src/hash.h"
 
 static const char *g_prog = "test";
-static int g_pass = 0, g_fail = 0;
+static int g_pass = 0, g_fail = 0, g_skip = 0;
 static uint64_t g_seed = 1234, g_state = 0;
 
 void tu_init(const char *program_name) {
@@ -30,7 +30,7 @@ void tu_init(const char *program_name) {
 }
 
 int tu_finish(void) {
-    printf("# %s: %d passed, %d failed\n", g_prog, g_pass, g_fail);
+    printf("# %s: %d passed, %d failed, %d skipped\n", g_prog, g_pass, g_fail, g_skip);
     fflush(stdout);
     return g_fail ? 1 : 0;
 }
@@ -58,6 +58,17 @@ int tu_check(int cond, const char *name, const char *fmt, ...) {
     va_end(ap);
     fflush(stdout);
     return cond;
+}
+
+void tu_skip(const char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    g_skip++;
+    printf("SKIP %s (", name);
+    vprintf(fmt, ap);
+    printf(")\n");
+    va_end(ap);
+    fflush(stdout);
 }
 
 int tu_check_err(const char *name, double err, double tol) {
