@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "common.h"
 #include "config.h"
+#include "hash.h"
 #include "params.h"
 
 static const char *const GROUPS[3] = {"model", "optimizer/m", "optimizer/v"};
@@ -349,13 +350,6 @@ static int cmd_diff(const char *pa, const char *pb) {
 
 /* ---- bench ---- */
 
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* A Megalodon-shaped config with about `target` parameters, filled by hand (no config parsing). */
 static void synth_config(MgConfig *c, double target) {
     memset(c, 0, sizeof(*c));
@@ -441,7 +435,7 @@ static int ckpt_bench(int argc, char **argv) {
           *v = weights_only ? NULL : mg_malloc_aligned(n * 4);
     uint64_t s = seed;
     for (size_t i = 0; i < n; i++) {
-        uint64_t r = rng_next(&s);
+        uint64_t r = mg_splitmix64_next(&s);
         p[i] = (float)((double)(r >> 40) / (double)(1 << 24) - 0.5) * 0.1f;
         if (m) m[i] = (float)((double)((r >> 16) & 0xffffff) / (double)(1 << 24) - 0.5) * 1e-3f;
         if (v) v[i] = (float)((double)(r & 0xffff) / 65536.0) * 1e-6f;

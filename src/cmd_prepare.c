@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "common.h"
 #include "data.h"
+#include "hash.h"
 #include "tokenizer.h"
 
 #define DEFAULT_TOKENIZER "data/tokenizer/llama2.tok"
@@ -93,13 +94,6 @@ static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const 
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
 }
 
 /* ---- prepare ----------------------------------------------------------------------------------- */
@@ -465,7 +459,7 @@ int cmd_prepare(int argc, char **argv) {
         int64_t *order = mg_malloc((size_t)n_docs * sizeof(int64_t));
         for (int64_t i = 0; i < n_docs; i++) order[i] = i;
         for (int64_t i = n_docs - 1; i > 0; i--) { /* seeded Fisher-Yates */
-            uint64_t r = mix64(seed ^ mix64((uint64_t)i + 0x51ull)) % (uint64_t)(i + 1);
+            uint64_t r = mg_splitmix64(seed ^ mg_splitmix64((uint64_t)i + 0x51ull)) % (uint64_t)(i + 1);
             int64_t tmp = order[i];
             order[i] = order[r];
             order[r] = tmp;

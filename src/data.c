@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "hash.h"
 
 static const char *REPREPARE = "re-run `megalodon prepare` (docs/data.md) to rebuild it";
 
@@ -256,13 +257,9 @@ int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, siz
 
 /* ---- hashing and permutations ------------------------------------------------------------------ */
 
-static inline uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+static inline uint64_t hash3(uint64_t a, uint64_t b, uint64_t c) {
+    return mg_splitmix64(mg_splitmix64(mg_splitmix64(a) ^ b) ^ c);
 }
-static inline uint64_t hash3(uint64_t a, uint64_t b, uint64_t c) { return mix64(mix64(mix64(a) ^ b) ^ c); }
 
 /* A keyed bijection of [0, n): a 4-round balanced Feistel network on the smallest even number of bits
  * covering n, with cycle walking (re-applying until the value falls inside [0, n); fewer than 4 steps on
@@ -278,7 +275,7 @@ static uint64_t permute(uint64_t key, uint64_t i, uint64_t n) {
     do {
         uint64_t L = x >> h, R = x & mask;
         for (uint64_t r = 0; r < 4; r++) {
-            uint64_t F = mix64(key ^ (r << 58) ^ R) & mask;
+            uint64_t F = mg_splitmix64(key ^ (r << 58) ^ R) & mask;
             uint64_t nl = R;
             R = L ^ F;
             L = nl;

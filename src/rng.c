@@ -2,16 +2,11 @@
 
 #include <math.h>
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+#include "hash.h"
 
 void mg_rng_seed(MgRng *r, uint64_t seed) {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++) r->s[i] = mg_splitmix64_next(&x);
 }
 
 static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -46,6 +41,5 @@ double mg_rng_trunc_normal(MgRng *r, double std, double lo, double hi) {
 }
 
 uint64_t mg_hash64(uint64_t seed, uint64_t counter) {
-    uint64_t x = seed ^ (counter * 0xD1B54A32D192ED03ull);
-    return splitmix64(&x);
+    return mg_splitmix64(seed ^ (counter * 0xD1B54A32D192ED03ull));
 }

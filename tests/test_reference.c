@@ -177,12 +177,13 @@ static void parity(const char *tag, int swiglu, int share) {
 int main(void) {
     tu_init("test_reference");
 #ifndef MG_HAVE_HDF5
-    printf("SKIP test_reference: this build has no HDF5 (install libhdf5-dev), so weights cannot be exchanged\n");
+    tu_skip("reference_parity",
+            "this build has no HDF5, so weights cannot be exchanged; install libhdf5-dev (make deps) and rebuild");
     return tu_finish();
 #else
     if (system("/usr/bin/python3 -c 'import torch, h5py, numpy' >/dev/null 2>&1") != 0) {
-        printf("SKIP test_reference: /usr/bin/python3 cannot import torch, h5py and numpy "
-               "(run scripts/setup.sh to install python3-torch python3-h5py python3-numpy)\n");
+        tu_skip("reference_parity", "/usr/bin/python3 cannot import torch, h5py and numpy "
+                                    "(install python3-torch python3-h5py python3-numpy: make deps)");
         return tu_finish();
     }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);

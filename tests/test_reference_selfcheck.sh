@@ -6,7 +6,7 @@
 set -u
 PY=${MG_PYTHON:-/usr/bin/python3}
 if ! "$PY" -c 'import torch, numpy, h5py' 2>/dev/null; then
-    echo "SKIP reference_selfcheck: $PY cannot import torch, numpy and h5py (install python3-torch python3-h5py: make deps)"
+    echo "SKIP reference_selfcheck ($PY cannot import torch, numpy and h5py; install python3-torch python3-h5py: make deps)"
     exit 0
 fi
 export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS=1

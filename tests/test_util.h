@@ -1,6 +1,9 @@
 /* Minimal test harness shared by every C test program.
  *
  * Each check prints one line, "PASS <name> ..." or "FAIL <name>: ...", which scripts/run_tests.sh counts.
+ * A check that cannot run prints "SKIP <name> (<reason>)" (tu_skip) instead of passing silently; the
+ * runner counts and lists skips, and under `make test` (MG_TEST_STRICT=1) every skip is a failure except
+ * a GPU test's on a machine without a GPU, whose reason starts with TU_NO_GPU (tests/README.md).
  * A test program ends with `return tu_finish();` (exit status 1 if anything failed).
  * Random inputs come from a seeded generator: the seed is printed at start-up and can be changed with
  * MG_TEST_SEED=<n> (or MG_TEST_SEED=random for a time-based seed). */
@@ -17,6 +20,13 @@ int tu_finish(void);
 
 /* Record one check; returns cond. */
 int tu_check(int cond, const char *name, const char *fmt, ...) MG_PRINTF(3, 4);
+/* Record a check that could not run here, and why: prints "SKIP <name> (<reason>)"; the reason should
+ * name what is missing and how to get it. Under MG_TEST_STRICT=1 (`make test`, after installing every
+ * package) any skip whose reason does not start with TU_NO_GPU fails the suite. */
+void tu_skip(const char *name, const char *fmt, ...) MG_PRINTF(2, 3);
+/* The reason prefix of the one skip strict mode allows: a GPU test on a machine without a GPU, e.g.
+ * tu_skip("cuda_gemm", TU_NO_GPU ": no CUDA device (cudaGetDeviceCount: %s)", msg). */
+#define TU_NO_GPU "no GPU"
 /* Check that err <= tol and print the measured error either way. */
 int tu_check_err(const char *name, double err, double tol);
 
