@@ -181,7 +181,8 @@ void *mg_model_state_tensor(const MgModel *m, const MgModelState *s, int i, int 
 /* ---- recurrent (streaming) inference with unlimited context ----------------------------------------------
  * A decoder holds the carried state of every layer plus the architecture's attention cache (Megalodon:
  * keys and values of the current chunk only), so its memory does not depend on how many tokens have been
- * consumed. Everything it needs is allocated by mg_decoder_create; steps allocate nothing. */
+ * consumed. Everything it needs is allocated by mg_decoder_create; once the backend's op workspace has
+ * grown to the largest piece (the first chunk), steps allocate nothing (tests/test_model_state.c). */
 typedef struct MgDecoder MgDecoder;
 MgDecoder *mg_decoder_create(MgModel *m, int B);
 void mg_decoder_free(MgDecoder *d);

@@ -265,14 +265,7 @@ static void test_decoder(void) {
     }
     tu_check_err("decoder prefill across chunk boundaries + single steps == full forward (normwise)", worst, 1e-4);
 
-    /* Memory does not depend on the number of tokens consumed. */
-    size_t before = mg_decoder_bytes(d);
-    for (int t = 0; t < 200; t++) {
-        int32_t one[2] = {tok[t % L], tok[(t * 7) % L]};
-        mg_decoder_step(d, one, 1, NULL);
-    }
-    tu_check(mg_decoder_bytes(d) == before, "decoder memory is constant in context length",
-             "%zu bytes after %lld tokens", mg_decoder_bytes(d), (long long)mg_decoder_position(d));
+    /* (Decoder memory is measured against real allocations in tests/test_model_state.c.) */
     mg_decoder_free(d);
     free(full);
     free(step);

@@ -90,7 +90,7 @@ int main(void) {
     return tu_finish();
 }
 EOF
-if ${CC:-cc} -std=c11 -D_GNU_SOURCE -I"$ROOT" -o "$C/build/tests/test_skipper" "$T/skipper.c" "$ROOT/tests/test_util.c" -lm \
+if ${CC:-cc} -std=c11 -D_GNU_SOURCE -I"$ROOT" -o "$C/build/tests/test_skipper" "$T/skipper.c" "$ROOT/tests/test_util.c" "$ROOT/src/common.c" -lm \
     >"$T/cc.log" 2>&1; then
     run "$C" 0
     check runner_counts_tu_skip "$([ "$(last)" = "1 passed, 0 failed, 2 skipped" ] && [ $rc = 0 ] &&

@@ -76,13 +76,29 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
 
 
 
+/* A backend that forwards to `inner` and counts its memory calls (one process-wide instance; calling
+ * tu_counting_backend again resets the counters and re-targets it). For tests that must measure what a
+ * model or decoder really allocates, not what it plans. */
+typedef struct {
+    int64_t allocs, frees; /* be->alloc / be->free calls */
+    size_t live, peak;     /* bytes currently allocated and the most at once */
+} TuMemStats;
+const MgBackend *tu_counting_backend(const MgBackend *inner);
+TuMemStats tu_counting_stats(void);
+
 /* Run fn(ctx) in a forked child with its stdout and stderr captured into out (NUL-terminated, at most
  * outlen - 1 bytes kept). Returns the child's exit status (fn returning normally = 0; 128 + signal if it
  * was killed; -1 if the child could not be started). */
 int tu_run_child(void (*fn)(void *ctx), void *ctx, char *out, size_t outlen);
 
-/* Run fn(ctx) in a forked child and check that it exits with a non-zero status and that its output
- * contains `expect` (NULL = any message). Records one check named `name`. */
+/* Run fn(ctx) in this process with an error hook installed (src/common.h): returns 1 if it raised an
+ * error through mg_fatal / MG_CHECK, with the message as the default hook prints it ("error: ...") in
+ * msg; 0 if it returned normally. No fork, so it keeps working once a GPU context exists. Whatever the
+ * failing code had allocated is leaked. Not reentrant. */
+int tu_catch_error(void (*fn)(void *ctx), void *ctx, char *msg, size_t msglen);
+
+/* Check that fn(ctx) raises an error (tu_catch_error) whose message contains `expect` (NULL = any
+ * message). Records one check named `name`. */
 int tu_expect_failure(const char *name, void (*fn)(void *ctx), void *ctx, const char *expect);
 /* The same with every string of the NULL-terminated list `needles` required in the output. */
 int tu_expect_failure_all(const char *name, void (*fn)(void *ctx), void *ctx, const char *const *needles);

@@ -85,12 +85,13 @@ struct MgDecodeStep {
 };
 
 /* The state exchange of one layer and group, run by the architecture around its state ops; these call
- * the hooks (no-ops without them). `local_args` is the op's argument struct prepared for the local pass
- * (fresh state, statistics or state only); the driver runs it, then state_begin. */
+ * the hooks (no-ops without them). The architecture runs the local pass (fresh state, statistics or
+ * state only) into mg_pass_local's buffers before state_begin. op_args: the op's argument struct, handed
+ * to the hook (its parameters). */
 int mg_pass_exchanges(const MgPass *ps);   /* 1 when state_begin/state_end hooks are set */
 void mg_pass_state_begin(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
-void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st);
-void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st);
+void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
+void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
 void mg_pass_dstate_get(MgPass *ps, int layer, int group, MgLayerState *st);
 void mg_pass_dstate_done(MgPass *ps, int layer, int group, const MgLayerState *st);
 /* The buffer a local pass writes entry k of layer `layer`'s summary to. */
@@ -192,7 +193,7 @@ struct MgModel {
     int n_lstate, n_fstate;
     int n_state;      /* tensors in an MgModelState: n_layers * n_lstate + n_fstate */
     /* hooks: buffers for exchanged state (allocated for the batch size on first use) */
-    MgModelState *x_in, *x_local, *x_dout;
+    MgModelState *x_in, *x_local, *x_dout, *x_din;
 };
 
 struct MgModelState {

@@ -193,6 +193,7 @@ void mg_model_free(MgModel *m) {
     mg_model_state_free(m, m->x_in);
     mg_model_state_free(m, m->x_local);
     mg_model_state_free(m, m->x_dout);
+    mg_model_state_free(m, m->x_din);
     free(m->w);
     free(m->gw);
     free(m->bucket_off);
@@ -494,7 +495,7 @@ void mg_pass_state_begin(MgPass *ps, int layer, int group, const MgLayerState *s
     ps->hooks->state_begin(ps->hooks->ctx, &x);
 }
 
-void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st) {
+void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args) {
     MgStateExchange x;
     int ks[MG_STATE_GROUP_MAX];
     exchange_desc(ps, layer, group, &x, ks);
@@ -502,15 +503,17 @@ void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st)
         x.local[i] = mg_pass_local(ps, layer, ks[i]);
         x.in[i] = (void *)st->in[ks[i]];
     }
+    x.op_args = op_args;
     ps->hooks->state_end(ps->hooks->ctx, &x);
 }
 
-void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st) {
+void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args) {
     if (!ps->hooks || !ps->hooks->state_done) return;
     MgStateExchange x;
     int ks[MG_STATE_GROUP_MAX];
     exchange_desc(ps, layer, group, &x, ks);
     for (int i = 0; i < x.n; i++) x.out[i] = st->out[ks[i]];
+    x.op_args = op_args;
     ps->hooks->state_done(ps->hooks->ctx, &x);
 }
 
@@ -552,6 +555,10 @@ static void ensure_exchange_buffers(MgModel *m, const MgModelHooks *h, int B) {
         m->x_dout = mg_model_state_create(m, B);
         mg_model_state_zero(m, m->x_dout);
     }
+    if (h->dstate_done && (!m->x_din || m->x_din->B != B)) {
+        mg_model_state_free(m, m->x_din);
+        m->x_din = mg_model_state_create(m, B);
+    }
 }
 
 /* ---- one pass --------------------------------------------------------------------------------------------------- */
@@ -568,6 +575,7 @@ static MgLayerState layer_state(const MgModel *m, const MgPassArgs *a, const MgP
         if (a->state_out) s.out[k] = a->state_out->ptr[i];
         if (grad && a->dstate_out) s.dout[k] = a->dstate_out->ptr[i];
         if (grad && a->dstate_in) s.din[k] = a->dstate_in->ptr[i];
+        else if (grad && a->hooks && a->hooks->dstate_done) s.din[k] = m->x_din->ptr[i]; /* the hook reads it */
     }
     return s;
 }

@@ -296,11 +296,11 @@ static void tsn_forward(MgPass *ps, int l, MgTimestepNormArgs *a, const MgLayerS
         loc.var_out = mg_pass_local(ps, l, S_VAR);
         be->timestep_norm_forward(be, &loc);
         mg_pass_state_begin(ps, l, G_TSN, st, a);
-        mg_pass_state_end(ps, l, G_TSN, st);
+        mg_pass_state_end(ps, l, G_TSN, st, a);
     }
     tsn_state(a, st);
     be->timestep_norm_forward(be, a);
-    mg_pass_state_done(ps, l, G_TSN, st);
+    mg_pass_state_done(ps, l, G_TSN, st, a);
 }
 
 static void tsn_backward(MgPass *ps, int l, MgTimestepNormArgs *a, MgLayerState *st) {
@@ -346,12 +346,12 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
     }
     mg_linear_fwd(ps, T, d, v, a->xn, w->wv, w->bv, a->vpre);
     mg_act_fwd(ps, MG_ACT_SILU, T * v, a->vpre, NULL, a->v);
-    if (xchg) mg_pass_state_end(ps, l, G_CEMA, st);
+    if (xchg) mg_pass_state_end(ps, l, G_CEMA, st, &cema);
     cema.h_in = st->in[S_H];
     cema.h_out = st->out[S_H];
     cema.y = a->cema;
     be->cema_forward(be, &cema);
-    mg_pass_state_done(ps, l, G_CEMA, st);
+    mg_pass_state_done(ps, l, G_CEMA, st, &cema);
 
     MgRMSNormArgs rms = {.T = T, .D = d, .eps = c->norm_eps, .x = a->cema, .weight = w->rms_w, .y = a->m,
                          .saved_rstd = a->rms_rstd};
