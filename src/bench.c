@@ -55,7 +55,8 @@ int cmd_bench(int argc, char **argv) {
         MgForwardOpts opts = {.seed = (uint64_t)s, .training = 1};
         double loss = mg_model_forward_backward(m, in, tg, B, L, 1.0 / ((double)B * L), &opts, NULL, NULL, &n);
         double gn = sqrt(be->sum_squares(be, mg_model_grads(m), pt->total));
-        MgAdamWArgs aw = {.n = pt->total, .param = mg_model_params(m), .grad = mg_model_grads(m), .m = mom, .v = vel,
+        MgAdamWArgs aw = {.n = pt->total, .param = mg_model_masters(m), .grad = mg_model_grads(m),
+                          .param_out = mg_model_has_separate_masters(m) ? mg_model_params(m) : NULL, .m = mom, .v = vel,
                           .lr = 1e-4, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1,
                           .grad_scale = gn > 1.0 ? 1.0 / gn : 1.0, .step = s + 1};
         be->adamw_update(be, &aw);

@@ -11,6 +11,40 @@ const MgBackend *mg_backend_for(const MgConfig *cfg) {
     return mg_backend_get(cfg->device);
 }
 
+MgBackend *mg_backend_open(const MgConfig *cfg) {
+    char err[1024];
+    MgBackendOptions o = {.threads = cfg->threads};
+    MgBackend *be = mg_backend_create(!strcmp(cfg->device, "cpu") ? "cpu-f32" : cfg->device, 0, &o, err, sizeof err);
+    if (!be) mg_fatal("%s", err);
+    return be;
+}
+
+static float *io_base(const MgModelCkptIO *c, int group) {
+    return group == MG_CKPT_GROUP_MODEL ? c->masters : group == MG_CKPT_GROUP_M ? c->m : c->v;
+}
+
+static int io_get(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, float *dst, char *err,
+                  size_t errlen) {
+    const MgModelCkptIO *c = ctx;
+    const float *src = io_base(c, group);
+    if (!src) return mg_errf(err, errlen, "no %s arena to save", mg_ckpt_group_name(group));
+    c->be->to_host(c->be, dst, src + p->offset + start, sizeof(float) * (size_t)count);
+    return 0;
+}
+
+static int io_put(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src, char *err,
+                  size_t errlen) {
+    const MgModelCkptIO *c = ctx;
+    float *dst = io_base(c, group);
+    if (!dst) return mg_errf(err, errlen, "no %s arena to load into", mg_ckpt_group_name(group));
+    c->be->to_device(c->be, dst + p->offset + start, src, sizeof(float) * (size_t)count);
+    return 0;
+}
+
+MgCkptTensorIO mg_model_ckpt_io(MgModelCkptIO *ctx) {
+    return (MgCkptTensorIO){.ctx = ctx, .get = io_get, .put = io_put, .stage_elems = 0};
+}
+
 double mg_peak_flops(const MgConfig *cfg, char *desc, size_t desc_len) {
     if (cfg->peak_tflops > 0) {
         snprintf(desc, desc_len, "peak %.1f TFLOP/s (peak_tflops)", cfg->peak_tflops);

@@ -21,7 +21,20 @@ double mg_peak_rss_bytes(void);
 MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const char *const *extra_keys,
                                   const char **extra_values, MgConfig *cfg_out);
 
-/* Backend for a config's device (the float32 backend on the CPU). */
+/* Backend for a config's device (the float32 backend on the CPU): the process-wide default instance. */
 const MgBackend *mg_backend_for(const MgConfig *cfg);
+/* A new backend instance for a config's device (device id 0, cfg->threads); exits with the backend's
+ * message if it cannot be created. Free with mg_backend_destroy after the models using it. */
+MgBackend *mg_backend_open(const MgConfig *cfg);
+
+/* Checkpoint tensor I/O over a model's fp32 master weights and (optionally) AdamW moments in backend
+ * memory: each tensor is staged through the host with be->to_host / be->to_device, so it works wherever
+ * the arenas live. After a load into the masters, call mg_model_masters_changed. */
+#include "checkpoint.h"
+typedef struct {
+    const MgBackend *be;
+    float *masters, *m, *v;
+} MgModelCkptIO;
+MgCkptTensorIO mg_model_ckpt_io(MgModelCkptIO *ctx);
 
 #endif

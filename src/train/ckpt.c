@@ -50,8 +50,10 @@ void trainer_save(Trainer *t, const char *why) {
     fill_meta(t, &meta);
     char err[4096], path[MG_PATH_MAX + 64];
     double t0 = mg_now();
-    int rc = mg_ckpt_dir_save(t->cfg.out_dir, mg_model_params_table(t->model), mg_model_params(t->model), t->m, t->v,
-                              &meta, t->cfg.ckpt_keep, path, sizeof path, err, sizeof err);
+    MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
+    MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
+    int rc = mg_ckpt_dir_save_io(t->cfg.out_dir, mg_model_params_table(t->model), &io, 1, &meta, t->cfg.ckpt_keep,
+                                 path, sizeof path, err, sizeof err);
     mg_ckpt_meta_free(&meta);
     if (rc) mg_fatal("saving the %s checkpoint failed: %s (the previous checkpoint is intact)", why, err);
     MgCkptStats s = mg_ckpt_last_stats();
@@ -60,12 +62,15 @@ void trainer_save(Trainer *t, const char *why) {
     fflush(stdout);
 }
 
-/* Load weights (and moments if with_optimizer) from path into the trainer's model. */
+/* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters
+ * (staged through the host), then the compute-dtype parameters follow. */
 static void load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
     char err[4096];
-    if (mg_ckpt_load(path, mg_model_params_table(t->model), mg_model_params(t->model), with_optimizer ? t->m : NULL,
-                     with_optimizer ? t->v : NULL, meta, err, sizeof err))
+    MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
+    MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
+    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err))
         mg_fatal("%s", err);
+    mg_model_masters_changed(t->model);
 }
 
 void trainer_resume(Trainer *t, const char *resume_path) {
@@ -125,8 +130,10 @@ MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const 
     if (mg_config_validate(&cfg, err, sizeof err)) mg_fatal("%s", err);
     mg_set_threads(cfg.threads);
     MgModel *m = mg_model_create(&cfg, mg_backend_for(&cfg));
-    if (mg_ckpt_load(path, mg_model_params_table(m), mg_model_params(m), NULL, NULL, NULL, err, sizeof err))
-        mg_fatal("%s", err);
+    MgModelCkptIO ctx = {mg_model_backend(m), mg_model_masters(m), NULL, NULL};
+    MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
+    if (mg_ckpt_load_io(path, mg_model_params_table(m), &io, 0, NULL, err, sizeof err)) mg_fatal("%s", err);
+    mg_model_masters_changed(m);
     *cfg_out = cfg;
     return m;
 }

@@ -147,8 +147,8 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     mg_config_from_args(c, argc, argv, NULL, NULL);
     if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
     mg_set_threads(c->threads);
-    t->be = mg_backend_for(c);
-    MG_CHECK(t->be->dtype == MG_F32, "training needs a float32 backend (got %s)", t->be->name);
+    t->be_owned = mg_backend_open(c);
+    t->be = t->be_owned;
     check_out_dir(c);
     char resume_path[MG_PATH_MAX + 64];
     choose_start(c, resume_path, sizeof resume_path);
@@ -179,6 +179,7 @@ static void trainer_free(Trainer *t) {
     free(t->inputs);
     free(t->targets);
     mg_model_free(t->model);
+    mg_backend_destroy(t->be_owned);
 }
 
 /* ---- the run ------------------------------------------------------------------------------------- */

@@ -20,6 +20,7 @@
 typedef struct {
     MgConfig cfg;
     const MgBackend *be;
+    MgBackend *be_owned;     /* the instance this run created (be == be_owned) */
     MgModel *model;
     float *m, *v;            /* AdamW moments (backend memory, fp32) */
     MgSchedule sched;
