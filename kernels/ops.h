@@ -1,7 +1,7 @@
 /* The op interface every backend implements (CPU today, CUDA next).
  *
  * One op = one argument struct + one forward and one backward function in the backend table MgBackend.
- * The model graph (src/model.c) only ever talks to a backend through this header, so it runs unchanged
+ * The model (src/model/) only ever talks to a backend through this header, so it runs unchanged
  * on the CPU backend in float32 (training), the CPU backend in float64 (gradient checks), and later CUDA.
  *
  * Conventions (read these once; every op follows them):
