@@ -132,6 +132,7 @@ size_t mg_dtype_size(MgDtype t) {
     case MG_F64: return 8;
     case MG_BF16: return 2;
     case MG_I64: return 8;
+    case MG_I32: return 4;
     }
     return 0;
 }
@@ -142,6 +143,7 @@ const char *mg_dtype_name(MgDtype t) {
     case MG_F64: return "float64";
     case MG_BF16: return "bfloat16";
     case MG_I64: return "int64";
+    case MG_I32: return "int32";
     }
     return "?";
 }

@@ -77,7 +77,7 @@ int mg_check_ids(const int32_t *ids, int64_t n, int V, int32_t ignore, const cha
 double mg_now(void);
 
 /* Element types understood by backends and checkpoints. */
-typedef enum { MG_F32 = 0, MG_F64 = 1, MG_BF16 = 2, MG_I64 = 3 } MgDtype;
+typedef enum { MG_F32 = 0, MG_F64 = 1, MG_BF16 = 2, MG_I64 = 3, MG_I32 = 4 } MgDtype;
 size_t mg_dtype_size(MgDtype t);
 const char *mg_dtype_name(MgDtype t);
 

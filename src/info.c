@@ -192,6 +192,8 @@ void mg_info_print(const MgConfig *c, FILE *f) {
     fprintf(f, "  %-30s %12s\n", "total", mg_format_bytes(m.total, a, sizeof(a)));
     fprintf(f, "  assumes one device holds the whole model and its optimizer state (no data-parallel sharding\n"
                "  yet; sequence parallelism would divide the activations by its size)\n");
+    fprintf(f, "\nactivations by buffer (the trainer's arena plan; statistics stay fp32):\n");
+    mg_activation_plan_print(c, m.act_bytes == 2 ? MG_BF16 : MG_F32, MG_F32, c->batch_size, c->seq_len, f);
     mg_param_table_free(&t);
 }
 

@@ -161,8 +161,8 @@ int mg_model_grad_buckets(const MgModel *m, int64_t *offsets, int64_t *counts, i
 size_t mg_activation_plan_bytes(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L);
 size_t mg_model_activation_bytes(MgModel *m, int B, int L);
 void mg_model_print_memory(MgModel *m, int B, int L);
-/* Print every entry of the (B, L) plan (name, dtype, bytes), grouped by name, to f. */
-void mg_model_print_plan(MgModel *m, int B, int L, FILE *f);
+/* Print the (B, L) plan to f: its buffers grouped by name and dtype, with their bytes. */
+void mg_activation_plan_print(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L, FILE *f);
 
 /* ---- carried state -------------------------------------------------------------------------------------- */
 MgModelState *mg_model_state_create(const MgModel *m, int B);

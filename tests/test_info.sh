@@ -41,6 +41,16 @@ for want in '^FLOPs per token (training): 47.1 GFLOP = 6 x 7,244,611,584 matmul 
     if grep -q -- "$want" <<<"$out"; then pass "info_7b_line$n" "$want"; else fail "info_7b_line$n" "no line matching '$want'"; fi
 done
 
+# The activation breakdown is the same plan as the activations line: its total must be that figure.
+act=$(grep '^  activations (bf16)' <<<"$out" | awk '{print $(NF-1), $NF}')
+plan_total=$(sed -n '/^activations by buffer/,$p' <<<"$out" | grep '^  total ' | awk '{print $(NF-1), $NF}')
+stats=$(sed -n '/^activations by buffer/,$p' <<<"$out" | grep -c 'float32')
+if [ -n "$act" ] && [ "$act" = "$plan_total" ] && [ "$stats" -ge 3 ]; then
+    pass info_activation_breakdown "activations $act = the breakdown's total; $stats float32 statistics entries"
+else
+    fail info_activation_breakdown "activations '$act' vs breakdown total '$plan_total' ($stats float32 entries)"
+fi
+
 # Overrides: a third layer adds exactly one layer's parameters (44,832 in tiny); fp32 has no master copy.
 out=$("$BIN" info --config configs/tiny.conf --n_layers 3 --precision=fp32 2>&1)
 if grep -q '^parameters: 4,230,624 ' <<<"$out" && ! grep -q 'master weights' <<<"$out"; then

@@ -9,25 +9,7 @@
 #include "test_util.h"
 
 /* The architecture of configs/tiny.conf, filled in by hand so this test does not depend on parsing. */
-static void tiny_config(MgConfig *c) {
-    memset(c, 0, sizeof(*c));
-    strcpy(c->arch, "megalodon");
-    c->vocab_size = 32000;
-    c->n_layers = 2;
-    c->model_dim = 64;
-    c->num_heads = 2;
-    c->z_dim = 32;
-    c->value_dim = 64;
-    c->ffn_hidden_dim = 128;
-    c->cema_ndim = 4;
-    c->norm_num_groups = 4;
-    c->chunk_size = 16;
-    c->rope_base = 10000.0;
-    c->norm_eps = 1e-5;
-    c->swiglu = 1;
-    c->seq_len = 32;
-    c->batch_size = 1;
-}
+static void tiny_config(MgConfig *c) { tu_tiny_megalodon(c, 32000); }
 
 static void random_tokens(int32_t *t, int64_t n, int V) {
     for (int64_t i = 0; i < n; i++) t[i] = (int32_t)(tu_uniform() * V);

@@ -11,25 +11,7 @@
 #include "../src/model.h"
 #include "test_util.h"
 
-static void tiny_config(MgConfig *c, int vocab) {
-    memset(c, 0, sizeof(*c));
-    strcpy(c->arch, "megalodon");
-    c->vocab_size = vocab;
-    c->n_layers = 2;
-    c->model_dim = 64;
-    c->num_heads = 2;
-    c->z_dim = 32;
-    c->value_dim = 64;
-    c->ffn_hidden_dim = 128;
-    c->cema_ndim = 4;
-    c->norm_num_groups = 4;
-    c->chunk_size = 16;
-    c->rope_base = 10000.0;
-    c->norm_eps = 1e-5;
-    c->swiglu = 1;
-    c->seq_len = 64;
-    c->batch_size = 2;
-}
+static void tiny_config(MgConfig *c, int vocab) { tu_tiny_megalodon(c, vocab); }
 
 /* Non-zero norm offsets, biases and qk gamma/beta, so every parameter matters. */
 static void perturb_params(MgModel *m, double scale) {

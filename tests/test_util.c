@@ -194,6 +194,26 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
     return err;
 }
 
+void tu_tiny_megalodon(MgConfig *c, int vocab) {
+    memset(c, 0, sizeof(*c));
+    strcpy(c->arch, "megalodon");
+    c->vocab_size = vocab;
+    c->n_layers = 2;
+    c->model_dim = 64;
+    c->num_heads = 2;
+    c->z_dim = 32;
+    c->value_dim = 64;
+    c->ffn_hidden_dim = 128;
+    c->cema_ndim = 4;
+    c->norm_num_groups = 4;
+    c->chunk_size = 16;
+    c->rope_base = 10000.0;
+    c->norm_eps = 1e-5;
+    c->swiglu = 1;
+    c->seq_len = 32;
+    c->batch_size = 1;
+}
+
 /* ---- counting backend ---- */
 static MgBackend g_count_be;
 static const MgBackend *g_count_inner;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "../kernels/ops.h"
+#include "../src/config.h"
 
 void tu_init(const char *program_name);
 int tu_finish(void);
@@ -75,6 +76,10 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
                      void *ctx, double tol);
 
 
+
+/* The architecture of configs/tiny.conf (2 layers, d 64, chunk 16) with the given vocabulary, filled in
+ * by hand so model tests do not depend on parsing; seq_len 32, batch 1. */
+void tu_tiny_megalodon(MgConfig *c, int vocab);
 
 /* A backend that forwards to `inner` and counts its memory calls (one process-wide instance; calling
  * tu_counting_backend again resets the counters and re-targets it). For tests that must measure what a

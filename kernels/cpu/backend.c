@@ -129,6 +129,7 @@ static double load_as_double(MgDtype t, const void *p, int64_t i) {
     case MG_F64: return ((const double *)p)[i];
     case MG_BF16: return (double)bf16_to_f32(((const uint16_t *)p)[i]);
     case MG_I64: return (double)((const int64_t *)p)[i];
+    case MG_I32: return (double)((const int32_t *)p)[i];
     }
     return 0.0;
 }
@@ -139,13 +140,15 @@ static void store_from_double(MgDtype t, void *p, int64_t i, double v) {
     case MG_F64: ((double *)p)[i] = v; break;
     case MG_BF16: ((uint16_t *)p)[i] = f32_to_bf16((float)v); break; /* via float32: bf16(float(v)) */
     case MG_I64: ((int64_t *)p)[i] = (int64_t)v; break;
+    case MG_I32: ((int32_t *)p)[i] = (int32_t)v; break;
     }
 }
 
 void CPU_FN(convert)(const MgBackend *be, const MgConvertArgs *a) {
     (void)be;
     MG_CHECK(a->n >= 0, "convert: n=%lld must be >= 0", (long long)a->n);
-    MG_CHECK(a->src_dtype != MG_I64 && a->dst_dtype != MG_I64, "convert: int64 is not a floating-point dtype");
+    MG_CHECK(a->src_dtype != MG_I64 && a->dst_dtype != MG_I64 && a->src_dtype != MG_I32 && a->dst_dtype != MG_I32,
+             "convert: integer dtypes are not converted (floating point only)");
     MG_CHECK(a->src != a->dst || mg_dtype_size(a->src_dtype) == mg_dtype_size(a->dst_dtype),
              "convert: in place needs dtypes of the same size (%s -> %s)", mg_dtype_name(a->src_dtype),
              mg_dtype_name(a->dst_dtype));

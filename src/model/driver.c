@@ -30,10 +30,8 @@ void mg_plan_add(MgPlan *p, const char *name, MgBufKind kind, int64_t elems, voi
         p->cap = p->cap ? 2 * p->cap : 128;
         p->e = mg_realloc(p->e, sizeof(MgPlanEntry) * (size_t)p->cap);
     }
-    const MgDtype dt = kind == MG_BUF_ACT ? p->act : kind == MG_BUF_STAT ? p->stat : MG_F32;
-    const size_t es = kind == MG_BUF_I32 ? sizeof(int32_t) : mg_dtype_size(dt);
-    p->e[p->n++] = (MgPlanEntry){name, kind == MG_BUF_I32 ? MG_F32 : dt, elems, ((size_t)elems * es + 63) & ~(size_t)63,
-                                 slot};
+    const MgDtype dt = kind == MG_BUF_ACT ? p->act : kind == MG_BUF_STAT ? p->stat : MG_I32;
+    p->e[p->n++] = (MgPlanEntry){name, dt, elems, ((size_t)elems * mg_dtype_size(dt) + 63) & ~(size_t)63, slot};
 }
 
 size_t mg_plan_bytes(const MgPlan *p) {
@@ -317,22 +315,27 @@ static void ensure_arena(MgModel *m, int B, int L) {
     m->cap_B = B;
 }
 
-size_t mg_activation_plan_bytes(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L) {
-    /* Plan on a scratch model that owns nothing but the slot structs plan_all fills. */
+/* The plan of a (B, L) step for a config and dtypes, without a model: a scratch model owns nothing but
+ * the slot structs plan_all fills. */
+static void plan_without_model(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L, MgPlan *p) {
     MgModel tmp;
     memset(&tmp, 0, sizeof tmp);
     tmp.cfg = *cfg;
     tmp.arch = mg_arch_find(cfg->arch);
     if (!tmp.arch) mg_fatal("arch '%s' is not supported (known: megalodon)", cfg->arch);
-    MgPlan p;
-    mg_plan_init(&p, compute, state);
-    plan_all(&tmp, &p, (int64_t)B * L, B);
-    size_t total = mg_plan_bytes(&p);
-    mg_plan_free(&p);
+    mg_plan_init(p, compute, state);
+    plan_all(&tmp, p, (int64_t)B * L, B);
     free(tmp.x);
     free(tmp.act);
     free(tmp.fin);
     free(tmp.scratch);
+}
+
+size_t mg_activation_plan_bytes(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L) {
+    MgPlan p;
+    plan_without_model(cfg, compute, state, B, L, &p);
+    size_t total = mg_plan_bytes(&p);
+    mg_plan_free(&p);
     return total;
 }
 
@@ -352,16 +355,12 @@ void mg_model_print_memory(MgModel *m, int B, int L) {
            B, L, mg_dtype_name(m->be->dtype));
 }
 
-void mg_model_print_plan(MgModel *m, int B, int L, FILE *f) {
-    MgModel tmp;
-    memset(&tmp, 0, sizeof tmp);
-    tmp.cfg = m->cfg;
-    tmp.arch = m->arch;
+void mg_activation_plan_print(const MgConfig *cfg, MgDtype compute, MgDtype state, int B, int L, FILE *f) {
     MgPlan p;
-    mg_plan_init(&p, m->be->dtype, m->be->state_dtype);
-    plan_all(&tmp, &p, (int64_t)B * L, B);
-    /* group equal names (first appearance order) */
+    plan_without_model(cfg, compute, state, B, L, &p);
+    /* group equal names and dtypes (first appearance order) */
     char *done = mg_calloc((size_t)MG_MAX(p.n, 1), 1);
+    char b[32];
     for (int i = 0; i < p.n; i++) {
         if (done[i]) continue;
         size_t bytes = 0;
@@ -372,18 +371,12 @@ void mg_model_print_plan(MgModel *m, int B, int L, FILE *f) {
                 count++;
                 done[j] = 1;
             }
-        char b[32];
-        fprintf(f, "  %-24s %-8s %4d buffers %12s\n", p.e[i].name, mg_dtype_name(p.e[i].dtype), count,
+        fprintf(f, "  %-22s %-8s %5d buffers %12s\n", p.e[i].name, mg_dtype_name(p.e[i].dtype), count,
                 mg_format_bytes((double)bytes, b, sizeof b));
     }
-    char b[32];
-    fprintf(f, "  %-24s %-8s %4d buffers %12s\n", "total", "", p.n, mg_format_bytes((double)mg_plan_bytes(&p), b, sizeof b));
+    fprintf(f, "  %-22s %-8s %5d buffers %12s\n", "total", "", p.n, mg_format_bytes((double)mg_plan_bytes(&p), b, sizeof b));
     free(done);
     mg_plan_free(&p);
-    free(tmp.x);
-    free(tmp.act);
-    free(tmp.fin);
-    free(tmp.scratch);
 }
 
 /* ---- pass helpers over the backend ----------------------------------------------------------------------------- */
@@ -712,13 +705,19 @@ static void backward_body(MgModel *m, MgPass *ps, const MgPassArgs *a) {
     grads_ready(ps, m->n_buckets - 1);
 }
 
-double mg_model_step(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
+/* Check, size the arenas, run the forward and upload the targets: what a step and an evaluation share. */
+static MgPass begin_pass(MgModel *m, const MgPassArgs *a) {
     check_pass(m, a, 1);
     ensure_arena(m, a->B, a->L);
     ensure_exchange_buffers(m, a->hooks, a->B);
     MgPass ps = make_pass(m, a, &a->opts);
     forward_body(m, &ps, a);
     m->be->to_device(m->be, m->targets_dev, a->targets, (size_t)ps.T * sizeof(int32_t));
+    return ps;
+}
+
+double mg_model_step(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
+    MgPass ps = begin_pass(m, a);
     double loss = head_loss(m, &ps, a->grad_scale, 1);
     backward_body(m, &ps, a);
     if (n_counted) *n_counted = count_targets(a->targets, ps.T);
@@ -726,12 +725,7 @@ double mg_model_step(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
 }
 
 double mg_model_eval(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
-    check_pass(m, a, 1);
-    ensure_arena(m, a->B, a->L);
-    ensure_exchange_buffers(m, a->hooks, a->B);
-    MgPass ps = make_pass(m, a, &a->opts);
-    forward_body(m, &ps, a);
-    m->be->to_device(m->be, m->targets_dev, a->targets, (size_t)ps.T * sizeof(int32_t));
+    MgPass ps = begin_pass(m, a);
     double loss = head_loss(m, &ps, 1.0, 0);
     if (n_counted) *n_counted = count_targets(a->targets, ps.T);
     return loss;

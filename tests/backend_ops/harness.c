@@ -77,6 +77,7 @@ static Elem elem_of_dtype(MgDtype t) {
     case MG_F64: return E_F64;
     case MG_BF16: return E_BF16;
     case MG_I64: return E_I64;
+    case MG_I32: return E_I32;
     }
     mg_fatal("backend_ops: unknown dtype %d", (int)t);
 }
