@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "checkpoint.h"
 #include "config.h"
 #include "model.h"
 
@@ -30,7 +31,6 @@ MgBackend *mg_backend_open(const MgConfig *cfg);
 /* Checkpoint tensor I/O over a model's fp32 master weights and (optionally) AdamW moments in backend
  * memory: each tensor is staged through the host with be->to_host / be->to_device, so it works wherever
  * the arenas live. After a load into the masters, call mg_model_masters_changed. */
-#include "checkpoint.h"
 typedef struct {
     const MgBackend *be;
     float *masters, *m, *v;
