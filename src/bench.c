@@ -73,10 +73,11 @@ int cmd_bench(int argc, char **argv) {
     }
     double tps = (double)B * L * steps / total;
     size_t act = mg_model_activation_bytes(m, B, L);
+    const size_t ws = be->workspace_bytes(be, NULL);
     printf("bench seq_len=%d batch=%d steps=%d tokens_per_s=%.1f ms_per_step=%.1f best_ms=%.1f mfu=%.4f "
-           "activation_mib=%.1f peak_rss_mib=%.1f threads=%d\n",
+           "activation_mib=%.1f workspace_mib=%.1f peak_rss_mib=%.1f threads=%d\n",
            L, B, steps, tps, 1e3 * total / steps, 1e3 * best, fpt * tps / peak, (double)act / 1048576.0,
-           mg_peak_rss_bytes() / 1048576.0, mg_get_threads());
+           (double)ws / 1048576.0, mg_peak_rss_bytes() / 1048576.0, mg_get_threads());
     if (profile) mg_profile_report(stdout, steps);
     be->free(be, mom);
     be->free(be, vel);
