@@ -25,7 +25,8 @@
  *    free. Input gradients are overwritten, unless `accumulate` is set, in which case they are added (+=).
  *  - A NULL gradient output means "not needed" and the op skips that work where it can.
  *  - Ops are deterministic: no atomics, reductions in a fixed order, independent of the thread count.
- *  - Ops validate their shapes and fail with a message naming the op and the offending value.
+ *  - Errors go through mg_fatal / MG_CHECK (the error hook of src/common.h), never from inside an OpenMP
+ *    parallel region: ops validate their arguments before they start.
  */
 #ifndef MG_OPS_H
 #define MG_OPS_H
@@ -242,7 +243,8 @@ typedef struct {
 /* Softmax cross-entropy over the vocabulary, fused with its backward.
  * Forward writes per-token losses (0 at ignored targets). If dlogits is non-NULL the gradient
  * grad_scale * (softmax(logits) - onehot(target)) is written there (it may alias logits: in place), and
- * rows with target == ignore_index get 0. Targets outside [0, V) other than ignore_index are an error. */
+ * rows with target == ignore_index get 0. Targets are validated on the host by the caller (see the
+ * conventions); a target outside [0, V) that reaches the op is treated as ignored (never read out of bounds). */
 typedef struct {
     int64_t T;
     int V;
