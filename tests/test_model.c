@@ -8,25 +8,6 @@
 #include "../src/rng.h"
 #include "test_util.h"
 
-/* The architecture of configs/tiny.conf, filled in by hand so this test does not depend on parsing. */
-static void tiny_config(MgConfig *c) { tu_tiny_megalodon(c, 32000); }
-
-static void random_tokens(int32_t *t, int64_t n, int V) {
-    for (int64_t i = 0; i < n; i++) t[i] = (int32_t)(tu_uniform() * V);
-}
-
-/* Perturb the initial weights so that zero-initialised offsets (norm scales, biases, qk gamma/beta) are
- * exercised with non-zero values in the gradient check. */
-static void perturb_params(MgModel *m, double scale) {
-    const MgParamTable *t = mg_model_params_table(m);
-    double *p = mg_model_params(m);
-    for (int i = 0; i < t->count; i++) {
-        const MgParam *q = &t->params[i];
-        if (q->init == MG_INIT_ZERO)
-            for (int64_t j = 0; j < q->numel; j++) p[q->offset + j] = scale * tu_normal();
-    }
-}
-
 typedef struct {
     MgModel *m;
     const int32_t *tok, *tgt;
@@ -48,7 +29,7 @@ static void gradcheck_model(const char *tag, MgConfig *cfg, int B, int L, double
     cfg->attention_dropout = dropout;
     MgModel *m = mg_model_create(cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 7);
-    perturb_params(m, 0.1);
+    tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
     int64_t T = (int64_t)B * L;
     int32_t *tok = mg_malloc(sizeof(int32_t) * (size_t)T), *tgt = mg_malloc(sizeof(int32_t) * (size_t)T);
     /* A small set of token ids so embedding and head rows get several contributions. */
@@ -151,13 +132,13 @@ static void gradcheck_model(const char *tag, MgConfig *cfg, int B, int L, double
 /* Running the model over L tokens at once, or in pieces passing the carried state, gives the same logits. */
 static void test_state_carry(void) {
     MgConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_megalodon(&cfg, 32000);
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 3);
-    perturb_params(m, 0.1);
+    tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
     const int B = 2, L = 64, V = cfg.vocab_size;
     int32_t tok[2 * 64];
-    random_tokens(tok, B * L, V);
+    tu_random_ids(tok, B * L, V);
     double *full = mg_malloc(sizeof(double) * (size_t)B * L * V);
     mg_model_forward_logits(m, tok, B, L, NULL, NULL, full);
 
@@ -196,13 +177,13 @@ static void test_state_carry(void) {
 /* Token-by-token decoding (carried state + current-chunk KV cache) equals the full forward in fp32. */
 static void test_decoder(void) {
     MgConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_megalodon(&cfg, 32000);
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f32);
     mg_model_init_weights(m, 5);
     /* Decode 56 tokens (3.5 chunks of 16) and compare with a causal full forward over 64. */
     const int B = 2, L = 56, LF = 64, V = cfg.vocab_size;
     int32_t tok[2 * 56], tokf[2 * 64];
-    random_tokens(tokf, B * LF, V);
+    tu_random_ids(tokf, B * LF, V);
     for (int b = 0; b < B; b++) memcpy(tok + b * L, tokf + b * LF, sizeof(int32_t) * L);
     float *fullf = mg_malloc(sizeof(float) * (size_t)B * LF * V), *full = mg_malloc(sizeof(float) * (size_t)B * L * V);
     mg_model_forward_logits(m, tokf, B, LF, NULL, NULL, fullf);
@@ -276,9 +257,9 @@ static void run_bad_length(void *ctx) {
 int main(void) {
     tu_init("test_model");
     MgConfig cfg;
-    tiny_config(&cfg);
+    tu_tiny_megalodon(&cfg, 32000);
     gradcheck_model("(tiny, float64, B=1 L=32, 2 chunks)", &cfg, 1, 32, 0.0);
-    tiny_config(&cfg);
+    tu_tiny_megalodon(&cfg, 32000);
     cfg.swiglu = 0;
     cfg.vocab_size = 512; /* the variant check covers architecture switches; a small head keeps it fast */
     cfg.share_emb = 1;
@@ -287,7 +268,7 @@ int main(void) {
     test_state_carry();
     test_decoder();
 
-    tiny_config(&cfg);
+    tu_tiny_megalodon(&cfg, 32000);
     g_bad_model = mg_model_create(&cfg, &mg_cpu_backend_f32);
     mg_model_init_weights(g_bad_model, 1);
     tu_expect_failure("token id outside the vocabulary is refused", run_bad_token, NULL, "outside the vocabulary");

@@ -11,23 +11,6 @@
 #include "../src/model.h"
 #include "test_util.h"
 
-static void tiny_config(MgConfig *c, int vocab) { tu_tiny_megalodon(c, vocab); }
-
-/* Non-zero norm offsets, biases and qk gamma/beta, so every parameter matters. */
-static void perturb_params(MgModel *m, double scale) {
-    const MgParamTable *t = mg_model_params_table(m);
-    double *p = mg_model_params(m);
-    for (int i = 0; i < t->count; i++) {
-        const MgParam *q = &t->params[i];
-        if (q->init == MG_INIT_ZERO)
-            for (int64_t j = 0; j < q->numel; j++) p[q->offset + j] = scale * tu_normal();
-    }
-}
-
-static void random_ids(int32_t *t, int64_t n, int V) {
-    for (int64_t i = 0; i < n; i++) t[i] = (int32_t)(tu_uniform() * V);
-}
-
 /* Columns [t0, t0 + len) of each of the B rows of a B x L array. */
 static int32_t *slice_cols(const int32_t *x, int B, int L, int t0, int len) {
     int32_t *o = malloc(sizeof(int32_t) * (size_t)B * (size_t)len);
@@ -146,24 +129,24 @@ static double piece_steps(const Seq *s, const MgModelState *state0, const int *l
 static MgModelState *prefix_state(MgModel *m, int B, int V) {
     MgModelState *s = mg_model_state_create(m, B);
     int32_t pre[2 * 32], pt[2 * 32];
-    random_ids(pre, B * 32, V);
-    random_ids(pt, B * 32, V);
+    tu_random_ids(pre, B * 32, V);
+    tu_random_ids(pt, B * 32, V);
     mg_model_forward_loss(m, pre, pt, B, 32, NULL, NULL, s, NULL);
     return s;
 }
 
 static void test_state_gradients(double dropout) {
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = dropout;
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 21);
-    perturb_params(m, 0.1);
+    tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
     const int B = 2, L = 64, V = cfg.vocab_size;
     const int64_t P = mg_model_params_table(m)->total;
     int32_t tok[2 * 64], tgt[2 * 64];
-    random_ids(tok, B * L, V);
-    random_ids(tgt, B * L, V);
+    tu_random_ids(tok, B * L, V);
+    tu_random_ids(tgt, B * L, V);
     tgt[5] = -1;
     Seq s = {m, tok, tgt, B, L, {.seed = 77, .training = dropout > 0}, 1.0 / (B * L - 1)};
     MgModelState *state0 = prefix_state(m, B, V);
@@ -222,14 +205,14 @@ static double state_loss(void *v) {
 
 static void test_state_gradient_fd(void) {
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 5);
-    perturb_params(m, 0.1);
+    tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
     const int B = 2, L = 32;
     int32_t tok[64], tgt[64];
-    random_ids(tok, B * L, cfg.vocab_size);
-    random_ids(tgt, B * L, cfg.vocab_size);
+    tu_random_ids(tok, B * L, cfg.vocab_size);
+    tu_random_ids(tgt, B * L, cfg.vocab_size);
     MgModelState *st = prefix_state(m, B, cfg.vocab_size), *dst = mg_model_state_create(m, B);
     StateLoss c = {m, tok, tgt, st, 1.0 / (B * L)};
     mg_model_zero_grads(m);
@@ -281,15 +264,15 @@ static void test_state_gradient_fd(void) {
  * same gradients with every dropout on. */
 static void test_dropout_microbatch_layout(void) {
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.2;
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 9);
     const int L = 32, V = cfg.vocab_size;
     const int64_t P = mg_model_params_table(m)->total;
     int32_t tok[4 * 32], tgt[4 * 32];
-    random_ids(tok, 4 * L, V);
-    random_ids(tgt, 4 * L, V);
+    tu_random_ids(tok, 4 * L, V);
+    tu_random_ids(tgt, 4 * L, V);
     double *g1 = malloc(sizeof(double) * (size_t)P), *g2 = malloc(sizeof(double) * (size_t)P);
     MgForwardOpts o = {.seed = 4242, .training = 1};
     mg_model_zero_grads(m);
@@ -436,14 +419,14 @@ static void h_ddone(void *vc, const MgStateExchange *x) {
  * bit, and the local summaries must merge into the outgoing states. */
 static void test_state_hooks(void) {
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 13);
-    perturb_params(m, 0.1);
+    tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
     const int B = 2, L = 32, V = cfg.vocab_size;
     const int64_t P = mg_model_params_table(m)->total;
     int32_t tok[2][64], tgt[2][64];
-    for (int r = 0; r < 2; r++) random_ids(tok[r], B * L, V), random_ids(tgt[r], B * L, V);
+    for (int r = 0; r < 2; r++) tu_random_ids(tok[r], B * L, V), tu_random_ids(tgt[r], B * L, V);
     const double scale = 1.0 / (2 * B * L);
     MgModelState *S0 = mg_model_state_create(m, B), *D1 = mg_model_state_create(m, B);
     MgModelState *S1 = mg_model_state_create(m, B), *S1h = mg_model_state_create(m, B);
@@ -551,14 +534,14 @@ static void on_ready(void *vc, int64_t off, int64_t count) {
 
 static void test_grad_buckets(int share_emb) {
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     cfg.share_emb = share_emb;
     MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 3);
     const int64_t P = mg_model_params_table(m)->total;
     int32_t tok[2 * 32], tgt[2 * 32];
-    random_ids(tok, 64, cfg.vocab_size);
-    random_ids(tgt, 64, cfg.vocab_size);
+    tu_random_ids(tok, 64, cfg.vocab_size);
+    tu_random_ids(tgt, 64, cfg.vocab_size);
     BucketCtx bc = {m, calloc((size_t)P, sizeof(double)), 0, P, 0, 1};
     MgModelHooks h = {.ctx = &bc, .grads_ready = on_ready};
     mg_model_zero_grads(m);
@@ -580,7 +563,7 @@ static void test_grad_buckets(int share_emb) {
 /* ---- nothing is allocated on the hot path ------------------------------------------------------------------------ */
 static void test_step_allocates_nothing(void) {
     MgConfig cfg;
-    tiny_config(&cfg, 32000);
+    tu_tiny_megalodon(&cfg, 32000);
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
     char err[256];
     MgBackend *inst = mg_backend_create("cpu", 0, NULL, err, sizeof err);
@@ -590,8 +573,8 @@ static void test_step_allocates_nothing(void) {
     const int64_t P = mg_model_params_table(m)->total;
     float *mom = be->alloc(be, sizeof(float) * (size_t)P), *vel = be->alloc(be, sizeof(float) * (size_t)P);
     int32_t tok[2 * 32], tgt[2 * 32];
-    random_ids(tok, 64, cfg.vocab_size);
-    random_ids(tgt, 64, cfg.vocab_size);
+    tu_random_ids(tok, 64, cfg.vocab_size);
+    tu_random_ids(tgt, 64, cfg.vocab_size);
     int64_t host0 = 0, grows0 = 0;
     TuMemStats dev0 = {0};
     for (int step = 1; step <= 4; step++) {
@@ -625,7 +608,7 @@ static void test_step_allocates_nothing(void) {
 /* ---- decoder memory, measured ---------------------------------------------------------------------------------- */
 static void test_decoder_memory(void) {
     MgConfig cfg;
-    tiny_config(&cfg, 32000);
+    tu_tiny_megalodon(&cfg, 32000);
     const MgBackend *be = tu_counting_backend(&mg_cpu_backend_f32);
     MgModel *m = mg_model_create(&cfg, be);
     mg_model_init_weights(m, 2);
@@ -635,7 +618,7 @@ static void test_decoder_memory(void) {
     tu_check(s1.live - s0.live == mg_decoder_bytes(d), "decoder bytes = what it allocated on the backend",
              "%zu reported, %zu allocated", mg_decoder_bytes(d), s1.live - s0.live);
     int32_t pre[2 * 37];
-    random_ids(pre, 74, cfg.vocab_size);
+    tu_random_ids(pre, 74, cfg.vocab_size);
     /* warm-up: a prefill and one chunk of single tokens grow the op workspace to its largest size */
     mg_decoder_step(d, pre, 37, NULL);
     for (int t = 0; t < 16; t++) mg_decoder_step(d, pre + t, 1, NULL);
@@ -687,7 +670,7 @@ int main(void) {
     test_step_allocates_nothing();
     test_decoder_memory();
     MgConfig cfg;
-    tiny_config(&cfg, 512);
+    tu_tiny_megalodon(&cfg, 512);
     g_model = mg_model_create(&cfg, &mg_cpu_backend_f32);
     tu_expect_failure("a piece that is not whole attention chunks is refused", run_bad_piece, NULL,
                       "not made of whole attention chunks");

@@ -214,6 +214,18 @@ void tu_tiny_megalodon(MgConfig *c, int vocab) {
     c->batch_size = 1;
 }
 
+void tu_random_ids(int32_t *ids, int64_t n, int V) {
+    for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(tu_uniform() * V);
+}
+
+void tu_perturb_zero_init(const MgParamTable *t, double *params, double scale) {
+    for (int i = 0; i < t->count; i++) {
+        const MgParam *q = &t->params[i];
+        if (q->init == MG_INIT_ZERO)
+            for (int64_t j = 0; j < q->numel; j++) params[q->offset + j] = scale * tu_normal();
+    }
+}
+
 /* ---- counting backend ---- */
 static MgBackend g_count_be;
 static const MgBackend *g_count_inner;

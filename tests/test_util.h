@@ -15,6 +15,7 @@
 
 #include "../kernels/ops.h"
 #include "../src/config.h"
+#include "../src/params.h"
 
 void tu_init(const char *program_name);
 int tu_finish(void);
@@ -80,6 +81,11 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
 /* The architecture of configs/tiny.conf (2 layers, d 64, chunk 16) with the given vocabulary, filled in
  * by hand so model tests do not depend on parsing; seq_len 32, batch 1. */
 void tu_tiny_megalodon(MgConfig *c, int vocab);
+/* n random token ids in [0, V). */
+void tu_random_ids(int32_t *ids, int64_t n, int V);
+/* Give the zero-initialised parameters of a float64 arena laid out by t (norm offsets, biases, qk gamma
+ * and beta) N(0, scale^2) values, so a gradient check exercises them with non-zero values. */
+void tu_perturb_zero_init(const MgParamTable *t, double *params, double scale);
 
 /* A backend that forwards to `inner` and counts its memory calls (one process-wide instance; calling
  * tu_counting_backend again resets the counters and re-targets it). For tests that must measure what a
