@@ -119,9 +119,6 @@ void *mg_stat_at(const MgModel *m, const void *base, int64_t elems);
 /* ---- the architecture ------------------------------------------------------------------------------------ */
 typedef struct MgArch {
     const char *name;
-    /* Refuse a config this architecture cannot run (beyond the generic checks); 0 or -1 with err. */
-    int (*check_config)(const MgConfig *c, char *err, size_t errlen);
-
     void (*declare_params)(const MgConfig *c, MgParamTable *t);
     size_t weights_size; /* bytes of the per-layer parameter view */
     void (*resolve_layer)(const MgModel *m, void *arena, int l, void *view);

@@ -134,8 +134,6 @@ static void grads_ready(const MgPass *ps, int bucket) {
 MgModel *mg_model_create(const MgConfig *cfg, const MgBackend *be) {
     const MgArch *arch = mg_arch_find(cfg->arch);
     if (!arch) mg_fatal("arch '%s' is not supported (known: megalodon)", cfg->arch);
-    char err[1024];
-    if (arch->check_config && arch->check_config(cfg, err, sizeof err)) mg_fatal("%s", err);
     MgModel *m = mg_calloc(1, sizeof(MgModel));
     m->cfg = *cfg;
     m->arch = arch;
@@ -573,10 +571,8 @@ static MgLayerState layer_state(const MgModel *m, const MgPassArgs *a, const MgP
     return s;
 }
 
-static void check_state(const MgModel *m, const MgModelState *s, int B, const char *what) {
-    if (s && s->B != B)
-        mg_fatal("model: %s holds state for %d sequences but the batch has %d", what, s->B, B);
-    (void)m;
+static void check_state(const MgModelState *s, int B, const char *what) {
+    if (s && s->B != B) mg_fatal("model: %s holds state for %d sequences but the batch has %d", what, s->B, B);
 }
 
 /* Shapes, layout, ids and states of a pass, checked on the host before anything runs. */
@@ -601,10 +597,10 @@ static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) 
         MG_CHECK(a->targets != NULL, "model: targets are needed for the loss");
         if (mg_check_ids(a->targets, T, c->vocab_size, IGNORE_INDEX, "target", err, sizeof err)) mg_fatal("%s", err);
     }
-    check_state(m, a->state_in, B, "state_in");
-    check_state(m, a->state_out, B, "state_out");
-    check_state(m, a->dstate_out, B, "dstate_out");
-    check_state(m, a->dstate_in, B, "dstate_in");
+    check_state(a->state_in, B, "state_in");
+    check_state(a->state_out, B, "state_out");
+    check_state(a->dstate_out, B, "dstate_out");
+    check_state(a->dstate_in, B, "dstate_in");
     if (a->hooks && (a->hooks->state_begin || a->hooks->state_end)) {
         MG_CHECK(a->hooks->state_begin && a->hooks->state_end, "model: state_begin and state_end go together");
         MG_CHECK(!a->state_in, "model: with state exchange hooks the incoming state comes from the hooks (state_in "

@@ -524,7 +524,6 @@ static void final_backward(MgPass *ps, void *finv, const void *x, const void *dy
 
 const MgArch mg_arch_megalodon = {
     .name = "megalodon",
-    .check_config = NULL,
     .declare_params = declare_params,
     .weights_size = sizeof(LayerW),
     .resolve_layer = resolve_layer,

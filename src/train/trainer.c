@@ -146,8 +146,7 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     mg_config_defaults(c);
     mg_config_from_args(c, argc, argv, NULL, NULL);
     if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
-    mg_set_threads(c->threads);
-    t->be_owned = mg_backend_open(c);
+    t->be_owned = mg_backend_open(c); /* also sets the thread count */
     t->be = t->be_owned;
     check_out_dir(c);
     char resume_path[MG_PATH_MAX + 64];
