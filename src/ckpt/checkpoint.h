@@ -76,9 +76,10 @@ const char *mg_ckpt_meta_get_str(const MgCkptMeta *m, const char *name); /* NULL
 /* ---- whole checkpoints -------------------------------------------------------------------------------- */
 
 /* Write params (and, unless m == NULL, the AdamW moments m and v, same layout as params) and the meta to
- * `path`, crash-safely: `<path>.tmp` is written, flushed, closed, fsync'ed and renamed over `path`, and
- * the directory is fsync'ed. On any failure (disk full, file size limit, I/O error, a NaN/Inf in the
- * data) the temp file is removed, an existing `path` is left untouched, and -1 is returned.
+ * `path`, crash-safely: `<path>.<random>.tmp` is created exclusively (never through a symlink), written,
+ * flushed, closed, fsync'ed and renamed over `path`, and the directory is fsync'ed. On any failure (disk
+ * full, file size limit, I/O error, a NaN/Inf in the data) the temp file is removed, an existing `path` is
+ * left untouched, and -1 is returned.
  * (mg_ckpt_save_io below with a tensor I/O that copies from these host arrays.) */
 int mg_ckpt_save(const char *path, const MgParamTable *t, const float *params, const float *m, const float *v,
                  const MgCkptMeta *meta, char *err, size_t errlen);
@@ -210,7 +211,7 @@ int mg_ckpt_read_tensor(MgCkptReader *r, const char *group, const char *name, fl
 
 typedef struct MgCkptWriter MgCkptWriter;
 
-/* Create `<path>.tmp` and write the root attributes. */
+/* Create `<path>.<random>.tmp` exclusively and write the root attributes. */
 MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, char *err, size_t errlen);
 /* Create dataset /<group>/<p->name> (group "model", "optimizer/m" or "optimizer/v") with p's shape,
  * float32, contiguous, and its crc32 attribute. */
@@ -246,7 +247,9 @@ int mg_ckpt_dir_save_io(const char *out_dir, const MgParamTable *t, const MgCkpt
 /* The newest complete checkpoint of out_dir: the one `latest` names if it opens and has a valid format,
  * else (with a warning on stderr) the highest-step ckpt_*.h5 that does. Returns 0 and fills path_out;
  * 1 when out_dir holds no usable checkpoint (a fresh run; err says why); -1 on an error such as an
- * unreadable directory. Only the root attributes are validated here; mg_ckpt_load checks the data. */
+ * unreadable directory. Only the root attributes are validated here; mg_ckpt_load checks the data.
+ * Nothing outside out_dir is loaded: -1 (refused, err says what to do) when `latest` is not a regular file
+ * or names anything but a bare file name in out_dir, or a symlink; symlinked ckpt_*.h5 are skipped. */
 int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen);
 
 /* ---- CRC32 (zlib polynomial, same values as zlib.crc32 / Python's zlib.crc32) ------------------------- */

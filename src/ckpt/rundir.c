@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common.h"
+#include "../fsutil.h"
 #include "internal.h"
 
 static int mkdir_p(const char *dir, char *err, size_t errlen) {
@@ -51,16 +52,17 @@ int mg_ckpt_dir_check_writable(const char *out_dir, int64_t need_bytes, char *er
         return -1;
     }
     if (mkdir_p(out_dir, err, errlen)) return -1;
-    char name[64];
-    snprintf(name, sizeof(name), ".megalodon_write_test.%ld", (long)getpid());
-    char *probe = ckpt_path_join(out_dir, name);
-    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* The probe gets a name nobody can predict and is created exclusively: a symlink planted in out_dir
+     * is never followed (fsutil.h). */
+    char *base = ckpt_path_join(out_dir, ".megalodon_write_test"), *probe = NULL, e0[1024];
+    int fd = mg_fs_create_temp(base, &probe, e0, sizeof e0);
     int rc = -1;
     if (fd < 0) {
-        mg_errf(err, errlen, "checkpoint directory '%s' is not writable: cannot create '%s': %s", out_dir, probe,
-               strerror(errno));
+        mg_errf(err, errlen, "checkpoint directory '%s' is not writable: %s", out_dir, e0);
+        free(base);
         goto done;
     }
+    free(base);
     char block[4096];
     memset(block, 0x5a, sizeof(block));
     ssize_t wr = write(fd, block, sizeof(block));
@@ -148,55 +150,33 @@ static void free_ckpts(CkptEntry *l, int n) {
     free(l);
 }
 
-/* Remove temp files left by a save that was killed (they are never complete checkpoints). */
+/* Remove temp files left by a save that was killed (they are never complete checkpoints): the unique
+ * names of this version ("ckpt_<step>.h5.<random>.tmp", "latest.<random>.tmp", fsutil.h) and the fixed
+ * ones of earlier versions ("ckpt_<step>.h5.tmp", "latest.tmp"). unlink() removes a symlink itself. */
 static void remove_stale_tmp(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d))) {
-        size_t n = strlen(de->d_name);
-        int ours = (!strncmp(de->d_name, "ckpt_", 5) && n > 7 && !strcmp(de->d_name + n - 7, ".h5.tmp")) ||
-                   !strcmp(de->d_name, "latest.tmp");
+        const char *nm = de->d_name;
+        size_t n = strlen(nm);
+        int tmp_end = n > 4 && !strcmp(nm + n - 4, ".tmp");
+        int ours = tmp_end && ((!strncmp(nm, "ckpt_", 5) && strstr(nm, ".h5.")) || !strncmp(nm, "latest.", 7));
         if (!ours) continue;
-        char *p = ckpt_path_join(dir, de->d_name);
+        char *p = ckpt_path_join(dir, nm);
         unlink(p);
         free(p);
     }
     closedir(d);
 }
 
+/* `latest` is replaced atomically: a new file under a unique name, fsync'ed, renamed over `latest` (a
+ * symlink planted there is replaced, never written through), then the directory is fsync'ed. */
 static int write_latest(const char *out_dir, const char *name, char *err, size_t errlen) {
-    char *tmp = ckpt_path_join(out_dir, "latest.tmp"), *dst = ckpt_path_join(out_dir, "latest");
-    int rc = -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        mg_errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
+    char *dst = ckpt_path_join(out_dir, "latest");
     char line[300];
     int len = snprintf(line, sizeof(line), "%s\n", name);
-    ssize_t wr = write(fd, line, (size_t)len);
-    int e = wr < 0 ? errno : ENOSPC;
-    if (wr != len || fsync(fd) != 0) {
-        if (wr == len) e = errno;
-        mg_errf(err, errlen, "cannot write '%s': %s", tmp, strerror(e));
-        close(fd);
-        unlink(tmp);
-        goto done;
-    }
-    if (close(fd) != 0) {
-        mg_errf(err, errlen, "cannot write '%s': %s", tmp, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    if (rename(tmp, dst) != 0) {
-        mg_errf(err, errlen, "cannot rename '%s' to '%s': %s", tmp, dst, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    rc = ckpt_fsync_dir(out_dir, err, errlen);
-done:
-    free(tmp);
+    int rc = mg_fs_write_file_atomic(dst, line, (size_t)len, 1, err, errlen);
     free(dst);
     return rc;
 }
@@ -255,6 +235,30 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
     return mg_ckpt_dir_save_io(out_dir, t, &io, m != NULL, meta, keep, path_out, path_len, err, errlen);
 }
 
+#define LATEST_ADVICE                                                                                       \
+    "if you did not put it there, someone else may have: check the directory, then delete '%s' (resume then "   \
+    "uses the newest checkpoint in out_dir) or pass --resume with a checkpoint file you trust"
+
+/* `latest` must name a checkpoint inside out_dir: a bare file name (no '/', not "." or ".."), and that file,
+ * if it exists, a regular file, not a symlink (which could lead anywhere). -1 (err) refuses. */
+static int latest_refused(const char *out_dir, const char *lp, const char *name, char *err, size_t errlen) {
+    if (strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
+        return mg_errf(err, errlen,
+                       "'%s' names '%s', which is not a file in '%s' (it holds a bare checkpoint name such as "
+                       "ckpt_00000040.h5): refusing to load a checkpoint from outside out_dir; " LATEST_ADVICE,
+                       lp, name, out_dir, lp);
+    char *p = ckpt_path_join(out_dir, name);
+    struct stat st;
+    int rc = 0;
+    if (lstat(p, &st) == 0 && S_ISLNK(st.st_mode))
+        rc = mg_errf(err, errlen,
+                     "'%s' names '%s', which is a symbolic link: refusing to load a checkpoint through it (it may "
+                     "lead outside out_dir); " LATEST_ADVICE,
+                     lp, p, lp);
+    free(p);
+    return rc;
+}
+
 int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen) {
     if (!mg_ckpt_available()) {
         mg_errf(err, errlen, "cannot read checkpoints in '%s': " NO_HDF5_MSG, out_dir);
@@ -275,7 +279,15 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
     }
     char e2[600];
     char *lp = ckpt_path_join(out_dir, "latest");
-    FILE *f = fopen(lp, "r");
+    /* `latest` is read only as a regular file (not through a symlink) */
+    int lfd = mg_fs_open_regular(lp, e2, sizeof(e2));
+    if (lfd < 0 && errno != ENOENT) {
+        mg_errf(err, errlen, "%s; refusing to use it: " LATEST_ADVICE, e2, lp);
+        free(lp);
+        return -1;
+    }
+    FILE *f = lfd >= 0 ? fdopen(lfd, "r") : NULL;
+    if (lfd >= 0 && !f) close(lfd);
     char *pointed = NULL;
     if (f) {
         char line[1024] = "";
@@ -284,6 +296,10 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
             while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ')) line[--n] = 0;
         }
         fclose(f);
+        if (line[0] && latest_refused(out_dir, lp, line, err, errlen)) {
+            free(lp);
+            return -1;
+        }
         if (line[0]) {
             pointed = ckpt_path_join(out_dir, line);
             if (mg_ckpt_read_meta(pointed, NULL, e2, sizeof(e2)) == 0) {
@@ -313,6 +329,13 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
     for (int i = 0; i < n; i++) {
         char *p = ckpt_path_join(out_dir, list[i].name);
         if (pointed && !strcmp(p, pointed)) {
+            free(p);
+            continue;
+        }
+        struct stat lst;
+        if (lstat(p, &lst) == 0 && !S_ISREG(lst.st_mode)) {
+            fprintf(stderr, "warning: skipping '%s': it is not a regular file (checkpoints in out_dir are never read "
+                    "through a symlink)\n", p);
             free(p);
             continue;
         }

@@ -1,6 +1,7 @@
 /* The writer: a checkpoint file built tensor by tensor (mg_ckpt_writer_begin / add / put / commit /
- * abort) into `<path>.tmp` and renamed into place crash-safely; on top of it mg_ckpt_save_io, which
- * stages every tensor through a tensor I/O, and mg_ckpt_save, the same for host arrays. */
+ * abort) into `<path>.<random>.tmp` (a unique name, created exclusively) and renamed into place
+ * crash-safely; on top of it mg_ckpt_save_io, which stages every tensor through a tensor I/O, and
+ * mg_ckpt_save, the same for host arrays. */
 #ifdef MG_HAVE_HDF5
 
 #include <errno.h>
@@ -14,11 +15,13 @@
 #include <unistd.h>
 
 #include "../common.h"
+#include "../fsutil.h"
 #include "h5io.h"
 
 struct MgCkptWriter {
     hid_t file;
     char *path, *tmp;
+    int created; /* tmp is ours to remove (it was created by us) */
     /* The group and dataset last created stay open: put() right after add() then needs no lookup by
      * name, which costs time linear in the group size with compact (in-header) link storage. */
     hid_t group, ds;
@@ -60,7 +63,7 @@ static void writer_discard(MgCkptWriter *w, char *err, size_t errlen) {
                     w->tmp, REASON());
         H5Eclear2(H5E_DEFAULT);
     }
-    int removed = unlink(w->tmp) == 0 || errno == ENOENT;
+    int removed = !w->created || unlink(w->tmp) == 0 || errno == ENOENT;
     if (err && errlen && err[0]) {
         size_t n = strlen(err);
         snprintf(err + n, errlen - n,
@@ -82,15 +85,7 @@ MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, cha
     MgCkptWriter *w = mg_calloc(1, sizeof(*w));
     w->file = w->group = w->ds = -1;
     w->path = mg_strdup(path);
-    size_t n = strlen(path) + 5;
-    w->tmp = mg_malloc(n);
-    snprintf(w->tmp, n, "%s.tmp", path);
-    if (unlink(w->tmp) != 0 && errno != ENOENT) {
-        mg_errf(err, errlen, "cannot write checkpoint '%s': cannot remove the stale temp file '%s': %s", path, w->tmp,
-               strerror(errno));
-        writer_discard(w, err, errlen);
-        return NULL;
-    }
+    w->tmp = mg_fs_temp_name(path);
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE), fapl = H5Pcreate(H5P_FILE_ACCESS);
     /* Creation order is tracked so tools list tensors in table order; the v1.8+ object format puts
      * checksums on all metadata, so a damaged header is detected instead of misread. */
@@ -102,8 +97,18 @@ MgCkptWriter *mg_ckpt_writer_begin(const char *path, const MgCkptMeta *meta, cha
     H5Pset_attr_phase_change(fcpl, MG_COMPACT_MAX, MG_COMPACT_MAX);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST);
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-    w->file = H5Fcreate(w->tmp, H5F_ACC_TRUNC, fcpl, fapl);
+    /* The temp file has a name nobody can predict and is created exclusively (O_CREAT | O_EXCL: an existing
+     * file or symlink there is never opened), so nothing is written through a planted symlink. */
+    w->file = H5Fcreate(w->tmp, H5F_ACC_EXCL, fcpl, fapl);
+    for (int attempt = 0; w->file < 0 && attempt < 10 && faccessat(AT_FDCWD, w->tmp, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+         attempt++) {
+        H5Eclear2(H5E_DEFAULT); /* a name clash (vanishingly rare): another unique name */
+        free(w->tmp);
+        w->tmp = mg_fs_temp_name(path);
+        w->file = H5Fcreate(w->tmp, H5F_ACC_EXCL, fcpl, fapl);
+    }
     if (w->file < 0) ckpt_h5_note();
+    w->created = w->file >= 0;
     H5Pclose(fcpl);
     H5Pclose(fapl);
     if (w->file < 0) {
