@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "common.h"
 #include "data.h"
+#include "fsutil.h"
 #include "hash.h"
 #include "tokenizer.h"
 
@@ -96,6 +97,11 @@ static int is_dir(const char *p) {
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+static int is_symlink(const char *p) {
+    struct stat st;
+    return lstat(p, &st) == 0 && S_ISLNK(st.st_mode);
+}
+
 /* ---- prepare ----------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -131,6 +137,7 @@ static void prepare_usage(FILE *f) {
 }
 
 static int remove_old_shards(const char *dir) {
+    if (is_symlink(dir)) return 0; /* never delete anything in the target of a planted symlink */
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
@@ -138,9 +145,12 @@ static int remove_old_shards(const char *dir) {
     char path[4096];
     while ((e = readdir(d)) != NULL) {
         size_t l = strlen(e->d_name);
-        if (l < 4 || strcmp(e->d_name + l - 4, ".bin") != 0) continue;
+        /* temp files of a killed prepare ("*.bin.<random>.tmp") go too, uncounted; unlink removes a
+         * symlink itself, never its target */
+        int tmp = l > 4 && !strcmp(e->d_name + l - 4, ".tmp") && strstr(e->d_name, ".bin.");
+        if (!tmp && (l < 4 || strcmp(e->d_name + l - 4, ".bin") != 0)) continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (remove(path) == 0) n++;
+        if (unlink(path) == 0 && !tmp) n++;
     }
     closedir(d);
     return n;
@@ -165,6 +175,13 @@ static int write_split(const char *out, const char *name, const Doc *docs, int64
                        uint64_t *tok_total) {
     char dir[4096], path[4200], err[1024];
     snprintf(dir, sizeof dir, "%s/%s", out, name);
+    if (is_symlink(dir)) { /* shards are written into OUT itself, not wherever a symlink there leads */
+        fprintf(stderr,
+                "error: '%s' is a symbolic link: refusing to write shards through it or to remove old shards in its "
+                "target; remove it (or choose another --out) and run again\n",
+                dir);
+        return -1;
+    }
     if (make_dir(dir) != 0) {
         fprintf(stderr, "error: cannot create directory '%s': %s\n", dir, strerror(errno));
         return -1;
@@ -511,7 +528,10 @@ int cmd_prepare(int argc, char **argv) {
         /* a short record next to the shards, for humans and for scripts/prepare_data.sh */
         char ipath[4200];
         snprintf(ipath, sizeof ipath, "%s/prepare.txt", out);
-        FILE *f = fopen(ipath, "w");
+        MgAtomicFile af; /* a new file renamed over prepare.txt: never written through a symlink */
+        char aerr[4400];
+        FILE *f = mg_fs_atomic_open(&af, ipath, aerr, sizeof aerr);
+        if (!f) fprintf(stderr, "prepare: warning: %s\n", aerr);
         if (f) {
             fprintf(f, "tokenizer %s\ntokenizer_fingerprint %016llx\nvocab_size %d\nval_fraction %g\nseed %llu\n"
                        "shard_tokens %llu\ninputs %d\ninput_bytes %llu\ndocuments %lld\ntrain_documents %lld\n"
@@ -521,7 +541,7 @@ int cmd_prepare(int argc, char **argv) {
                     (unsigned long long)shard_tokens, n_in, (unsigned long long)total_bytes, (long long)n_docs,
                     (long long)(n_docs - n_val), (long long)n_val, (unsigned long long)total_tokens,
                     (unsigned long long)tr_tok, (unsigned long long)va_tok, tr_sh, va_sh);
-            fclose(f);
+            if (mg_fs_atomic_commit(&af, 0, aerr, sizeof aerr)) fprintf(stderr, "prepare: warning: %s\n", aerr);
         }
         printf("prepare: %lld documents (%lld train, %lld val)%s, %llu tokens (%llu train, %llu val = %.2f%%)\n",
                (long long)n_docs, (long long)(n_docs - n_val), (long long)n_val,

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fsutil.h"
 #include "hash.h"
 
 static const char *REPREPARE = "re-run `megalodon prepare` (docs/data.md) to rebuild it";
@@ -67,12 +68,18 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
     put_u64(hdr + 24, n_tokens);
     put_u64(hdr + 32, n_docs);
     put_u64(hdr + 40, fingerprint);
-    size_t plen = strlen(path);
-    char *tmp = mg_malloc(plen + 8);
-    snprintf(tmp, plen + 8, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
+    /* a temp file under a unique name, created exclusively, renamed over path: nothing is written through
+     * a planted symlink (fsutil.h) */
+    char *tmp = NULL, e0[1024];
+    int fd = mg_fs_create_temp(path, &tmp, e0, sizeof e0);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
-        mg_errf(err, errlen, "cannot create shard '%s': %s", tmp, strerror(errno));
+        if (fd >= 0) {
+            snprintf(e0, sizeof e0, "%s", strerror(errno));
+            close(fd);
+            unlink(tmp);
+        }
+        mg_errf(err, errlen, "cannot create shard '%s': %s", path, e0);
         free(tmp);
         return -1;
     }

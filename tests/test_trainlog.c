@@ -1,10 +1,13 @@
 /* The trainer's log (src/train/log.c): the JSON writer (non-finite numbers as null, escaped strings,
  * output that a strict JSON reader accepts), the step reader and the trim of log.jsonl on resume. */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -248,10 +251,27 @@ static void test_parse_step(void) {
     free(deep);
 }
 
+/* Files "log.jsonl.<random>.tmp" left in g_dir (temp files of mg_log_trim). */
+static int count_tmp(void) {
+    DIR *d = opendir(g_dir);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        n += !strncmp(e->d_name, "log.jsonl.", 10) && l > 4 && !strcmp(e->d_name + l - 4, ".tmp");
+    }
+    if (d) closedir(d);
+    return n;
+}
+
+static void open_log_resume(void *dir) {
+    FILE *f = mg_log_open(dir, 1, 1);
+    if (f) fclose(f);
+}
+
 static void test_trim(void) {
-    char path[256], tmp[300];
+    char path[256];
     snprintf(path, sizeof path, "%s/log.jsonl", g_dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     size_t big = 20000;
     char *pad = malloc(big + 1);
     memset(pad, 'y', big);
@@ -291,7 +311,7 @@ static void test_trim(void) {
     tu_check(st.kept == 8 && st.dropped == 4 && st.unparsed == 3, "trim counts kept, dropped and unreadable lines",
              "kept %lld dropped %lld unreadable %lld", (long long)st.kept, (long long)st.dropped,
              (long long)st.unparsed);
-    tu_check(access(tmp, F_OK) != 0, "trim leaves no temporary file", "%s", tmp);
+    tu_check(count_tmp() == 0, "trim leaves no temporary file", "%d left", count_tmp());
     free(got);
 
     /* nothing to drop: the file stays as it was */
@@ -301,7 +321,7 @@ static void test_trim(void) {
     got = read_file(path, NULL);
     stat(path, &after);
     tu_check(rc == 0 && !strcmp(got, want) && before.st_ino == after.st_ino && st.dropped == 0 &&
-                 access(tmp, F_OK) != 0,
+                 count_tmp() == 0,
              "trim with nothing to drop leaves the log untouched", "rc %d dropped %lld", rc, (long long)st.dropped);
     free(got);
 
@@ -319,14 +339,61 @@ static void test_trim(void) {
     tu_check(rc == 0 && st.kept == 0 && access(missing, F_OK) != 0, "trim of a missing log: nothing to do", "rc %d",
              rc);
     write_file(path, "{\"step\": 1}\n{\"step\": 2}\n");
-    mkdir(tmp, 0700); /* path.tmp is a directory: fopen fails */
+    /* the temporary file cannot be written: a file size limit of 4 bytes (SIGXFSZ ignored, so writes fail
+     * with EFBIG) */
+    struct rlimit old_lim, small;
+    getrlimit(RLIMIT_FSIZE, &old_lim);
+    small = old_lim;
+    small.rlim_cur = 4;
+    void (*old_sig)(int) = signal(SIGXFSZ, SIG_IGN);
+    setrlimit(RLIMIT_FSIZE, &small);
     err[0] = 0;
     rc = mg_log_trim(path, 1, &st, err, sizeof err);
+    setrlimit(RLIMIT_FSIZE, &old_lim);
+    signal(SIGXFSZ, old_sig);
     got = read_file(path, NULL);
-    tu_check(rc == -1 && strstr(err, ".tmp") && !strcmp(got, "{\"step\": 1}\n{\"step\": 2}\n"),
+    tu_check(rc == -1 && strstr(err, ".tmp") && !strcmp(got, "{\"step\": 1}\n{\"step\": 2}\n") && count_tmp() == 0,
              "trim that cannot write its temporary file fails and keeps the log", "rc %d: %s", rc, err);
-    rmdir(tmp);
     free(got);
+
+    /* planted symlinks: log.jsonl pointing at a file elsewhere is neither read nor written through */
+    char victim[300];
+    snprintf(victim, sizeof victim, "%s/victim.txt", g_dir);
+    write_file(victim, "{\"step\": 1}\n{\"step\": 9}\n");
+    unlink(path);
+    if (symlink(victim, path) != 0) perror("symlink");
+    err[0] = 0;
+    rc = mg_log_trim(path, 1, &st, err, sizeof err);
+    got = read_file(victim, NULL);
+    struct stat lst;
+    tu_check(rc == -1 && strstr(err, path) && strstr(err, "symbolic link") &&
+                 !strcmp(got, "{\"step\": 1}\n{\"step\": 9}\n") && lstat(path, &lst) == 0 && S_ISLNK(lst.st_mode),
+             "trim refuses a symlinked log and leaves its target alone", "rc %d: %s", rc, err);
+    free(got);
+    tu_expect_failure("resumed log: a symlinked log.jsonl is refused, not appended to", open_log_resume, g_dir,
+                      "symbolic link");
+    got = read_file(victim, NULL);
+    tu_check(!strcmp(got, "{\"step\": 1}\n{\"step\": 9}\n"), "resumed log: the symlink's target is unchanged", "%s",
+             flat(got));
+    free(got);
+    unlink(path); /* (an earlier version's trim could have replaced it) */
+    if (symlink(victim, path) != 0) perror("symlink");
+    FILE *lf = mg_log_open(g_dir, 0, 0); /* a new run: a new file replaces the link */
+    fputs("{\"step\": 1}\n", lf);
+    fclose(lf);
+    got = read_file(victim, NULL);
+    char *mine = read_file(path, NULL);
+    tu_check(lstat(path, &lst) == 0 && S_ISREG(lst.st_mode) && !strcmp(got, "{\"step\": 1}\n{\"step\": 9}\n") &&
+                 !strcmp(mine, "{\"step\": 1}\n") && count_tmp() == 0,
+             "new run: log.jsonl replaces a symlink with a new file, the target is unchanged", "%s", flat(got));
+    free(got);
+    free(mine);
+    /* a directory at log.jsonl: the resumed run refuses it, naming the path */
+    unlink(path);
+    mkdir(path, 0700);
+    tu_expect_failure("resumed log: a directory at log.jsonl is refused", open_log_resume, g_dir, "a directory");
+    rmdir(path);
+    unlink(victim);
     free(text);
     free(want);
     free(keep5);

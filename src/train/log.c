@@ -10,6 +10,7 @@
 
 #include "../common.h"
 #include "../config.h"
+#include "../fsutil.h"
 
 /* ---- JSON writer --------------------------------------------------------------------------------- */
 static void json_reserve(MgJson *j, size_t more) {
@@ -328,18 +329,22 @@ int mg_log_parse_step(const char *line, size_t len, int64_t *step) {
 /* ---- trimming the log on resume ------------------------------------------------------------------ */
 int mg_log_trim(const char *path, int64_t last_step, MgLogTrim *st, char *err, size_t errlen) {
     memset(st, 0, sizeof *st);
-    FILE *in = fopen(path, "r");
-    if (!in) return errno == ENOENT ? 0 : mg_errf(err, errlen, "cannot read '%s': %s", path, strerror(errno));
-    size_t tmp_len = strlen(path) + 5;
-    char *tmp = mg_malloc(tmp_len);
-    snprintf(tmp, tmp_len, "%s.tmp", path);
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
-        int rc = mg_errf(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
-        fclose(in);
-        free(tmp);
-        return rc;
+    /* read only a regular file (never through a symlink); write a new file under a unique name, created
+     * exclusively, that replaces the log by rename (fsutil.h) */
+    int ifd = mg_fs_open_regular(path, err, errlen);
+    if (ifd < 0) return errno == ENOENT ? 0 : -1;
+    FILE *in = fdopen(ifd, "r");
+    if (!in) {
+        close(ifd);
+        return mg_errf(err, errlen, "cannot read '%s': %s", path, strerror(errno));
     }
+    MgAtomicFile af;
+    FILE *out = mg_fs_atomic_open(&af, path, err, errlen);
+    if (!out) {
+        fclose(in);
+        return -1;
+    }
+    const char *tmp = af.tmp;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
@@ -364,14 +369,11 @@ int mg_log_trim(const char *path, int64_t last_step, MgLogTrim *st, char *err, s
     int rc = 0;
     if (ferror(in)) rc = mg_errf(err, errlen, "reading '%s' failed", path);
     fclose(in);
-    if (fflush(out) || ferror(out) || (changed && fsync(fileno(out)))) {
+    if (fflush(out) || ferror(out)) {
         if (!rc) rc = mg_errf(err, errlen, "writing '%s' failed: %s", tmp, strerror(errno));
     }
-    if (fclose(out) && !rc) rc = mg_errf(err, errlen, "writing '%s' failed: %s", tmp, strerror(errno));
-    if (!rc && changed && rename(tmp, path))
-        rc = mg_errf(err, errlen, "cannot replace '%s': %s", path, strerror(errno));
-    if (rc || !changed) remove(tmp);
-    free(tmp);
+    if (rc || !changed) mg_fs_atomic_abort(&af);
+    else rc = mg_fs_atomic_commit(&af, 1, err, errlen);
     return rc;
 }
 
@@ -391,7 +393,10 @@ FILE *mg_log_open(const char *out_dir, int resume, int64_t resume_step) {
             if (st.unparsed) printf("log.jsonl: kept %lld lines without a readable step\n", (long long)st.unparsed);
         }
     }
-    FILE *f = fopen(path, resume ? "a" : "w");
-    if (!f) mg_fatal("cannot open the log file '%s': %s", path, strerror(errno));
+    /* a fresh run replaces whatever is there (a symlink included) by a new file; a resumed one appends
+     * only to a regular file (fsutil.h) */
+    char err[2 * MG_PATH_MAX + 256];
+    FILE *f = resume ? mg_fs_open_append(path, err, sizeof err) : mg_fs_fopen_replace(path, err, sizeof err);
+    if (!f) mg_fatal("cannot open the log file: %s", err);
     return f;
 }

@@ -38,8 +38,10 @@ void mg_log_print(FILE *out, const MgLogRecord *r, int64_t max_steps);
 /* Append r to the log as one JSON line (fields in docs/training.md; non-finite values as null) and flush. */
 void mg_log_write(FILE *log, const MgLogRecord *r);
 
-/* Open out_dir/log.jsonl: a new log for a new run; for a run resumed at step resume_step, the old log
- * without the lines of steps after resume_step (those steps run again), opened for appending. */
+/* Open out_dir/log.jsonl: a new log for a new run (a new file renamed over whatever was there, a symlink
+ * included); for a run resumed at step resume_step, the old log without the lines of steps after
+ * resume_step (those steps run again), opened for appending only if it is a regular file (a symlink
+ * there is refused with a fatal error naming it). */
 FILE *mg_log_open(const char *out_dir, int resume, int64_t resume_step);
 
 /* The step of a log line: the integer value of the "step" member of the JSON object on the line (any
@@ -55,8 +57,10 @@ typedef struct {
 
 /* Drop the lines of steps after last_step from the log at path (a resumed run writes them again). Lines
  * without a readable step are kept, and a newline is added to a last line that lacks one. The file is
- * replaced through path.tmp (written, fsynced, renamed), so a crash leaves the old or the new log. A
- * missing log is not an error. Returns 0, or -1 with a message in err and the log unchanged. */
+ * replaced through a temp file with a unique name next to it, created exclusively (written, fsynced,
+ * renamed), so a crash leaves the old or the new log. A missing log is not an error; a log that is not a
+ * regular file (a symlink, a directory) is refused (-1), never read or written through. Returns 0, or -1
+ * with a message in err and the log unchanged. */
 int mg_log_trim(const char *path, int64_t last_step, MgLogTrim *st, char *err, size_t errlen);
 
 #endif

@@ -10,6 +10,7 @@
 #include "../checkpoint.h"
 #include "../cli.h"
 #include "../common.h"
+#include "../fsutil.h"
 #include "../info.h"
 #include "../params.h"
 #include "../run.h"
@@ -39,8 +40,9 @@ static void check_out_dir(const MgConfig *c) {
 }
 
 static int dir_has_checkpoints(const char *out_dir, char *newest, size_t n) {
-    char err[1024];
+    char err[8192];
     int rc = mg_ckpt_dir_latest(out_dir, newest, n, err, sizeof err);
+    if (rc < 0 && mg_ckpt_available()) mg_fatal("%s", err); /* e.g. a `latest` naming a file outside out_dir */
     return rc == 0;
 }
 
@@ -100,11 +102,15 @@ static void create_model(Trainer *t) {
 static void write_config_txt(const MgConfig *c) {
     char path[MG_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/config.txt", c->out_dir);
-    FILE *f = fopen(path, "w");
+    /* a new file renamed over config.txt: a symlink planted there is replaced, never written through */
+    MgAtomicFile af;
+    char err[2 * MG_PATH_MAX + 256];
+    FILE *f = mg_fs_atomic_open(&af, path, err, sizeof err);
     if (f) {
         mg_config_print(c, f);
-        fclose(f);
+        if (mg_fs_atomic_commit(&af, 0, err, sizeof err)) f = NULL;
     }
+    if (!f) fprintf(stderr, "warning: %s\n", err);
 }
 
 static void print_header(Trainer *t) {
