@@ -5,6 +5,7 @@
 #include "../kernels/cpu/cpu_ops.h"
 #include "../kernels/ops.h"
 #include "cli.h"
+#include "launch.h"
 
 static const MgCommand COMMANDS[] = {
     {"train", cmd_train, "train a model: --config F [--key value ...] (docs/training.md)"},
@@ -53,8 +54,19 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    for (int i = 0; i < NCOMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    for (int i = 0; i < NCOMMANDS; i++) {
+        if (strcmp(argv[1], COMMANDS[i].name)) continue;
+        /* Until distributed training exists, a launch as several processes (mpirun -np 2, srun -n 2) is
+         * refused by every command that works on files, before anything is written; features, info and
+         * tokenize only print. */
+        char err[1024];
+        if (strcmp(argv[1], "features") && strcmp(argv[1], "info") && strcmp(argv[1], "tokenize") &&
+            mg_launch_require_single(argv[1], err, sizeof err)) {
+            if (err[0]) fprintf(stderr, "error: %s\n", err);
+            return 1;
+        }
+        return COMMANDS[i].run(argc - 1, argv + 1);
+    }
     fprintf(stderr, "error: unknown command '%s'\n\n", argv[1]);
     usage(stderr);
     return 2;
