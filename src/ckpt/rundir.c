@@ -332,3 +332,15 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
     free(lp);
     return rc;
 }
+
+int mg_ckpt_dir_list(const char *out_dir, char ***paths_out) {
+    *paths_out = NULL;
+    CkptEntry *list;
+    int n = list_ckpts(out_dir, &list);
+    if (n <= 0) return n;
+    char **paths = mg_malloc(sizeof(char *) * (size_t)n);
+    for (int i = 0; i < n; i++) paths[i] = ckpt_path_join(out_dir, list[i].name);
+    free_ckpts(list, n);
+    *paths_out = paths;
+    return n;
+}
