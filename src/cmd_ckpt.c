@@ -24,7 +24,8 @@ static void ckpt_usage(FILE *f) {
                "\n"
                "info   format version, step, tokens, extra attributes, the stored config, and every tensor's shape,\n"
                "       element count and L2 norm (with the optimizer moments' norms when present). Reading verifies\n"
-               "       each tensor's CRC32 and counts NaN/Inf. Exit 0 if the file is a valid checkpoint, 1 if not.\n"
+               "       every tensor's CRC32 (the last line says how many; a tensor without one is named as not verified)\n"
+               "       and counts NaN/Inf. Exit 0 if the file is a valid checkpoint, 1 if not.\n"
                "diff   per tensor (model and optimizer) the max absolute and max relative difference\n"
                "       |a-b| / max(|a|,|b|), differences in step/tokens/config/attributes, and a final line\n"
                "       'summary: compared=.. identical=.. differing=.. only_a=.. only_b=.. shape_mismatch=..\n"
@@ -100,7 +101,7 @@ static int ckpt_info(const char *path, int show_config) {
         fprintf(stderr, "error: %s\n", err);
         return 1;
     }
-    int problems = 0;
+    int problems = 0, verified = 0, unverified = 0;
     printf("checkpoint:  %s\n", path);
     printf("format:      %s v%d\n", MG_CKPT_FORMAT, meta.format_version);
     printf("step:        %lld\n", (long long)meta.step);
@@ -155,6 +156,13 @@ static int ckpt_info(const char *path, int show_config) {
                 problems++;
                 continue;
             }
+            if (gi->has_crc && gi->is_f32)
+                verified++;
+            else {
+                unverified++;
+                snprintf(notes + strlen(notes), sizeof(notes) - strlen(notes),
+                         "\n    %s: no stored CRC32, NOT verified", GROUPS[g]);
+            }
             double n2 = l2(buf, ti->numel);
             if (g == 0) total_sq += n2 * n2;
             printf(" %14.6e", n2);
@@ -180,10 +188,16 @@ static int ckpt_info(const char *path, int show_config) {
                 problems++;
             }
     printf("total l2:    %.6e\n", sqrt(total_sq));
-    if (problems)
+    if (problems) {
         printf("problems:    %d (see above)\n", problems);
+        fprintf(stderr, "error: checkpoint '%s' failed verification: %d problem%s (see above)\n", path, problems,
+                problems == 1 ? "" : "s");
+    } else if (unverified)
+        printf("status:      ok (%d tensors read, no NaN/Inf; %d of them have no stored CRC32, so those were NOT "
+               "verified)\n",
+               verified + unverified, unverified);
     else
-        printf("status:      ok (all CRC32 checksums match, no NaN/Inf)\n");
+        printf("status:      ok (%d tensors, all checksums verified, no NaN/Inf)\n", verified);
     for (int g = 0; g < 3; g++) free(lists[g]);
     mg_ckpt_close(r);
     mg_ckpt_meta_free(&meta);

@@ -268,6 +268,7 @@ static int save_step(const char *dir, const Model *s, int64_t step, char *err, s
     MgCkptMeta meta;
     mg_ckpt_meta_init(&meta);
     meta.step = step;
+    meta.tokens_seen = step * 64; /* a real run trains on tokens every step (the reader checks it) */
     mg_ckpt_meta_set_config(&meta, "arch = megalodon\n");
     int rc = mg_ckpt_dir_save(dir, &s->t, s->p, s->m, s->v, &meta, 0, NULL, 0, err, errlen);
     mg_ckpt_meta_free(&meta);
@@ -351,6 +352,16 @@ static void test_run_dir(const Model *s) {
     rc = mg_ckpt_dir_latest(d, got, sizeof got, err, sizeof err);
     tu_check(rc == 0 && !strcmp(got, path_in(d, "ckpt_00000010.h5")), "scan_skips_symlinked_checkpoint",
              "rc %d got '%s'", rc, got);
+    /* the list --resume auto falls back on (a damaged newest checkpoint) skips it as well */
+    char **list = NULL;
+    int n = mg_ckpt_dir_list(d, &list);
+    int only_own = n >= 1;
+    for (int i = 0; i < n; i++) {
+        only_own &= strstr(list[i], "ckpt_00000030.h5") == NULL;
+        free(list[i]);
+    }
+    free(list);
+    tu_check(only_own, "resume_fallback_list_skips_symlinked_checkpoint", "%d candidates", n);
 }
 #endif
 

@@ -22,6 +22,11 @@
 #define MG_CKPT_FORMAT "megalodon-checkpoint"
 #define MG_CKPT_FORMAT_VERSION 1
 #define MG_CKPT_META_NAME_MAX 64
+/* The root attribute the writer adds last: int64[3], the tensors in /model, /optimizer/m, /optimizer/v.
+ * A reader checks the file against it (a damaged group is then never taken for an absent one). */
+#define MG_CKPT_ATTR_COUNTS "tensor_counts"
+/* step and tokens_seen beyond this (2^53, where doubles stop counting exactly) are refused as damage. */
+#define MG_CKPT_COUNTER_MAX ((int64_t)1 << 53)
 
 /* 1 if this build can read and write checkpoints (compiled with HDF5). */
 int mg_ckpt_available(void);
@@ -55,7 +60,7 @@ void mg_ckpt_meta_init(MgCkptMeta *m);
 void mg_ckpt_meta_free(MgCkptMeta *m);                                /* frees everything owned and re-initialises */
 void mg_ckpt_meta_set_config(MgCkptMeta *m, const char *config_text); /* copies */
 /* Setting a name that exists replaces it. Names are 1..63 characters without '/' and must not be one of
- * the reserved root attributes (format, format_version, step, tokens_seen, config): a bad name is a
+ * the reserved root attributes (format, format_version, step, tokens_seen, config, tensor_counts): a bad name is a
  * programming error (fatal). Values are copied. */
 void mg_ckpt_meta_set_i64(MgCkptMeta *m, const char *name, int64_t value);
 void mg_ckpt_meta_set_i64_array(MgCkptMeta *m, const char *name, const int64_t *values, int64_t n);
@@ -251,6 +256,12 @@ int mg_ckpt_dir_save_io(const char *out_dir, const MgParamTable *t, const MgCkpt
  * Nothing outside out_dir is loaded: -1 (refused, err says what to do) when `latest` is not a regular file
  * or names anything but a bare file name in out_dir, or a symlink; symlinked ckpt_*.h5 are skipped. */
 int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, char *err, size_t errlen);
+
+/* Every ckpt_*.h5 file of out_dir (full paths), highest step first, whatever their state: how
+ * `train --resume auto` finds an older checkpoint when the newest fails to load. Returns the count (0 with
+ * *paths_out NULL when there is none), -1 if the directory cannot be read (errno). Free each path and the
+ * array. */
+int mg_ckpt_dir_list(const char *out_dir, char ***paths_out);
 
 /* ---- CRC32 (zlib polynomial, same values as zlib.crc32 / Python's zlib.crc32) ------------------------- */
 

@@ -270,7 +270,12 @@ int ckpt_h5_link_exists(hid_t loc, const char *path) {
         if (*p == '/' || *p == 0) {
             char c = *p;
             *p = 0;
-            if (H5Lexists(loc, buf, H5P_DEFAULT) <= 0) return 0;
+            htri_t ex = H5Lexists(loc, buf, H5P_DEFAULT);
+            if (ex < 0) {
+                ckpt_h5_note();
+                return -1; /* could not be told: a damaged object header, not "absent" */
+            }
+            if (ex == 0) return 0;
             if (!c) return 1;
             *p = c;
         }

@@ -39,7 +39,8 @@ int ckpt_h5_read_attrs(hid_t loc, MgCkptMeta *all, char *bad, size_t badlen);
  * >= 0; otherwise the order is left as it is). */
 void ckpt_sort_by_order(void *base, size_t size, int n, const int64_t *order);
 
-/* 1 if the link path (e.g. "optimizer/m/x") exists, testing level by level. */
+/* 1 if the link path (e.g. "optimizer/m/x") exists, 0 if it does not, -1 if that could not be told (a
+ * damaged header on the way; reason noted), testing level by level. */
 int ckpt_h5_link_exists(hid_t loc, const char *path);
 
 /* Select in `space` (a dataspace of the tensor's shape) exactly the row-major flat element range

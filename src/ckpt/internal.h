@@ -46,7 +46,7 @@ typedef struct {
 MgCkptTensorIO ckpt_host_io(CkptHostArrays *h);
 
 /* meta.c */
-int ckpt_is_reserved(const char *name); /* one of the five root attributes the format defines */
+int ckpt_is_reserved(const char *name); /* one of the six root attributes the format defines */
 void ckpt_entry_free(MgMetaEntry *e);
 /* A slot for `name` (an existing entry is emptied and reused so the order stays stable); check = 1
  * enforces the public naming rules (fatal on a bad name). */

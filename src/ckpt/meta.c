@@ -7,7 +7,7 @@
 #include "../common.h"
 #include "internal.h"
 
-static const char *const RESERVED[] = {"format", "format_version", "step", "tokens_seen", "config"};
+static const char *const RESERVED[] = {"format", "format_version", "step", "tokens_seen", "config", MG_CKPT_ATTR_COUNTS};
 
 int ckpt_is_reserved(const char *name) {
     for (size_t i = 0; i < sizeof(RESERVED) / sizeof(RESERVED[0]); i++)

@@ -15,6 +15,9 @@
 struct MgCkptReader {
     hid_t file;
     char *path;
+    int64_t file_size; /* no tensor may claim more bytes than this (a damaged shape is refused before malloc) */
+    int has_counts;    /* the file records tensor_counts (every file this version writes) */
+    int64_t counts[3]; /* tensors in /model, /optimizer/m, /optimizer/v, by that record */
 };
 
 static int stat_checkpoint(const char *path, char *err, size_t errlen) {
@@ -75,6 +78,20 @@ static int meta_from_attrs(const char *path, MgCkptMeta *all, MgCkptMeta *meta, 
             return -1;
         }
         *dst[i] = e->i64[0];
+        if (e->i64[0] < 0 || e->i64[0] > MG_CKPT_COUNTER_MAX) {
+            mg_errf(err, errlen,
+                   "checkpoint '%s' has '%s' = %lld, outside [0, 2^53]: the file is damaged (or not written by "
+                   "megalodon); use an older checkpoint",
+                   path, ints[i], (long long)e->i64[0]);
+            return -1;
+        }
+    }
+    if (meta->tokens_seen < meta->step) {
+        mg_errf(err, errlen,
+               "checkpoint '%s' has 'tokens_seen' = %lld below 'step' = %lld (every step trains on at least one "
+               "token): the file is damaged; use an older checkpoint",
+               path, (long long)meta->tokens_seen, (long long)meta->step);
+        return -1;
     }
     const MgMetaEntry *c = mg_ckpt_meta_find(all, "config");
     if (!c || c->type != MG_META_STR) {
@@ -93,12 +110,78 @@ static int meta_from_attrs(const char *path, MgCkptMeta *all, MgCkptMeta *meta, 
     return 0;
 }
 
+/* 1: /<group> exists and is a group; 0: it does not exist; -1: it exists (or may) but cannot be read,
+ * or is not a group (damage, never taken for absence). */
+static int group_state(MgCkptReader *r, const char *group) {
+    int ex = ckpt_h5_link_exists(r->file, group);
+    if (ex <= 0) return ex;
+    H5O_info_t info;
+    if (H5Oget_info_by_name1(r->file, group, &info, H5P_DEFAULT) < 0) {
+        ckpt_h5_note();
+        return -1;
+    }
+    return info.type == H5O_TYPE_GROUP ? 1 : -1;
+}
+
 int mg_ckpt_has_group(MgCkptReader *r, const char *group) {
     ckpt_h5_init();
-    if (!ckpt_h5_link_exists(r->file, group)) return 0;
-    H5O_info_t info;
-    if (H5Oget_info_by_name1(r->file, group, &info, H5P_DEFAULT) < 0) return 0;
-    return info.type == H5O_TYPE_GROUP;
+    return group_state(r, group) == 1;
+}
+
+static int group_index(const char *group) {
+    for (int gi = 0; gi < 3; gi++)
+        if (!strcmp(group, mg_ckpt_group_name(gi))) return gi;
+    return -1;
+}
+
+/* Which tensor groups the file holds, checked against its tensor_counts record (files without one, such
+ * as those written by other tools from the documented format, are checked for consistency only): a group
+ * that cannot be read, or that the record says exists but is absent (or the reverse), is an error. */
+static int check_groups(MgCkptReader *r, const MgCkptMeta *all, MgCkptMeta *meta, char *err, size_t errlen) {
+    const MgMetaEntry *c = mg_ckpt_meta_find(all, MG_CKPT_ATTR_COUNTS);
+    if (c) {
+        if (c->type != MG_META_I64 || c->n != 3) {
+            mg_errf(err, errlen, "checkpoint '%s' has a malformed '" MG_CKPT_ATTR_COUNTS "' attribute (damaged?)",
+                   r->path);
+            return -1;
+        }
+        for (int gi = 0; gi < 3; gi++) r->counts[gi] = c->i64[gi];
+        int ok = r->counts[0] >= 1 && r->counts[0] <= 1000000 && r->counts[1] == r->counts[2] &&
+                 (r->counts[1] == 0 || r->counts[1] == r->counts[0]);
+        if (!ok) {
+            mg_errf(err, errlen,
+                   "checkpoint '%s' has an impossible '" MG_CKPT_ATTR_COUNTS "' = [%lld, %lld, %lld] (damaged?)",
+                   r->path, (long long)r->counts[0], (long long)r->counts[1], (long long)r->counts[2]);
+            return -1;
+        }
+        r->has_counts = 1;
+    }
+    int st[3];
+    for (int gi = 0; gi < 3; gi++) {
+        const char *g = mg_ckpt_group_name(gi);
+        st[gi] = group_state(r, g);
+        if (st[gi] < 0) {
+            mg_errf(err, errlen,
+                   "checkpoint '%s': group '/%s' exists but cannot be read (damaged; not taken for an absent group): "
+                   "%s",
+                   r->path, g, REASON());
+            return -1;
+        }
+        if (r->has_counts && st[gi] != (r->counts[gi] > 0)) {
+            mg_errf(err, errlen,
+                   "checkpoint '%s': group '/%s' is %s but the file records %lld tensors in it (damaged, or "
+                   "altered after it was written)",
+                   r->path, g, st[gi] ? "present" : "missing", (long long)r->counts[gi]);
+            return -1;
+        }
+    }
+    if (st[1] != st[2]) {
+        mg_errf(err, errlen, "checkpoint '%s' has /%s but no /%s (damaged, or not written by megalodon)", r->path,
+               mg_ckpt_group_name(st[1] ? 1 : 2), mg_ckpt_group_name(st[1] ? 2 : 1));
+        return -1;
+    }
+    meta->has_optimizer = st[1] == 1 && st[2] == 1;
+    return 0;
 }
 
 MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, size_t errlen) {
@@ -138,11 +221,18 @@ MgCkptReader *mg_ckpt_open(const char *path, MgCkptMeta *meta_out, char *err, si
         H5Fclose(file);
         return NULL;
     }
-    mg_ckpt_meta_free(&all);
     MgCkptReader *r = mg_calloc(1, sizeof(*r));
     r->file = file;
     r->path = mg_strdup(path);
-    meta.has_optimizer = mg_ckpt_has_group(r, "optimizer/m") && mg_ckpt_has_group(r, "optimizer/v");
+    struct stat st;
+    r->file_size = stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+    int grc = check_groups(r, &all, &meta, err, errlen);
+    mg_ckpt_meta_free(&all);
+    if (grc) {
+        mg_ckpt_meta_free(&meta);
+        mg_ckpt_close(r);
+        return NULL;
+    }
     if (meta_out)
         *meta_out = meta;
     else
@@ -157,45 +247,76 @@ void mg_ckpt_close(MgCkptReader *r) {
     free(r);
 }
 
-static int tensor_info(hid_t ds, const char *name, MgCkptTensorInfo *ti) {
+/* Shape, dtype and stored CRC32 of an open dataset. A shape claiming more float32 bytes than the whole
+ * file holds is refused here, before anyone allocates for it; so is a crc32 attribute that exists but
+ * cannot be read (only an absent one means "no checksum"). -1 with the reason in why. */
+static int tensor_info(const MgCkptReader *r, hid_t ds, const char *name, MgCkptTensorInfo *ti, char *why,
+                       size_t whylen) {
     memset(ti, 0, sizeof(*ti));
     snprintf(ti->name, sizeof(ti->name), "%s", name);
-    hid_t sp = H5Dget_space(ds), ft = H5Dget_type(ds);
-    int rc = -1;
+    snprintf(why, whylen, "unknown error");
+    hid_t sp = H5Dget_space(ds), ft = H5Dget_type(ds), a = -1, at = -1;
+    int rc = -1, h5 = 1;
     if (sp < 0 || ft < 0) goto done;
     int nd = H5Sget_simple_extent_ndims(sp);
-    if (nd < 0 || nd > 4) goto done;
+    if (nd < 0) goto done;
+    if (nd > 4) {
+        snprintf(why, whylen, "%d dimensions (at most 4)", nd);
+        h5 = 0;
+        goto done;
+    }
     hsize_t dims[4] = {0};
-    H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (H5Sget_simple_extent_dims(sp, dims, NULL) < 0) goto done;
     ti->ndim = nd;
     ti->numel = 1;
+    int64_t limit = r->file_size / 4; /* the most float32 values the file can hold */
     for (int i = 0; i < nd; i++) {
+        if (dims[i] > (hsize_t)limit || (dims[i] > 0 && ti->numel > limit / (int64_t)dims[i])) {
+            snprintf(why, whylen, "its shape claims more than the %lld float32 values the whole file can hold",
+                     (long long)limit);
+            h5 = 0;
+            goto done;
+        }
         ti->shape[i] = (int64_t)dims[i];
         ti->numel *= (int64_t)dims[i];
     }
-    ti->is_f32 = H5Tget_class(ft) == H5T_FLOAT && H5Tget_size(ft) == 4;
-    rc = 0;
-    if (H5Aexists(ds, "crc32") > 0) {
-        hid_t a = H5Aopen(ds, "crc32", H5P_DEFAULT);
-        unsigned int c = 0;
-        if (a >= 0 && H5Aread(a, H5T_NATIVE_UINT, &c) >= 0) {
-            ti->has_crc = 1;
-            ti->crc = c;
+    H5T_class_t cls = H5Tget_class(ft);
+    if (cls < 0) goto done;
+    ti->is_f32 = cls == H5T_FLOAT && H5Tget_size(ft) == 4;
+    htri_t ex = H5Aexists(ds, "crc32");
+    if (ex < 0) goto done;
+    if (ex > 0) {
+        a = H5Aopen(ds, "crc32", H5P_DEFAULT);
+        if (a < 0 || (at = H5Aget_type(a)) < 0) goto done;
+        if (H5Tget_class(at) != H5T_INTEGER) {
+            snprintf(why, whylen, "its crc32 attribute is not an integer");
+            h5 = 0;
+            goto done;
         }
-        ckpt_h5_close(a);
+        unsigned int c = 0;
+        if (H5Aread(a, H5T_NATIVE_UINT, &c) < 0) goto done;
+        ti->has_crc = 1;
+        ti->crc = c;
     }
+    rc = 0;
 done:
-    if (rc) ckpt_h5_note();
+    if (rc && h5) {
+        ckpt_h5_note();
+        snprintf(why, whylen, "%s", REASON());
+    }
+    ckpt_h5_close(a);
+    ckpt_h5_close(at);
     ckpt_h5_close(sp);
     ckpt_h5_close(ft);
     return rc;
 }
 
 typedef struct {
+    const MgCkptReader *r;
     MgCkptTensorInfo *list;
     int64_t *order;
     int n, cap, failed;
-    char bad[96];
+    char bad[96], why[300];
 } ListIter;
 
 static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *data) {
@@ -203,6 +324,7 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *d
     hid_t o = H5Oopen(g, name, H5P_DEFAULT);
     if (o < 0) {
         ckpt_h5_note();
+        snprintf(it->why, sizeof(it->why), "%s", REASON());
         goto fail;
     }
     if (H5Iget_type(o) != H5I_DATASET) { /* a subgroup: not part of our format, skip */
@@ -215,7 +337,9 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *d
         it->order = mg_realloc(it->order, sizeof(int64_t) * (size_t)it->cap);
     }
     it->order[it->n] = info->corder_valid ? (int64_t)info->corder : -1;
-    if (strlen(name) >= sizeof(it->list[0].name) || tensor_info(o, name, &it->list[it->n]) != 0) {
+    if (strlen(name) >= sizeof(it->list[0].name)) snprintf(it->why, sizeof(it->why), "name too long");
+    if (strlen(name) >= sizeof(it->list[0].name) ||
+        tensor_info(it->r, o, name, &it->list[it->n], it->why, sizeof(it->why)) != 0) {
         ckpt_h5_close(o);
         goto fail;
     }
@@ -232,13 +356,20 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     ckpt_h5_init();
     *out = NULL;
     *n = 0;
-    if (!mg_ckpt_has_group(r, group)) return 0;
+    int st = group_state(r, group);
+    if (st < 0) {
+        mg_errf(err, errlen, "checkpoint '%s': group '/%s' exists but cannot be read (damaged): %s", r->path, group,
+               REASON());
+        return -1;
+    }
+    if (st == 0) return 0;
     hid_t g = H5Gopen2(r->file, group, H5P_DEFAULT);
     if (g < 0) {
         mg_errf(err, errlen, "cannot open group '/%s' of checkpoint '%s': %s", group, r->path, REASON());
         return -1;
     }
     ListIter it = {0};
+    it.r = r;
     hsize_t idx = 0;
     /* by name, then sorted by creation order (see AttrIter): our files list in table order */
     herr_t rc = H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, &idx, list_cb, &it);
@@ -248,10 +379,19 @@ int mg_ckpt_list(MgCkptReader *r, const char *group, MgCkptTensorInfo **out, int
     H5Gclose(g);
     if (rc < 0) {
         if (it.failed)
-            mg_errf(err, errlen, "checkpoint '%s': cannot read tensor '/%s/%s' (more than 4 dimensions, or damaged): %s",
-                   r->path, group, it.bad, REASON());
+            mg_errf(err, errlen, "checkpoint '%s': cannot read tensor '/%s/%s' (damaged?): %s", r->path, group,
+                   it.bad, it.why);
         else
             mg_errf(err, errlen, "cannot list group '/%s' of checkpoint '%s' (damaged?): %s", group, r->path, REASON());
+        free(it.list);
+        return -1;
+    }
+    int gi = group_index(group);
+    if (r->has_counts && gi >= 0 && it.n != r->counts[gi]) {
+        mg_errf(err, errlen,
+               "checkpoint '%s': group '/%s' holds %d tensors but the file records %lld (damaged, or altered after "
+               "it was written)",
+               r->path, group, it.n, (long long)r->counts[gi]);
         free(it.list);
         return -1;
     }
@@ -274,8 +414,13 @@ static int tensor_open(MgCkptReader *r, const char *group, const char *name, int
                        size_t errlen) {
     snprintf(o->dpath, sizeof(o->dpath), "%s/%s", group, name);
     o->ds = -1;
-    if (!ckpt_h5_link_exists(r->file, o->dpath)) {
-        mg_errf(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, o->dpath);
+    int ex = ckpt_h5_link_exists(r->file, o->dpath);
+    if (ex <= 0) {
+        if (ex == 0)
+            mg_errf(err, errlen, "checkpoint '%s' has no tensor '/%s'", r->path, o->dpath);
+        else
+            mg_errf(err, errlen, "checkpoint '%s': cannot tell whether tensor '/%s' exists (damaged): %s", r->path,
+                   o->dpath, REASON());
         return -1;
     }
     o->ds = H5Dopen2(r->file, o->dpath, H5P_DEFAULT);
@@ -283,9 +428,10 @@ static int tensor_open(MgCkptReader *r, const char *group, const char *name, int
         mg_errf(err, errlen, "cannot open tensor '/%s' in checkpoint '%s': %s", o->dpath, r->path, REASON());
         return -1;
     }
-    if (tensor_info(o->ds, name, &o->ti) != 0)
-        mg_errf(err, errlen, "cannot read the shape of tensor '/%s' in checkpoint '%s': %s", o->dpath, r->path,
-                REASON());
+    char why[300];
+    if (tensor_info(r, o->ds, name, &o->ti, why, sizeof(why)) != 0)
+        mg_errf(err, errlen, "cannot read the shape, type or checksum of tensor '/%s' in checkpoint '%s' (damaged?): %s",
+                o->dpath, r->path, why);
     else if (o->ti.numel != numel)
         mg_errf(err, errlen, "tensor '/%s' in checkpoint '%s' has %lld elements, expected %lld", o->dpath, r->path,
                 (long long)o->ti.numel, (long long)numel);
@@ -459,7 +605,7 @@ int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorI
     int counts[3] = {0, 0, 0};
     /* Validate every group's names, shapes and dtypes before reading any data. */
     for (int gi = 0; gi < ngroups; gi++) {
-        if (!mg_ckpt_has_group(r, groups[gi])) {
+        if (group_state(r, groups[gi]) != 1) {
             mg_errf(err, errlen, "checkpoint '%s' has no group '/%s' (damaged, or not written by megalodon)", path,
                    groups[gi]);
             goto free_lists;

@@ -355,3 +355,30 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
     free(lp);
     return rc;
 }
+
+int mg_ckpt_dir_list(const char *out_dir, char ***paths_out) {
+    *paths_out = NULL;
+    CkptEntry *list;
+    int n = list_ckpts(out_dir, &list);
+    if (n <= 0) return n;
+    char **paths = mg_malloc(sizeof(char *) * (size_t)n);
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        char *p = ckpt_path_join(out_dir, list[i].name);
+        struct stat lst; /* the scan's rule: checkpoints in out_dir are never read through a symlink */
+        if (lstat(p, &lst) == 0 && !S_ISREG(lst.st_mode)) {
+            fprintf(stderr, "warning: skipping '%s': it is not a regular file (checkpoints in out_dir are never read "
+                    "through a symlink)\n", p);
+            free(p);
+            continue;
+        }
+        paths[m++] = p;
+    }
+    free_ckpts(list, n);
+    if (m == 0) {
+        free(paths);
+        paths = NULL;
+    }
+    *paths_out = paths;
+    return m;
+}

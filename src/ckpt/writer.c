@@ -26,6 +26,7 @@ struct MgCkptWriter {
      * name, which costs time linear in the group size with compact (in-header) link storage. */
     hid_t group, ds;
     char group_name[64], ds_path[256];
+    int64_t counts[3]; /* tensors added per MgCkptGroup, recorded as the root attribute tensor_counts */
 };
 
 static void writer_close_cached(MgCkptWriter *w) {
@@ -198,6 +199,8 @@ int mg_ckpt_writer_add(MgCkptWriter *w, const char *group, const MgParam *p, uin
         mg_errf(err, errlen, "cannot write checkpoint '%s': creating tensor '/%s/%s' failed: %s", w->path, group,
                p->name, REASON());
     if (rc == 0) {
+        for (int gi = 0; gi < 3; gi++)
+            if (!strcmp(group, mg_ckpt_group_name(gi))) w->counts[gi]++;
         w->ds = ds;
         snprintf(w->ds_path, sizeof(w->ds_path), "%s/%s", group, p->name);
     } else
@@ -252,6 +255,14 @@ int mg_ckpt_writer_commit(MgCkptWriter *w, char *err, size_t errlen) {
      * size) before HDF5 writes its metadata: a full disk then fails here, cleanly, instead of inside
      * HDF5's flush, which cannot recover from a failed write (see writer_discard). */
     writer_close_cached(w);
+    /* What the file must hold, so a reader can tell a damaged group from an absent one (docs/checkpoint.md
+     * "What a load verifies"). */
+    if (ckpt_h5_attr_write(w->file, MG_CKPT_ATTR_COUNTS, H5T_STD_I64LE, H5T_NATIVE_INT64, 1, 3, w->counts)) {
+        mg_errf(err, errlen, "cannot write checkpoint '%s': writing the attribute '" MG_CKPT_ATTR_COUNTS "' failed: %s",
+                w->path, REASON());
+        writer_discard(w, err, errlen);
+        return -1;
+    }
     ckpt_hook("before-reserve", 0);
     hsize_t eoa = 0;
     void *handle = NULL;

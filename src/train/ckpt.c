@@ -1,6 +1,8 @@
 /* The trainer's checkpoints: what a checkpoint records beyond the weights and moments (step, tokens,
  * data cursor and mixture, schedule, config; docs/checkpoint.md lists these extras), saving, resuming a
  * run from one, continual pre-training from one, and mg_model_from_checkpoint for eval and sample. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../checkpoint.h"
@@ -73,11 +75,10 @@ static void load_weights(Trainer *t, const char *path, int with_optimizer, MgCkp
     mg_model_masters_changed(t->model);
 }
 
-void trainer_resume(Trainer *t, const char *resume_path) {
+/* The resumed run's counters and data position from the loaded checkpoint's meta (freed here). */
+static void resume_meta(Trainer *t, const char *resume_path, MgCkptMeta meta) {
     const MgConfig *c = &t->cfg;
     char err[8192];
-    MgCkptMeta meta;
-    load_weights(t, resume_path, 1, &meta);
     t->step = meta.step;
     t->tokens_seen = meta.tokens_seen;
     const char *spec = mg_ckpt_meta_get_str(&meta, "train_data");
@@ -94,6 +95,49 @@ void trainer_resume(Trainer *t, const char *resume_path) {
     printf("resumed from %s at step %lld (%lld tokens seen)\n", resume_path, (long long)t->step,
            (long long)t->tokens_seen);
     if (t->step >= c->max_steps) printf("note: the checkpoint is already at max_steps = %lld\n", (long long)c->max_steps);
+}
+
+void trainer_resume(Trainer *t, const char *resume_path) {
+    MgCkptMeta meta;
+    load_weights(t, resume_path, 1, &meta); /* a damaged file is refused: no fallback from an explicit path */
+    resume_meta(t, resume_path, meta);
+}
+
+void trainer_resume_auto(Trainer *t, const char *first) {
+    char **list = NULL;
+    int n = mg_ckpt_dir_list(t->cfg.out_dir, &list);
+    if (n < 0) n = 0;
+    /* first (what `latest` names, or the newest with valid root attributes), then the others, newest first */
+    int tried = 0;
+    char err[4096];
+    for (int i = -1; i < n; i++) {
+        const char *path = i < 0 ? first : list[i];
+        if (i >= 0 && !strcmp(path, first)) continue;
+        tried++;
+        MgCkptMeta meta;
+        MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
+        MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
+        /* A failed load may have overwritten some tensors; a successful one overwrites every tensor of all
+         * three groups, so nothing of a damaged file survives into the run. */
+        if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, 1, &meta, err, sizeof err)) {
+            fprintf(stderr, "warning: resume auto: skipping damaged checkpoint %s: %s\n", path, err);
+            continue;
+        }
+        mg_model_masters_changed(t->model);
+        if (tried > 1)
+            fprintf(stderr, "warning: resume auto: using %s, the newest checkpoint that passed verification (%d newer "
+                            "skipped, see above)\n",
+                    path, tried - 1);
+        resume_meta(t, path, meta); /* path may point into list */
+        for (int k = 0; k < n; k++) free(list[k]);
+        free(list);
+        return;
+    }
+    for (int k = 0; k < n; k++) free(list[k]);
+    free(list);
+    mg_fatal("resume auto: none of the %d checkpoint%s in '%s' passed verification (see the warnings above); nothing "
+             "was written: move the damaged files out of out_dir to start a new run there",
+             tried, tried == 1 ? "" : "s", t->cfg.out_dir);
 }
 
 void trainer_init_from(Trainer *t) {

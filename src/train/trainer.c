@@ -52,6 +52,14 @@ static void choose_start(const MgConfig *c, char *resume_path, size_t n) {
     if (!strcmp(c->resume, "auto")) {
         if (!dir_has_checkpoints(c->out_dir, resume_path, n)) {
             resume_path[0] = 0;
+            char **l = NULL;
+            int k = mg_ckpt_available() ? mg_ckpt_dir_list(c->out_dir, &l) : 0;
+            for (int i = 0; i < k; i++) free(l[i]);
+            free(l);
+            if (k > 0)
+                mg_fatal("resume auto: '%s' holds %d checkpoint file%s but none is usable (see the warnings above); "
+                         "nothing was written: move them out of out_dir to start a new run there",
+                         c->out_dir, k, k == 1 ? "" : "s");
             printf("resume auto: no checkpoint in %s, starting a new run\n", c->out_dir);
         }
     } else if (c->resume[0]) {
@@ -159,7 +167,8 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     choose_start(c, resume_path, sizeof resume_path);
     open_data(t);
     create_model(t);
-    if (resume_path[0]) trainer_resume(t, resume_path);
+    if (resume_path[0] && !strcmp(c->resume, "auto")) trainer_resume_auto(t, resume_path);
+    else if (resume_path[0]) trainer_resume(t, resume_path);
     else if (c->init_from[0]) trainer_init_from(t);
     else mg_model_init_weights(t->model, c->seed);
     t->last_step = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;

@@ -57,6 +57,9 @@ double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int
 void trainer_save(Trainer *t, const char *why);
 /* Continue the run of checkpoint `path`: weights, AdamW moments, step, tokens seen, data cursor. */
 void trainer_resume(Trainer *t, const char *path);
+/* resume auto: `first` (mg_ckpt_dir_latest), else the newest other ckpt_*.h5 of out_dir that loads with
+ * full verification, each skipped one named on stderr; fatal if none does. */
+void trainer_resume_auto(Trainer *t, const char *first);
 /* Continual pre-training: the weights (and, with init_optimizer, the moments) of cfg.init_from. */
 void trainer_init_from(Trainer *t);
 
