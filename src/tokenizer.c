@@ -629,7 +629,7 @@ int64_t mg_tokenizer_encode_buf(MgTokenizer *t, const char *text, size_t len, in
     size_t n = mg_tokenizer_encode(t, text, len, add_bos, &v);
     int64_t r = -1;
     if ((int64_t)n <= cap) {
-        memcpy(ids, v.ids, n * sizeof(int32_t));
+        if (n) memcpy(ids, v.ids, n * sizeof(int32_t)); /* v.ids is NULL when nothing was appended */
         r = (int64_t)n;
     }
     mg_tokens_free(&v);
