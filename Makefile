@@ -169,7 +169,7 @@ test-only: all
 quickstart:
 	@scripts/quickstart.sh
 
-# ---- fuzzing (tests/fuzz/; how to run for hours: tests/README.md, "Fuzzing") -------------------------
+# ---- fuzzing (tests/fuzz/; how to run them for hours: docs/fuzzing.md) ------------------------------
 # `make fuzz` builds the libFuzzer harnesses with clang (ASan + UBSan, leak checking on) into
 # $(FUZZ_BUILD)/ and runs each for FUZZ_TIME seconds from its seeds (tests/test_fuzz.sh, also part of
 # `make test`); `make fuzz-build` only builds. The library is compiled again with clang

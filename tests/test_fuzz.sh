@@ -2,10 +2,11 @@
 # Fuzz smoke runs (`make fuzz`, and part of `make test`): build the libFuzzer harnesses of tests/fuzz/ with
 # clang (ASan + UBSan, leak checking on) and run each for FUZZ_TIME seconds (default 8) from its seeds:
 # the committed corpus tests/fuzz/corpus/NAME/ (which also holds every input that once found a bug, so
-# they are re-run first) and the seeds fuzz_seeds writes at build time (tiny checkpoints). A crash, a
+# they are re-run first) and the seeds fuzz_seeds writes at build time (tiny checkpoints), with the
+# dictionary tests/fuzz/NAME.dict. A crash, a
 # sanitizer report, a leak, a timeout or a violated property fails the check; the input is kept in
 # $FUZZ_BUILD/crashes/. New inputs go to a scratch corpus ($FUZZ_BUILD/work/NAME, emptied every run,
-# never committed). How to fuzz for hours: tests/README.md, "Fuzzing".
+# never committed). How to fuzz for hours: docs/fuzzing.md.
 set -u
 cd "$(dirname "$0")/.."
 FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
@@ -52,7 +53,8 @@ for name in "${NAMES[@]}"; do
     rm -rf "$work"; mkdir -p "$work"
     seeds=("tests/fuzz/corpus/$name")
     [ -d "$FUZZ_BUILD/seeds/$name" ] && seeds+=("$FUZZ_BUILD/seeds/$name")
-    "$bin" -max_total_time="$FUZZ_TIME" -runs=1000000 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+    dict=(); [ -f "tests/fuzz/$name.dict" ] && dict=(-dict="tests/fuzz/$name.dict")
+    "$bin" -max_total_time="$FUZZ_TIME" -runs=1000000 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="$FUZZ_BUILD/crashes/$name-" "$work" "${seeds[@]}" \
         >"$log" 2>&1
     rc=$?

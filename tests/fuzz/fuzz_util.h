@@ -1,5 +1,4 @@
-/* Shared helpers of the libFuzzer harnesses in tests/fuzz/ (how to build and run them: tests/README.md,
- * "Fuzzing").
+/* Shared helpers of the libFuzzer harnesses in tests/fuzz/ (how to build and run them: docs/fuzzing.md).
  *
  * A harness feeds one input to a parser and must come back for the next: bad input is the normal
  * "rejected" outcome, never a crash, a leak, an exit or a hang. Library code reports errors through the
