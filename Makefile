@@ -169,7 +169,62 @@ test-only: all
 quickstart:
 	@scripts/quickstart.sh
 
-clean:
-	rm -rf $(BUILD)
+# ---- fuzzing (tests/fuzz/; how to run them for hours: docs/fuzzing.md) ------------------------------
+# `make fuzz` builds the libFuzzer harnesses with clang (ASan + UBSan, leak checking on) into
+# $(FUZZ_BUILD)/ and runs each for FUZZ_TIME seconds from its seeds (tests/test_fuzz.sh, also part of
+# `make test`); `make fuzz-build` only builds. The library is compiled again with clang
+# (-fsanitize=fuzzer-no-link) without OpenMP, BLAS or MPI, which the parsers do not use; HDF5 and zlib
+# are needed (the checkpoint harness).
+FUZZ_CC     ?= clang
+FUZZ_BUILD  ?= build-fuzz
+FUZZ_TIME   ?= 8
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Wno-unknown-pragmas -D_GNU_SOURCE -g -O1 $(FUZZ_SAN)
+FUZZ_CPPFLAGS := -I. -MMD -MP -DMG_HAVE_ZLIB -DMG_HAVE_HDF5 $(if $(HDF5_PC),$(shell pkg-config --cflags $(HDF5_PC)))
+FUZZ_LDLIBS := $(if $(HDF5_PC),$(shell pkg-config --libs $(HDF5_PC))) -lz -lm
+FUZZ_NAMES  := config shard tokenizer ckpt
+FUZZ_LIB_OBJ := $(patsubst kernels/cpu/%.c,$(FUZZ_BUILD)/obj/cpu_f32/%.o,$(CPU_KERNEL_SRC)) \
+                $(patsubst kernels/cpu/%.c,$(FUZZ_BUILD)/obj/cpu_f64/%.o,$(CPU_KERNEL_SRC)) \
+                $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/ckpt/no_hdf5.c,$(COMMON_SRC)))
+FUZZ_BIN    := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_NAMES)) $(FUZZ_BUILD)/fuzz_seeds
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+.PHONY: fuzz fuzz-build fuzz-check
+.PRECIOUS: $(FUZZ_BUILD)/obj/tests/fuzz/%.o
+fuzz-build: $(FUZZ_BIN)
+
+fuzz-check:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "fuzz: no $(FUZZ_CC) (install clang and libclang-rt-dev: make deps)"; exit 1; }
+	@test -n "$(HDF5_PC)" -a "$(HAVE_ZLIB)" = 1 || { echo "fuzz: needs serial HDF5 and zlib (libhdf5-dev, zlib1g-dev: make deps)"; exit 1; }
+
+fuzz:
+	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_BUILD=$(FUZZ_BUILD) tests/test_fuzz.sh
+
+$(FUZZ_BUILD)/obj/cpu_f32/%.o: kernels/cpu/%.c | fuzz-check
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/cpu_f64/%.o: kernels/cpu/%.c | fuzz-check
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) -DMG_FP64 $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: %.c | fuzz-check
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/libmg.a: $(FUZZ_LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_seeds: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_seeds.o $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_util.o \
+                          $(FUZZ_BUILD)/libmg.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $^ -o $@ $(FUZZ_LDLIBS)
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_util.o \
+                      $(FUZZ_BUILD)/libmg.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ -o $@ $(FUZZ_LDLIBS)
+
+
+clean:
+	rm -rf $(BUILD) $(FUZZ_BUILD)
+
+-include $(shell find $(BUILD) $(FUZZ_BUILD) -name '*.d' 2>/dev/null)

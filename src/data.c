@@ -150,7 +150,7 @@ static int parse_header(const char *path, const unsigned char *h, uint64_t file_
                        "re-run `megalodon prepare` with this build",
                        path, info->version, MG_SHARD_VERSION);
     if (info->version == 0) return mg_errf(err, errlen, "shard '%s' has format version 0 (corrupt); %s", path, REPREPARE);
-    if (info->vocab_size == 0 || (info->token_bytes != 2 && info->token_bytes != 4) ||
+    if (info->vocab_size == 0 || info->vocab_size > (uint32_t)INT32_MAX || (info->token_bytes != 2 && info->token_bytes != 4) ||
         (info->token_bytes == 2) != (info->vocab_size <= 65536))
         return mg_errf(err, errlen, "shard '%s' has a corrupt header (vocab_size %u, token width %u bytes); %s", path,
                        info->vocab_size, info->token_bytes, REPREPARE);

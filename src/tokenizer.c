@@ -219,9 +219,13 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     t->pad_id = (int32_t)rd_u32(buf + 28);
     t->max_piece_bytes = (int)rd_u32(buf + 32);
     int V = t->vocab_size;
-    if (V <= 0 || V > (1 << 24) || t->unk_id < 0 || t->unk_id >= V || t->bos_id >= V || t->eos_id >= V ||
-        t->max_piece_bytes <= 0 || t->max_piece_bytes > 255) {
-        mg_errf(err, errlen, "tokenizer file '%s' has an invalid header (vocab_size %d); %s", path, V, hint);
+    /* BOS and EOS must be real ids: encode emits BOS, shards mark documents with it */
+    if (V <= 0 || V > (1 << 24) || t->unk_id < 0 || t->unk_id >= V || t->bos_id < 0 || t->bos_id >= V ||
+        t->eos_id < 0 || t->eos_id >= V || t->max_piece_bytes <= 0 || t->max_piece_bytes > 255) {
+        mg_errf(err, errlen,
+                "tokenizer file '%s' has an invalid header (vocab_size %d, unk_id %d, bos_id %d, eos_id %d, "
+                "max_piece_bytes %d); %s",
+                path, V, t->unk_id, t->bos_id, t->eos_id, t->max_piece_bytes, hint);
         goto fail;
     }
     if (!(t->flags & FLAG_ESCAPE_WHITESPACES)) {
@@ -629,7 +633,7 @@ int64_t mg_tokenizer_encode_buf(MgTokenizer *t, const char *text, size_t len, in
     size_t n = mg_tokenizer_encode(t, text, len, add_bos, &v);
     int64_t r = -1;
     if ((int64_t)n <= cap) {
-        memcpy(ids, v.ids, n * sizeof(int32_t));
+        if (n) memcpy(ids, v.ids, n * sizeof(int32_t)); /* v.ids is NULL when nothing was appended */
         r = (int64_t)n;
     }
     mg_tokens_free(&v);

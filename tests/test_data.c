@@ -497,6 +497,28 @@ static void test_loader(void) {
     mg_loader_close(x);
 }
 
+/* Found by the shard fuzzer (tests/fuzz/fuzz_shard.c): a header with a vocabulary above INT32_MAX and
+ * 4-byte tokens was accepted, and its ids >= 2^31 reached the loader as negative int32 token ids. */
+static void test_shard_vocab_above_int32(void) {
+    unsigned char m[80] = {0};
+    memcpy(m, "MGSHARD", 8);
+    m[8] = 1;                          /* version */
+    memset(m + 12, 0xFF, 4);           /* vocab_size 4294967295 */
+    m[16] = 4;                         /* token_bytes */
+    memset(m + 20, 0xFF, 4);           /* bos_id -1 */
+    m[24] = 2;                         /* n_tokens */
+    m[32] = 1;                         /* n_docs */
+    m[64 + 3] = 0x80;                  /* token 0 = 0x80000000, token 1 = 0; doc_starts[0] = 0 at byte 72 */
+    char *bad = pathf("%s", "vocab_huge.bin");
+    spit(bad, m, sizeof m);
+    MgShard s;
+    g_err[0] = 0;
+    int rc = mg_shard_open(&s, bad, 0, g_err, sizeof g_err);
+    tu_check(rc != 0 && has(g_err, "corrupt header") && has(g_err, "4294967295"), "shard_refuses_vocab_above_int32",
+             "message: %s", rc == 0 ? "(accepted)" : g_err);
+    if (rc == 0) mg_shard_close(&s);
+}
+
 int main(void) {
     tu_init("test_data");
     snprintf(g_dir, sizeof g_dir, "/tmp/mg_test_data_XXXXXX");
@@ -505,6 +527,7 @@ int main(void) {
         return 1;
     }
     test_shards();
+    test_shard_vocab_above_int32();
     test_loader();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);

@@ -460,8 +460,51 @@ static void test_speed(void) {
     mg_tokenizer_free(tok);
 }
 
+/* Found with the tokenizer fuzzer's harness (tests/fuzz/fuzz_tokenizer.c): a file whose bos_id (or
+ * eos_id) is negative loaded, and encode with BOS then emitted that negative id. Uses a minimal file of
+ * its own (three control pieces), so it runs without the Llama-2 tokenizer. */
+static void test_bad_special_ids(void) {
+    char path[] = "/tmp/mg_tok_ids_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) return;
+    close(fd);
+    const int32_t cases[3][2] = {{1, 2}, {-5, 2}, {1, -1}}; /* bos_id, eos_id */
+    const char *names[3] = {"tokenizer_minimal_file_loads", "tokenizer_refuses_negative_bos", "tokenizer_refuses_negative_eos"};
+    for (int c = 0; c < 3; c++) {
+        unsigned char b[128] = {0};
+        uint32_t hdr[9] = {0, 1, 3, 4 /* escape_whitespaces */, 0, (uint32_t)cases[c][0], (uint32_t)cases[c][1],
+                           (uint32_t)-1, 8};
+        memcpy(hdr, "MGTK", 4);
+        memcpy(b, hdr, sizeof hdr);
+        size_t pos = 40;
+        const char *pieces[3] = {"<unk>", "<s>", "</s>"};
+        for (int i = 0; i < 3; i++) {
+            float score = 0;
+            memcpy(b + pos, &score, 4);
+            b[pos + 4] = i == 0 ? 2 : 3; /* unknown, control */
+            b[pos + 5] = (unsigned char)strlen(pieces[i]);
+            memcpy(b + pos + 6, pieces[i], strlen(pieces[i]));
+            pos += 6 + strlen(pieces[i]);
+        }
+        uint64_t h = 0xCBF29CE484222325ull; /* FNV-1a-64 of everything before it */
+        for (size_t i = 0; i < pos; i++) h = (h ^ b[i]) * 0x100000001B3ull;
+        memcpy(b + pos, &h, 8);
+        FILE *f = fopen(path, "wb");
+        fwrite(b, 1, pos + 8, f);
+        fclose(f);
+        char err[1024] = {0};
+        MgTokenizer *t = mg_tokenizer_load(path, err, sizeof err);
+        if (c == 0) tu_check(t != NULL, names[c], "%s", t ? "loads" : err);
+        else tu_check(!t && strstr(err, "invalid header") && strstr(err, c == 1 ? "bos_id -5" : "eos_id -1"), names[c],
+                      "message: %s", t ? "(loaded)" : err);
+        mg_tokenizer_free(t);
+    }
+    remove(path);
+}
+
 int main(void) {
     tu_init("test_tokenizer");
+    test_bad_special_ids();
     if (!exists(TOK_PATH) || !exists("data/text/austen/austen.txt")) {
         printf("# %s or the corpus texts are missing; running scripts/fetch_data.sh\n", TOK_PATH);
         fflush(stdout);
