@@ -11,6 +11,9 @@ set -u
 cd "$(dirname "$0")/.."
 FUZZ_BUILD=${FUZZ_BUILD:-build-fuzz}
 FUZZ_TIME=${FUZZ_TIME:-8}
+# A fixed libFuzzer seed by default, so that a smoke run in `make test` explores the same inputs each time
+# (up to the machine's speed); FUZZ_SEED=0 lets libFuzzer pick a random one.
+FUZZ_SEED=${FUZZ_SEED:-1}
 FUZZ_CC=${FUZZ_CC:-clang}
 NAMES=(config shard tokenizer ckpt)
 
@@ -54,7 +57,7 @@ for name in "${NAMES[@]}"; do
     seeds=("tests/fuzz/corpus/$name")
     [ -d "$FUZZ_BUILD/seeds/$name" ] && seeds+=("$FUZZ_BUILD/seeds/$name")
     dict=(); [ -f "tests/fuzz/$name.dict" ] && dict=(-dict="tests/fuzz/$name.dict")
-    "$bin" -max_total_time="$FUZZ_TIME" -runs=1000000 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 "${dict[@]}" \
+    "$bin" -max_total_time="$FUZZ_TIME" -runs=1000000 -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 -seed="$FUZZ_SEED" "${dict[@]}" \
         -artifact_prefix="$FUZZ_BUILD/crashes/$name-" "$work" "${seeds[@]}" \
         >"$log" 2>&1
     rc=$?
