@@ -12,6 +12,7 @@
 #include "cli.h"
 #include "common.h"
 #include "data.h"
+#include "fileio.h"
 #include "fsutil.h"
 #include "hash.h"
 #include "tokenizer.h"
@@ -20,33 +21,9 @@
 
 /* ---- small helpers ----------------------------------------------------------------------------- */
 
+/* A text input: a regular file (a directory, a device such as /dev/zero or a FIFO is refused by name). */
 static int read_file(const char *path, char **data, size_t *len, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "cannot open input '%s': %s", path, strerror(errno));
-        return -1;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = mg_malloc(cap);
-    for (;;) {
-        if (n == cap) {
-            cap *= 2;
-            buf = mg_realloc(buf, cap);
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        snprintf(err, errlen, "error reading input '%s'", path);
-        return -1;
-    }
-    *data = buf;
-    *len = n;
-    return 0;
+    return mg_read_regular_file(path, "input", (uint64_t)SIZE_MAX / 2, data, len, err, errlen);
 }
 
 /* "\n\n\n" style escapes: \n \t \r \f \v \\ \xNN. Returns the decoded length, or -1. */
@@ -245,6 +222,11 @@ static int add_path(Input **in, int *n, int *cap, const char *path, const char *
         return -1;
     }
     if (!S_ISDIR(st.st_mode)) {
+        if (!S_ISREG(st.st_mode)) {
+            fprintf(stderr, "error: input '%s' is %s; give text files or directories of them\n", path,
+                    mg_file_kind(st.st_mode));
+            return -1;
+        }
         add_input(in, n, cap, path, sep, sep_len);
         return 0;
     }
@@ -362,23 +344,41 @@ int cmd_prepare(int argc, char **argv) {
                     goto done;
                 }
             } else if (!strcmp(key, "--file_list")) {
-                FILE *f = fopen(val, "r");
-                if (!f) {
-                    fprintf(stderr, "error: cannot open --file_list '%s': %s\n", val, strerror(errno));
+                /* a regular file of at most 64 MiB, one path per line (each at most 4095 bytes) */
+                char *list, lerr[1024];
+                size_t list_len;
+                if (mg_read_regular_file(val, "--file_list", (uint64_t)64 << 20, &list, &list_len, lerr, sizeof lerr)) {
+                    fprintf(stderr, "error: %s\n", lerr);
                     goto done;
                 }
-                char line[4096];
-                while (fgets(line, sizeof line, f)) {
-                    size_t l = strlen(line);
-                    while (l && (line[l - 1] == '\n' || line[l - 1] == '\r' || line[l - 1] == ' ')) line[--l] = 0;
+                int bad = 0, lineno = 0;
+                for (char *q = list; !bad && q < list + list_len;) {
+                    char *e = memchr(q, '\n', (size_t)(list + list_len - q));
+                    size_t l = e ? (size_t)(e - q) : (size_t)(list + list_len - q);
+                    lineno++;
+                    char line[4096];
+                    if (l >= sizeof line) {
+                        fprintf(stderr, "error: --file_list '%s' line %d is %zu bytes long; a path is at most %zu\n", val,
+                                lineno, l, sizeof line - 1);
+                        bad = 1;
+                        break;
+                    }
+                    memcpy(line, q, l);
+                    line[l] = 0;
+                    q += l + (e ? 1 : 0);
+                    if (strlen(line) != l) {
+                        fprintf(stderr, "error: --file_list '%s' line %d contains a NUL byte (is it a text file?)\n", val,
+                                lineno);
+                        bad = 1;
+                        break;
+                    }
+                    while (l && (line[l - 1] == '\r' || line[l - 1] == ' ')) line[--l] = 0;
                     if (!l || line[0] == '#') continue;
                     had_input_arg = 1;
-                    if (add_path(&inputs, &n_in, &cap_in, line, sep_len > 0 ? sep : NULL, sep_len)) {
-                        fclose(f);
-                        goto done;
-                    }
+                    if (add_path(&inputs, &n_in, &cap_in, line, sep_len > 0 ? sep : NULL, sep_len)) bad = 1;
                 }
-                fclose(f);
+                free(list);
+                if (bad) goto done;
             } else {
                 fprintf(stderr, "error: unknown option '%s' for prepare (see megalodon prepare --help)\n", key);
                 goto done;

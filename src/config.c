@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "common.h"
+#include "fileio.h"
 
 typedef enum { T_INT, T_INT64, T_UINT64, T_DOUBLE, T_BOOL, T_STRING, T_CHOICE } KeyType;
 
@@ -116,6 +117,47 @@ static const KeyDef KEYS[] = {
 };
 #define NKEYS ((int)(sizeof(KEYS) / sizeof(KEYS[0])))
 
+/* Upper bounds of the numeric keys. They are generous (far beyond any model this trainer can hold) but
+ * finite, and chosen so that every size computed from a config is exact in int64 and size_t: parameter
+ * counts (V x d, d x f, ... per layer x n_layers), activation plans (tokens x width x buffers x layers),
+ * checkpoint sizes and token counters. Products of keys are bounded too (mg_config_validate):
+ * batch_size x seq_len (tokens per micro-batch), batch_tokens / (batch_size x seq_len) (micro-batches per
+ * step) and max_steps x tokens per step. docs/config.md lists them. */
+static const struct {
+    const char *name;
+    double max;
+} BOUNDS[] = {
+    {"vocab_size", 16777216},     {"n_layers", 1024},           {"model_dim", 65536},
+    {"num_heads", 1024},          {"z_dim", 65536},             {"value_dim", 262144},
+    {"ffn_hidden_dim", 262144},   {"cema_ndim", 64},            {"norm_num_groups", 65536},
+    {"chunk_size", 65536},        {"rope_base", 1e12},          {"norm_eps", 1},
+    {"seq_len", 1048576},         {"batch_size", 65536},        {"batch_tokens", 1099511627776.0},
+    {"lr", 10},                   {"warmup_steps", 1e12},       {"adam_eps", 1},
+    {"weight_decay", 100},        {"grad_clip", 1e12},          {"max_steps", 1e12},
+    {"eval_every", 1e12},         {"eval_batches", 16777216},   {"log_every", 1e12},
+    {"sample_every", 1e9},        {"temperature", 100},         {"top_k", 16777216},
+    {"max_new_tokens", 1048576},  {"threads", 4096},            {"stop_at", 1e12},
+    {"peak_tflops", 1e9},         {"ckpt_every", 1e12},         {"ckpt_keep", 1000000},
+    {"rewarm_steps", 1e12},
+};
+#define MG_MAX_MICRO_TOKENS 16777216LL   /* batch_size x seq_len */
+#define MG_MAX_MICRO_BATCHES 1048576LL   /* batch_tokens / (batch_size x seq_len) */
+#define MG_MAX_RUN_TOKENS (1LL << 62)    /* max_steps x tokens per step */
+
+/* The upper bound of key `name`, or 0 when it has none (strings, choices, bools, seed). */
+static double key_max(const char *name) {
+    for (size_t i = 0; i < sizeof BOUNDS / sizeof BOUNDS[0]; i++)
+        if (!strcmp(BOUNDS[i].name, name)) return BOUNDS[i].max;
+    return 0;
+}
+
+/* "1048576", "1e12" */
+static void bound_text(double v, char *buf, size_t n) {
+    if (v < 1e9) snprintf(buf, n, "%.0f", v);
+    else if (v == 1099511627776.0) snprintf(buf, n, "1099511627776 (2^40)");
+    else snprintf(buf, n, "%g", v);
+}
+
 
 static const KeyDef *find_key(const char *name) {
     for (int i = 0; i < NKEYS; i++)
@@ -139,17 +181,82 @@ static int edit_distance(const char *a, const char *b) {
     return prev[lb];
 }
 
+/* Names other frameworks use for our keys (Hugging Face, nanoGPT, Megatron, fairseq, ...): an unknown key
+ * that is one of these (or close to one) is answered with our key. */
+static const struct {
+    const char *alias, *key;
+} ALIASES[] = {
+    {"learning_rate", "lr"}, {"max_lr", "lr"}, {"peak_lr", "lr"}, {"base_lr", "lr"},
+    {"lr_scheduler", "lr_schedule"}, {"lr_scheduler_type", "lr_schedule"}, {"scheduler", "lr_schedule"},
+    {"min_lr", "min_lr_ratio"}, {"num_layers", "n_layers"}, {"n_layer", "n_layers"},
+    {"num_hidden_layers", "n_layers"}, {"layers", "n_layers"}, {"depth", "n_layers"},
+    {"hidden_size", "model_dim"}, {"d_model", "model_dim"}, {"n_embd", "model_dim"}, {"dim", "model_dim"},
+    {"embed_dim", "model_dim"}, {"emb_dim", "model_dim"}, {"width", "model_dim"},
+    {"n_heads", "num_heads"}, {"n_head", "num_heads"}, {"num_attention_heads", "num_heads"}, {"heads", "num_heads"},
+    {"intermediate_size", "ffn_hidden_dim"}, {"ffn_dim", "ffn_hidden_dim"}, {"d_ff", "ffn_hidden_dim"},
+    {"ffn_hidden_size", "ffn_hidden_dim"}, {"hidden_dim", "ffn_hidden_dim"}, {"mlp_dim", "ffn_hidden_dim"},
+    {"vocab", "vocab_size"}, {"n_vocab", "vocab_size"}, {"vocabulary_size", "vocab_size"},
+    {"max_seq_len", "seq_len"}, {"max_position_embeddings", "seq_len"}, {"context_length", "seq_len"},
+    {"block_size", "seq_len"}, {"seq_length", "seq_len"}, {"n_ctx", "seq_len"}, {"sequence_length", "seq_len"},
+    {"max_seq_length", "seq_len"}, {"micro_batch_size", "batch_size"}, {"per_device_train_batch_size", "batch_size"},
+    {"batch", "batch_size"}, {"global_batch_size", "batch_tokens"}, {"tokens_per_batch", "batch_tokens"},
+    {"gradient_accumulation_steps", "batch_tokens"}, {"grad_accum", "batch_tokens"},
+    {"max_grad_norm", "grad_clip"}, {"gradient_clipping", "grad_clip"}, {"clip_grad", "grad_clip"},
+    {"clip_grad_norm", "grad_clip"}, {"clip_norm", "grad_clip"}, {"warmup", "warmup_steps"},
+    {"num_warmup_steps", "warmup_steps"}, {"warmup_iters", "warmup_steps"}, {"max_iters", "max_steps"},
+    {"train_steps", "max_steps"}, {"total_steps", "max_steps"}, {"num_train_steps", "max_steps"},
+    {"max_train_steps", "max_steps"}, {"steps", "max_steps"}, {"adam_beta1", "beta1"}, {"adam_beta2", "beta2"},
+    {"adam_epsilon", "adam_eps"}, {"eps", "adam_eps"}, {"epsilon", "adam_eps"}, {"wd", "weight_decay"},
+    {"output_dir", "out_dir"}, {"save_dir", "out_dir"}, {"checkpoint_dir", "out_dir"}, {"ckpt_dir", "out_dir"},
+    {"random_seed", "seed"}, {"num_threads", "threads"}, {"n_threads", "threads"}, {"omp_num_threads", "threads"},
+    {"dtype", "precision"}, {"mixed_precision", "precision"}, {"tie_word_embeddings", "share_emb"},
+    {"tie_embeddings", "share_emb"}, {"tied_embeddings", "share_emb"}, {"rope_theta", "rope_base"},
+    {"layer_norm_eps", "norm_eps"}, {"rms_norm_eps", "norm_eps"}, {"layer_norm_epsilon", "norm_eps"},
+    {"attn_dropout", "attention_dropout"}, {"attention_probs_dropout_prob", "attention_dropout"},
+    {"attn_pdrop", "attention_dropout"}, {"resid_pdrop", "dropout"}, {"embd_pdrop", "dropout"},
+    {"hidden_dropout_prob", "hidden_dropout"}, {"save_every", "ckpt_every"}, {"save_steps", "ckpt_every"},
+    {"checkpoint_every", "ckpt_every"}, {"save_interval", "ckpt_every"}, {"eval_interval", "eval_every"},
+    {"eval_steps", "eval_every"}, {"eval_iters", "eval_batches"}, {"log_interval", "log_every"},
+    {"logging_steps", "log_every"}, {"save_total_limit", "ckpt_keep"}, {"keep_checkpoints", "ckpt_keep"},
+    {"resume_from_checkpoint", "resume"}, {"init_checkpoint", "init_from"}, {"pretrained", "init_from"},
+    {"train_file", "train_data"}, {"train_path", "train_data"}, {"data_path", "train_data"},
+    {"val_file", "val_data"}, {"valid_data", "val_data"}, {"eval_data", "val_data"},
+    {"tokenizer_path", "tokenizer"}, {"tokenizer_model", "tokenizer"}, {"qk_dim", "z_dim"},
+    {"v_dim", "value_dim"}, {"chunk_len", "chunk_size"}, {"ema_dim", "cema_ndim"}, {"ndim", "cema_ndim"},
+    {"norm_groups", "norm_num_groups"}, {"num_groups", "norm_num_groups"}, {"max_length", "max_new_tokens"},
+    {"max_tokens", "max_new_tokens"}, {"topk", "top_k"}, {"topp", "top_p"}, {"temp", "temperature"},
+};
+#define NALIASES ((int)(sizeof(ALIASES) / sizeof(ALIASES[0])))
+
+/* The key an unknown name most likely means, or NULL when nothing is close: an alias from another
+ * framework (exactly or within a small edit distance), our key up to case and '-'/'.' for '_', the
+ * nearest key by edit distance, or a key that contains the name (e.g. "layers" -> "n_layers"). A guess
+ * further than about a third of the name's length is not offered. */
 static const char *closest_key(const char *name) {
-    const char *best = KEYS[0].name;
+    char norm[64];
+    size_t n = 0;
+    for (; name[n] && n + 1 < sizeof norm; n++) {
+        char ch = (char)tolower((unsigned char)name[n]);
+        norm[n] = ch == '-' || ch == '.' ? '_' : ch;
+    }
+    norm[n] = 0;
+    for (int i = 0; i < NALIASES; i++)
+        if (!strcmp(norm, ALIASES[i].alias)) return ALIASES[i].key;
+    const char *best = NULL;
     int bestd = INT_MAX;
     for (int i = 0; i < NKEYS; i++) {
-        int d = edit_distance(name, KEYS[i].name);
+        int d = edit_distance(norm, KEYS[i].name);
         /* A key that contains the typed name (e.g. "layers" -> "n_layers") is a better guess than one that
          * is merely short. */
-        if (strlen(name) >= 3 && strstr(KEYS[i].name, name)) d = MG_MIN(d, 2);
+        if (n >= 3 && strstr(KEYS[i].name, norm)) d = MG_MIN(d, 2);
         if (d < bestd) bestd = d, best = KEYS[i].name;
     }
-    return best;
+    for (int i = 0; i < NALIASES; i++) {
+        int d = edit_distance(norm, ALIASES[i].alias);
+        if (d < bestd) bestd = d, best = ALIASES[i].key;
+    }
+    int limit = MG_MAX(2, (int)n / 3);
+    return bestd <= limit ? best : NULL;
 }
 
 static const char *range_text(Range r) {
@@ -235,6 +342,12 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
                         s, k->type == T_INT ? "2147483647" : "9223372036854775807");
         if (!in_range(k->range, (double)v))
             return mg_errf(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
+        if (key_max(k->name) > 0 && (double)v > key_max(k->name)) {
+            char b[48];
+            bound_text(key_max(k->name), b, sizeof b);
+            return mg_errf(err, errlen, "%s: %s: %s is out of range: at most %s (docs/config.md lists every bound)",
+                           where, k->name, s, b);
+        }
         if (k->type == T_INT) {
             int iv = (int)v;
             memcpy(dst, &iv, sizeof(iv));
@@ -271,6 +384,12 @@ static int set_value(MgConfig *c, const KeyDef *k, const char *s, const char *wh
             return mg_errf(err, errlen, "%s: %s: '%s' is not a finite number", where, k->name, s);
         if (!in_range(k->range, v))
             return mg_errf(err, errlen, "%s: %s: %s is out of range: %s", where, k->name, s, range_text(k->range));
+        if (key_max(k->name) > 0 && v > key_max(k->name)) {
+            char b[48];
+            bound_text(key_max(k->name), b, sizeof b);
+            return mg_errf(err, errlen, "%s: %s: %s is out of range: at most %s (docs/config.md lists every bound)",
+                           where, k->name, s, b);
+        }
         memcpy(dst, &v, sizeof(v));
         return 0;
     }
@@ -320,8 +439,12 @@ void mg_config_defaults(MgConfig *c) {
 
 /* The error message for a name that is not a key. */
 static int unknown_key(const char *name, const char *where, char *err, size_t errlen) {
+    const char *guess = closest_key(name);
+    if (!guess)
+        return mg_errf(err, errlen, "%s: unknown key '%s' (no key is close to it; `megalodon info --help` lists every key)",
+                       where, name);
     return mg_errf(err, errlen, "%s: unknown key '%s' (did you mean '%s'? `megalodon info --help` lists every key)",
-                where, name, closest_key(name));
+                where, name, guess);
 }
 
 int mg_config_set(MgConfig *c, const char *key, const char *value, const char *origin, char *err, size_t errlen) {
@@ -370,7 +493,9 @@ int mg_config_load_text(MgConfig *c, const char *text, const char *origin, char 
         const char *e = strchr(p, '\n');
         size_t n = e ? (size_t)(e - p) : strlen(p);
         snprintf(where, sizeof(where), "%s:%d", origin, lineno);
-        if (n >= sizeof(line)) return mg_errf(err, errlen, "%s: line too long (%zu characters)", where, n);
+        if (n >= sizeof(line))
+            return mg_errf(err, errlen, "%s: line too long (%zu characters; a line holds at most %zu)", where, n,
+                           sizeof(line) - 1);
         memcpy(line, p, n);
         line[n] = 0;
         p = e ? e + 1 : p + n;
@@ -406,24 +531,13 @@ int mg_config_load_text(MgConfig *c, const char *text, const char *origin, char 
     return 0;
 }
 
+/* A config file is a few kilobytes; anything beyond 1 MiB is not one (e.g. a data file given by mistake). */
+#define MG_CONFIG_FILE_MAX (1u << 20)
+
 int mg_config_load_file(MgConfig *c, const char *path, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mg_errf(err, errlen, "cannot open config file '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 14, n = 0;
-    char *buf = mg_malloc(cap);
-    for (;;) {
-        if (n + 4096 + 1 > cap) buf = mg_realloc(buf, cap *= 2);
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return mg_errf(err, errlen, "error reading config file '%s'", path);
-    }
-    buf[n] = 0;
+    char *buf;
+    size_t n;
+    if (mg_read_regular_file(path, "config file", MG_CONFIG_FILE_MAX, &buf, &n, err, errlen)) return -1;
     if (strlen(buf) != n) {
         free(buf);
         return mg_errf(err, errlen, "config file '%s' contains a NUL byte (is it a text file?)", path);
@@ -728,6 +842,11 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
         if (!in_range(k->range, x) || (k->type == T_DOUBLE && !isfinite(x))) {
             format_value(c, k, val, sizeof(val));
             problem(&P, "%s = %s is out of range: %s", k->name, val, range_text(k->range));
+        } else if (key_max(k->name) > 0 && x > key_max(k->name)) {
+            char b[48];
+            format_value(c, k, val, sizeof(val));
+            bound_text(key_max(k->name), b, sizeof b);
+            problem(&P, "%s = %s is out of range: at most %s", k->name, val, b);
         }
     }
 
@@ -770,15 +889,15 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     }
     const int H = c->num_heads;
     if (H > 0 && c->z_dim > 0 && c->z_dim % H)
-        problem(&P, "z_dim %d is not divisible by num_heads %d: set z_dim to a multiple of %d (e.g. %d or %d) or change num_heads",
-                c->z_dim, H, H, MG_MAX(H, c->z_dim / H * H), (c->z_dim / H + 1) * H);
+        problem(&P, "z_dim %d is not divisible by num_heads %d: set z_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
+                c->z_dim, H, H, MG_MAX(H, c->z_dim / H * H), (long long)(c->z_dim / H + 1) * H);
     if (H > 0 && c->value_dim > 0 && c->value_dim % H)
-        problem(&P, "value_dim %d is not divisible by num_heads %d: set value_dim to a multiple of %d (e.g. %d or %d) or change num_heads",
-                c->value_dim, H, H, MG_MAX(H, c->value_dim / H * H), (c->value_dim / H + 1) * H);
+        problem(&P, "value_dim %d is not divisible by num_heads %d: set value_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
+                c->value_dim, H, H, MG_MAX(H, c->value_dim / H * H), (long long)(c->value_dim / H + 1) * H);
     if (H > 0 && c->z_dim > 0 && c->z_dim % H == 0 && (c->z_dim / H) % 2)
         problem(&P, "the per-head Q/K width z_dim/num_heads = %d/%d = %d is odd; RoPE rotates pairs of coordinates, so it "
-                "must be even: e.g. z_dim %d",
-                c->z_dim, H, c->z_dim / H, c->z_dim + H);
+                "must be even: e.g. z_dim %lld",
+                c->z_dim, H, c->z_dim / H, (long long)c->z_dim + H);
     if (c->seq_len > 0 && c->chunk_size > 0 && c->seq_len >= c->chunk_size && c->seq_len % c->chunk_size) {
         int s = c->seq_len, ch = c->chunk_size;
         int below = 1;
@@ -791,7 +910,7 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
                 "seq_len %d does not fit chunk_size %d: attention works on whole chunks, so seq_len must be smaller "
                 "than chunk_size (one partial chunk) or a multiple of it: e.g. seq_len %d, %d or anything below %d "
                 "(or chunk_size %d, a divisor of %d)",
-                s, ch, s / ch * ch, (s / ch + 1) * ch, ch, below, s);
+                s, ch, s / ch * ch, (int)MG_MIN((int64_t)(s / ch + 1) * ch, INT_MAX), ch, below, s);
     }
     if (c->batch_tokens > 0 && c->batch_size > 0 && c->seq_len > 0) {
         int64_t mb = (int64_t)c->batch_size * c->seq_len;
@@ -803,6 +922,28 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
                     " (one micro-batch): use e.g. batch_tokens %" PRId64 " or %" PRId64
                     ", or 0 for one micro-batch per step",
                     c->batch_tokens, c->batch_size, c->seq_len, mb, lo, hi);
+        }
+    }
+    /* Products of keys: tokens per micro-batch, micro-batches per step, tokens of the whole run. */
+    if (c->batch_size > 0 && c->seq_len > 0) {
+        const int64_t mb = (int64_t)c->batch_size * c->seq_len; /* < 2^31 after the per-key bounds */
+        if (mb > MG_MAX_MICRO_TOKENS)
+            problem(&P,
+                    "batch_size x seq_len = %d x %d = %" PRId64 " tokens per micro-batch is more than %lld: lower "
+                    "batch_size or seq_len (use batch_tokens for larger steps)",
+                    c->batch_size, c->seq_len, mb, MG_MAX_MICRO_TOKENS);
+        else if (c->batch_tokens / mb > MG_MAX_MICRO_BATCHES)
+            problem(&P,
+                    "batch_tokens %" PRId64 " is %" PRId64 " micro-batches of batch_size x seq_len = %" PRId64
+                    " tokens, more than %lld: lower batch_tokens or raise batch_size",
+                    c->batch_tokens, c->batch_tokens / mb, mb, MG_MAX_MICRO_BATCHES);
+        else if (c->max_steps > 0) {
+            int64_t step_tokens = c->batch_tokens > 0 ? c->batch_tokens : mb, run;
+            if (__builtin_mul_overflow(step_tokens, c->max_steps, &run) || run > MG_MAX_RUN_TOKENS)
+                problem(&P,
+                        "max_steps x tokens per step = %" PRId64 " x %" PRId64 " overflows the token counters "
+                        "(at most 2^62): lower max_steps or batch_tokens",
+                        c->max_steps, step_tokens);
         }
     }
     if (c->max_steps > 0 && c->warmup_steps > c->max_steps)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 #include "fsutil.h"
 #include "hash.h"
 
@@ -46,6 +47,9 @@ uint64_t mg_shard_file_bytes(uint64_t n_tokens, uint64_t n_docs, uint32_t token_
 int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, const uint64_t *doc_starts,
                    uint64_t n_docs, int vocab_size, int bos_id, uint64_t fingerprint, char *err, size_t errlen) {
     if (vocab_size <= 0) return mg_errf(err, errlen, "shard '%s': vocab_size %d must be > 0", path, vocab_size);
+    if (bos_id < -1 || bos_id >= vocab_size)
+        return mg_errf(err, errlen, "shard '%s': bos_id %d must be -1 (documents not marked) or a token id in [0, %d)",
+                       path, bos_id, vocab_size);
     for (uint64_t i = 0; i < n_tokens; i++)
         if (tokens[i] < 0 || tokens[i] >= vocab_size)
             return mg_errf(err, errlen, "shard '%s': token id %d at position %llu is outside [0, %d)", path,
@@ -154,6 +158,11 @@ static int parse_header(const char *path, const unsigned char *h, uint64_t file_
         (info->token_bytes == 2) != (info->vocab_size <= 65536))
         return mg_errf(err, errlen, "shard '%s' has a corrupt header (vocab_size %u, token width %u bytes); %s", path,
                        info->vocab_size, info->token_bytes, REPREPARE);
+    if (info->bos_id < -1 || (info->bos_id >= 0 && (uint32_t)info->bos_id >= info->vocab_size))
+        return mg_errf(err, errlen,
+                       "shard '%s' has a corrupt header: bos_id %d is neither -1 (documents not marked) nor a token id "
+                       "in [0, %u); %s",
+                       path, info->bos_id, info->vocab_size, REPREPARE);
     if (info->n_tokens > (UINT64_MAX >> 4) || info->n_docs > (UINT64_MAX >> 4))
         return mg_errf(err, errlen, "shard '%s' has a corrupt header (counts out of range); %s", path, REPREPARE);
     uint64_t want = mg_shard_file_bytes(info->n_tokens, info->n_docs, info->token_bytes);
@@ -168,15 +177,14 @@ static int parse_header(const char *path, const unsigned char *h, uint64_t file_
 }
 
 int mg_shard_read_info(const char *path, MgShardInfo *info, char *err, size_t errlen) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return mg_errf(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
+    uint64_t size = 0;
+    int fd = mg_open_regular_file(path, "shard", &size, err, errlen); /* a FIFO or device is refused */
+    if (fd < 0) return -1;
     unsigned char h[MG_SHARD_HEADER_BYTES] = {0};
-    size_t got = fread(h, 1, sizeof h, f);
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fclose(f);
+    ssize_t got = size >= MG_SHARD_HEADER_BYTES ? pread(fd, h, sizeof h, 0) : 0;
+    close(fd);
     (void)got;
-    return parse_header(path, h, (uint64_t)size, info, err, errlen);
+    return parse_header(path, h, size, info, err, errlen);
 }
 
 void mg_shard_close(MgShard *s) {
@@ -187,14 +195,9 @@ void mg_shard_close(MgShard *s) {
 
 int mg_shard_open(MgShard *s, const char *path, int expect_vocab, char *err, size_t errlen) {
     memset(s, 0, sizeof *s);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return mg_errf(err, errlen, "cannot open shard '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        close(fd);
-        return mg_errf(err, errlen, "cannot stat shard '%s': %s", path, strerror(errno));
-    }
-    uint64_t size = (uint64_t)st.st_size;
+    uint64_t size = 0;
+    int fd = mg_open_regular_file(path, "shard", &size, err, errlen); /* a FIFO or device is refused */
+    if (fd < 0) return -1;
     unsigned char h[MG_SHARD_HEADER_BYTES] = {0};
     if (size >= MG_SHARD_HEADER_BYTES && pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h) {
         close(fd);
@@ -341,7 +344,9 @@ static int list_shards(const char *path, char ***out, int *n_out, char *err, siz
         *n_out = 1;
         return 0;
     }
-    if (!S_ISDIR(st.st_mode)) return mg_errf(err, errlen, "data source '%s' is neither a file nor a directory", path);
+    if (!S_ISDIR(st.st_mode))
+        return mg_errf(err, errlen, "data source '%s' is %s, neither a shard file nor a directory of shards", path,
+                       mg_file_kind(st.st_mode));
     DIR *d = opendir(path);
     if (!d) return mg_errf(err, errlen, "cannot list data directory '%s': %s", path, strerror(errno));
     int n = 0, cap = 16;

@@ -8,6 +8,8 @@
 
 #include "cli.h"
 #include "common.h"
+#include "memcheck.h"
+#include "run.h"
 
 /* H100 SXM bf16 dense peak (design.md), used only to put FLOPs per step in seconds. */
 #define H100_BF16_PEAK 989.4e12
@@ -192,6 +194,24 @@ void mg_info_print(const MgConfig *c, FILE *f) {
     fprintf(f, "  %-30s %12s\n", "total", mg_format_bytes(m.total, a, sizeof(a)));
     fprintf(f, "  assumes one device holds the whole model and its optimizer state (no data-parallel sharding\n"
                "  yet; sequence parallelism would divide the activations by its size)\n");
+    /* what `train` checks before it allocates (memcheck.h), for this machine */
+    {
+        const MgBackend *kind = mg_backend_for(c);
+        const MgDtype dt = kind ? kind->dtype : MG_F32;
+        MgRunMemory rm;
+        mg_run_memory(c, &t, dt, MG_MEM_TRAIN, &rm);
+        char src[900];
+        double avail = mg_memory_available(src, sizeof src);
+        fprintf(f, "\nmemory check of `train` on this machine (device %s, %s):\n", c->device, mg_dtype_name(dt));
+        mg_run_memory_print(&rm, c, dt, MG_MEM_TRAIN, "  ", f);
+        if (avail < 0)
+            fprintf(f, "  available: unknown here (no /proc/meminfo, cgroup or rlimit figure); not checked\n");
+        else
+            fprintf(f, "  available: %s (%s): %s\n", mg_format_bytes(avail, a, sizeof a), src,
+                    rm.total <= avail ? "fits"
+                                      : "does NOT fit: `train` refuses it (lower batch_size or seq_len for activations, "
+                                        "model_dim, n_layers, ffn_hidden_dim or vocab_size for the model)");
+    }
     fprintf(f, "\nactivations by buffer (the trainer's arena plan; statistics stay fp32):\n");
     mg_activation_plan_print(c, m.act_bytes == 2 ? MG_BF16 : MG_F32, MG_F32, c->batch_size, c->seq_len, f);
     mg_param_table_free(&t);

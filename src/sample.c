@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "common.h"
+#include "fileio.h"
 #include "run.h"
 #include "tokenizer.h"
 
@@ -129,14 +130,10 @@ int cmd_sample(int argc, char **argv) {
                  mg_tokenizer_vocab_size(tok), cfg.vocab_size);
     char *text = NULL;
     if (vals[2]) {
-        FILE *f = mg_fopen(vals[2], "rb");
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        text = mg_malloc((size_t)n + 1);
-        size_t got = fread(text, 1, (size_t)n, f);
-        text[got] = 0;
-        fclose(f);
+        /* a regular file of at most 16 MiB (a directory, /dev/zero or a FIFO is refused by name) */
+        size_t n;
+        if (mg_read_regular_file(vals[2], "--prompt_file", (uint64_t)16 << 20, &text, &n, err, sizeof err))
+            mg_fatal("%s", err);
     } else {
         text = mg_strdup(vals[1] ? vals[1] : "");
     }

@@ -7,12 +7,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common.h"
+#include "fileio.h"
 
 #define TOK_MAGIC "MGTK"
 #define TOK_VERSION 1u
 #define TOK_HEADER_BYTES 40
+#define TOK_FILE_MAX (256u << 20) /* a tokenizer file of 32000 pieces is ~0.5 MB */
+/* Input bytes normalised and segmented at once: bounds the encoder's working memory (about 40 bytes per
+ * byte of a piece) whatever the length of a line or document (see mg_tokenizer_encode). */
+#define ENCODE_PIECE_BYTES ((size_t)1 << 16)
 /* SentencePiece piece types (sentencepiece_model.proto). */
 enum { PT_NORMAL = 1, PT_UNKNOWN = 2, PT_CONTROL = 3, PT_USER_DEFINED = 4, PT_UNUSED = 5, PT_BYTE = 6 };
 enum { FLAG_ADD_DUMMY_PREFIX = 1, FLAG_BYTE_FALLBACK = 2, FLAG_ESCAPE_WHITESPACES = 4 };
@@ -55,6 +61,7 @@ struct MgTokenizer {
     /* piece string -> id for the pieces BPE may produce or output (NORMAL) */
     int32_t *map;
     uint64_t map_mask;
+    size_t piece_bytes; /* input bytes encoded at once (ENCODE_PIECE_BYTES; tests change it) */
     int presplit; /* no piece has "▁" after another character: segments can be encoded independently */
     /* segment cache */
     CacheEntry *cache;
@@ -170,28 +177,25 @@ void mg_tokenizer_free(MgTokenizer *t) {
 
 MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     const char *hint = "rebuild it with scripts/fetch_data.sh --tokenizer-only";
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        mg_errf(err, errlen, "cannot open tokenizer file '%s': %s (%s)", path, strerror(errno),
-                errno == ENOENT ? "run scripts/fetch_data.sh --tokenizer-only to build it" : "check the path");
+    /* A regular file of bounded size: a directory, /dev/zero or a FIFO is refused by name (fileio.h). */
+    char *raw = NULL;
+    size_t raw_len = 0;
+    if (mg_read_regular_file(path, "tokenizer file", TOK_FILE_MAX, &raw, &raw_len, err, errlen)) {
+        struct stat st;
+        if (stat(path, &st) != 0 && errno == ENOENT) {
+            size_t l = strlen(err);
+            snprintf(err + l, errlen > l ? errlen - l : 0, " (run scripts/fetch_data.sh --tokenizer-only to build it)");
+        }
         return NULL;
     }
-    fseek(f, 0, SEEK_END);
-    long fsize = ftell(f);
-    fseek(f, 0, SEEK_SET);
+    long fsize = (long)raw_len;
     if (fsize < TOK_HEADER_BYTES + 8) {
-        fclose(f);
+        free(raw);
         mg_errf(err, errlen, "tokenizer file '%s' is too short (%ld bytes) to be a tokenizer; %s", path, fsize, hint);
         return NULL;
     }
-    unsigned char *buf = mg_malloc((size_t)fsize);
-    size_t got = fread(buf, 1, (size_t)fsize, f);
-    fclose(f);
+    unsigned char *buf = (unsigned char *)raw;
     MgTokenizer *t = NULL;
-    if (got != (size_t)fsize) {
-        mg_errf(err, errlen, "cannot read tokenizer file '%s'", path);
-        goto fail;
-    }
     if (memcmp(buf, TOK_MAGIC, 4) != 0) {
         mg_errf(err, errlen, "'%s' is not a megalodon tokenizer file (bad magic; expected \"MGTK\"); %s", path, hint);
         goto fail;
@@ -295,6 +299,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     for (uint64_t i = 0; i < cap; i++) t->map[i] = -1;
     t->map_mask = cap - 1;
     t->presplit = 1;
+    t->piece_bytes = ENCODE_PIECE_BYTES;
     for (int i = 0; i < V; i++) {
         if (t->type[i] != PT_NORMAL) continue;
         if (map_find(t, t->blob + t->piece_off[i], t->piece_len[i]) >= 0) {
@@ -569,10 +574,8 @@ static inline int utf8_valid_len(const unsigned char *s, size_t n) {
     return 0;
 }
 
-size_t mg_tokenizer_encode(MgTokenizer *t, const char *text, size_t len, int add_bos, MgTokens *out) {
-    size_t n0 = out->n;
-    if (add_bos) tokens_push(out, t->bos_id);
-    if (len == 0) return out->n - n0;
+/* Normalise and encode one piece of the text; `first`: the piece that starts the text (dummy prefix). */
+static void encode_piece(MgTokenizer *t, const char *text, size_t len, int first, MgTokens *out) {
     /* normalise: dummy prefix, ' ' -> ▁, malformed bytes -> U+FFFD (each at most 3 bytes per input byte) */
     size_t need = 3 * len + 3;
     if (need > t->norm_cap) {
@@ -581,7 +584,7 @@ size_t mg_tokenizer_encode(MgTokenizer *t, const char *text, size_t len, int add
     }
     char *nb = t->norm;
     size_t m = 0;
-    if (t->flags & FLAG_ADD_DUMMY_PREFIX) {
+    if (first && (t->flags & FLAG_ADD_DUMMY_PREFIX)) {
         memcpy(nb, SPACE_SYM, 3);
         m = 3;
     }
@@ -613,7 +616,7 @@ size_t mg_tokenizer_encode(MgTokenizer *t, const char *text, size_t len, int add
         tokens_reserve(out, k);
         memcpy(out->ids + out->n, t->seg_ids, k * sizeof(int32_t));
         out->n += k;
-        return out->n - n0;
+        return;
     }
     /* segments: a run of ▁ followed by a run of anything else */
     size_t p = 0;
@@ -623,6 +626,36 @@ size_t mg_tokenizer_encode(MgTokenizer *t, const char *text, size_t len, int add
         while (q < m && !(q + 3 <= m && (unsigned char)nb[q] == 0xE2 && memcmp(nb + q, SPACE_SYM, 3) == 0)) q++;
         encode_segment(t, nb + p, q - p, out);
         p = q;
+    }
+}
+
+size_t mg_tokenizer_encode_piece_end(const char *text, size_t len, size_t max) {
+    if (len <= max) return len;
+    /* the last word boundary in (0, max]: a ' ' that follows something else (a segment starts there) */
+    for (size_t q = max; q > 0; q--)
+        if (text[q] == ' ' && text[q - 1] != ' ') return q;
+    /* none: cut at a character boundary (never before a UTF-8 continuation byte) */
+    size_t e = max;
+    while (e > 1 && ((unsigned char)text[e] & 0xC0) == 0x80 && max - e < 3) e--;
+    return e;
+}
+
+size_t mg_tokenizer_set_piece_bytes(MgTokenizer *t, size_t bytes) {
+    size_t old = t->piece_bytes;
+    t->piece_bytes = bytes < 4 ? 4 : bytes;
+    return old;
+}
+
+size_t mg_tokenizer_encode(MgTokenizer *t, const char *text, size_t len, int add_bos, MgTokens *out) {
+    size_t n0 = out->n;
+    if (add_bos) tokens_push(out, t->bos_id);
+    /* In pieces of at most ENCODE_PIECE_BYTES, cut at word boundaries: segments never span one, so the ids
+     * are those of the whole text (tokenizer.h); only a run of more than ENCODE_PIECE_BYTES without a
+     * boundary is cut inside, at a character boundary. */
+    for (size_t p = 0; p < len;) {
+        size_t e = mg_tokenizer_encode_piece_end(text + p, len - p, t->piece_bytes);
+        encode_piece(t, text + p, e, p == 0, out);
+        p += e;
     }
     return out->n - n0;
 }

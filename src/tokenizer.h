@@ -47,8 +47,18 @@ uint64_t mg_tokenizer_fingerprint(const MgTokenizer *tok);
 const char *mg_tokenizer_piece(const MgTokenizer *tok, int id);
 
 /* Encode text[0..len) (UTF-8; any bytes accepted) and append the ids to out, preceded by BOS if add_bos.
- * Returns the number of ids appended. An empty text gives no ids (only BOS if asked). */
+ * Returns the number of ids appended. An empty text gives no ids (only BOS if asked).
+ * Working memory is bounded whatever the length of the text: it is normalised and encoded in pieces of
+ * at most 64 KiB cut at word boundaries (a ' ' after a non-space), where no segment and so no piece of the
+ * Llama-2 vocabulary crosses: the ids are exactly those of the whole text. Only a run of more than
+ * 64 KiB without a space is cut inside (at a UTF-8 character boundary) and may get different ids there;
+ * so may a tokenizer without word segmentation (see above) for texts longer than 64 KiB. */
 size_t mg_tokenizer_encode(MgTokenizer *tok, const char *text, size_t len, int add_bos, MgTokens *out);
+/* Where the first piece of text[0..len) ends when pieces hold at most max bytes (max >= 4): len if it fits,
+ * else the last word boundary in (0, max], else a character boundary near max. */
+size_t mg_tokenizer_encode_piece_end(const char *text, size_t len, size_t max);
+/* Tests: change the piece size (default 64 KiB, at least 4); returns the previous one. */
+size_t mg_tokenizer_set_piece_bytes(MgTokenizer *tok, size_t bytes);
 /* The same into a caller buffer: returns the count, or -1 if more than cap ids would be needed.
  * mg_tokenizer_max_ids(len) ids always suffice. */
 int64_t mg_tokenizer_encode_buf(MgTokenizer *tok, const char *text, size_t len, int add_bos, int32_t *ids,

@@ -106,7 +106,7 @@ static void test_types(void) {
     MgConfig c;
     mg_config_defaults(&c);
     const char *text = "n_layers = 7\n"
-                       "batch_tokens = 4194304000000\n"
+                       "batch_tokens = 1099511627776\n"
                        "seed = 18446744073709551615\n"
                        "lr = 3.5e-4\n"
                        "rope_base = +1e5\n"
@@ -124,7 +124,7 @@ static void test_types(void) {
     int r = load(&c, "types.conf", text);
     tu_check(r == 0, "parse_status", "%s", r ? g_err : "every type loads");
     tu_check(c.n_layers == 7, "parse_int", "n_layers %d", c.n_layers);
-    tu_check(c.batch_tokens == 4194304000000LL, "parse_int64", "%lld", (long long)c.batch_tokens);
+    tu_check(c.batch_tokens == 1099511627776LL, "parse_int64", "%lld", (long long)c.batch_tokens);
     tu_check(c.seed == 18446744073709551615ULL, "parse_uint64", "%llu", (unsigned long long)c.seed);
     tu_check(c.lr == 3.5e-4 && c.rope_base == 1e5, "parse_double", "lr %.17g rope_base %g", c.lr, c.rope_base);
     tu_check(c.swiglu == 1 && c.scale_emb == 1 && c.share_emb == 1 && c.init_optimizer == 0, "parse_bool",
@@ -366,6 +366,12 @@ static void test_args_errors(void) {
 
 /* Random valid values for every field, so the round trip covers the whole struct. */
 static double rnd_pos(void) { return exp(40.0 * (tu_uniform() - 0.5)) * (1.0 + tu_uniform()); }
+/* rnd_pos() scaled down below a key's upper bound (docs/config.md) */
+static double rnd_pos_max(double max) {
+    double v = rnd_pos();
+    while (v > max) v /= 1e3;
+    return v;
+}
 static void rnd_string(char *dst, size_t cap) {
     static const char alphabet[] = "abcXYZ019 _-/.:,#=\"'\\\t";
     size_t n = (size_t)(tu_uniform() * 40);
@@ -387,9 +393,9 @@ static void randomize(MgConfig *c) {
     c->ffn_hidden_dim = rnd_int(50000);
     c->cema_ndim = rnd_int(64);
     c->norm_num_groups = rnd_int(128);
-    c->chunk_size = rnd_int(100000);
-    c->rope_base = rnd_pos();
-    c->norm_eps = tu_uniform() < 0.2 ? 5e-324 : rnd_pos(); /* a subnormal must survive too */
+    c->chunk_size = rnd_int(65536);
+    c->rope_base = rnd_pos_max(1e12);
+    c->norm_eps = tu_uniform() < 0.2 ? 5e-324 : rnd_pos_max(1); /* a subnormal must survive too */
     c->swiglu = tu_uniform() < 0.5;
     c->scale_emb = tu_uniform() < 0.5;
     c->share_emb = tu_uniform() < 0.5;
@@ -400,23 +406,23 @@ static void randomize(MgConfig *c) {
     rnd_string(c->val_data, sizeof(c->val_data));
     c->seq_len = rnd_int(1 << 20);
     c->batch_size = rnd_int(1000);
-    c->batch_tokens = (int64_t)(tu_uniform() * 9e18);
-    c->lr = rnd_pos();
+    c->batch_tokens = (int64_t)(tu_uniform() * 1099511627776.0);
+    c->lr = rnd_pos_max(10);
     strcpy(c->lr_schedule, tu_uniform() < 0.5 ? "linear" : "constant");
     c->warmup_steps = (int64_t)(tu_uniform() * 1e12);
     c->warmup_init_ratio = tu_uniform();
     c->min_lr_ratio = tu_uniform() < 0.2 ? 1.0 : tu_uniform();
     c->beta1 = tu_uniform();
     c->beta2 = 1.0 - 1e-3 * tu_uniform();
-    c->adam_eps = rnd_pos();
-    c->weight_decay = tu_uniform() < 0.2 ? 0.0 : rnd_pos();
+    c->adam_eps = rnd_pos_max(1);
+    c->weight_decay = tu_uniform() < 0.2 ? 0.0 : rnd_pos_max(100);
     c->grad_clip = rnd_pos();
-    c->max_steps = (int64_t)(tu_uniform() * 1e15);
+    c->max_steps = (int64_t)(tu_uniform() * 1e12);
     c->eval_every = (int64_t)(tu_uniform() * 1e10);
     c->eval_batches = rnd_int(1000);
     c->log_every = 1 + (int64_t)(tu_uniform() * 1e6);
     c->sample_every = rnd_int(100000);
-    c->temperature = tu_uniform() < 0.2 ? 0.0 : rnd_pos();
+    c->temperature = tu_uniform() < 0.2 ? 0.0 : rnd_pos_max(100);
     c->top_k = rnd_int(1000);
     c->top_p = 1.0 - tu_uniform();
     c->max_new_tokens = rnd_int(100000);

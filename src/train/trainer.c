@@ -12,6 +12,7 @@
 #include "../common.h"
 #include "../fsutil.h"
 #include "../info.h"
+#include "../memcheck.h"
 #include "../params.h"
 #include "../run.h"
 #include "../sample.h"
@@ -139,6 +140,7 @@ static void print_header(Trainer *t) {
     printf("data: train %s (%lld tokens)", mg_loader_spec_normalised(t->train), (long long)train_tokens);
     if (t->val) printf(", val %s (%lld windows)", c->val_data, (long long)mg_loader_total_windows(t->val));
     printf("\n");
+    if (t->val) mg_eval_batches_effective(t->val, c->batch_size, c->eval_batches, "eval_batches", stdout);
     char desc[256];
     t->peak_flops = mg_peak_flops(c, desc, sizeof desc);
     t->flops_per_token = mg_flops_per_token(c, pt);
@@ -160,6 +162,8 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     mg_config_defaults(c);
     mg_config_from_args(c, argc, argv, NULL, NULL);
     if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
+    const MgBackend *kind = mg_backend_for(c);
+    if (mg_memory_check(c, kind ? kind->dtype : MG_F32, MG_MEM_TRAIN, err, sizeof err)) mg_fatal("%s", err);
     t->be_owned = mg_backend_open(c); /* also sets the thread count */
     t->be = t->be_owned;
     check_out_dir(c);

@@ -1,0 +1,45 @@
+/* The memory a run needs, checked against what the machine has before anything large is allocated.
+ *
+ * `train`, `eval` and `sample` call mg_memory_check right after the configuration is validated: the
+ * parameters, gradients, fp32 master weights (when the compute dtype is not fp32), AdamW moments (train),
+ * activations (the trainer's arena plan for batch_size x seq_len; sample: the decoder's attention cache),
+ * the token buffers, plus a margin for the op workspace and the runtime, are compared with the memory
+ * available to this process: the smallest of MemAvailable (/proc/meminfo), the cgroup's memory.max minus
+ * its current use, and RLIMIT_AS / RLIMIT_DATA minus what is already mapped. A run that does not fit is
+ * refused with the breakdown and the keys to change, instead of minutes of allocation and an
+ * out-of-memory failure. `megalodon info` prints the same breakdown.
+ *
+ * MG_MEMORY_LIMIT_BYTES=N (bytes; K, M, G, T suffixes, powers of 1024) replaces the measured figure (tests
+ * use it to simulate a small machine); MG_MEMORY_CHECK=0 turns the check off. docs/training.md. */
+#ifndef MG_MEMCHECK_H
+#define MG_MEMCHECK_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "common.h"
+#include "config.h"
+#include "params.h"
+
+typedef enum { MG_MEM_TRAIN, MG_MEM_EVAL, MG_MEM_SAMPLE } MgMemUse;
+
+typedef struct {
+    double params, grads, masters, moments, activations, data, margin, total; /* bytes per device */
+} MgRunMemory;
+
+/* What a run of config c with parameter table t needs per device in compute dtype `compute`. */
+void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, MgMemUse use, MgRunMemory *m);
+
+/* Bytes this process can still allocate (see above); where the figure comes from goes to src.
+ * Returns a negative number when nothing could be measured. */
+double mg_memory_available(char *src, size_t srclen);
+
+/* One line per item, each starting with indent. */
+void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype compute, MgMemUse use, const char *indent,
+                         FILE *f);
+
+/* 0 when the run fits (or nothing could be measured, or MG_MEMORY_CHECK=0); otherwise -1 with a message
+ * that gives the breakdown and names the keys to change. */
+int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err, size_t errlen);
+
+#endif
