@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 int mg_fs_create_excl(const char *path) {
     return open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
@@ -172,13 +173,7 @@ void mg_fs_atomic_abort(MgAtomicFile *af) {
     memset(af, 0, sizeof *af);
 }
 
-static const char *kind_of(mode_t m) {
-    if (S_ISDIR(m)) return "a directory";
-    if (S_ISFIFO(m)) return "a FIFO";
-    if (S_ISSOCK(m)) return "a socket";
-    if (S_ISLNK(m)) return "a symbolic link";
-    return "a device or special file";
-}
+static const char *kind_of(mode_t m) { return S_ISLNK(m) ? "a symbolic link" : mg_file_kind((unsigned)m); }
 
 /* After an O_NOFOLLOW open failed or succeeded on something that is not a regular file: a message that
  * names the path and what is there. */
