@@ -6,6 +6,7 @@
 #include "../checkpoint.h"
 #include "../common.h"
 #include "../run.h"
+#include "../signals.h"
 #include "trainer.h"
 
 static void fill_meta(Trainer *t, MgCkptMeta *meta) {
@@ -63,21 +64,26 @@ void trainer_save(Trainer *t, const char *why) {
 }
 
 /* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters
- * (staged through the host), then the compute-dtype parameters follow. */
-static void load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
+ * (staged through the host), then the compute-dtype parameters follow. Returns -1 (t->interrupted set) if
+ * a stop request ended the load. */
+static int load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
     char err[4096];
     MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
     MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err))
-        mg_fatal("%s", err);
+    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err)) {
+        if (!mg_stop_requested()) mg_fatal("%s", err);
+        t->interrupted = 1;
+        return -1;
+    }
     mg_model_masters_changed(t->model);
+    return 0;
 }
 
 void trainer_resume(Trainer *t, const char *resume_path) {
     const MgConfig *c = &t->cfg;
     char err[8192];
     MgCkptMeta meta;
-    load_weights(t, resume_path, 1, &meta);
+    if (load_weights(t, resume_path, 1, &meta)) return;
     t->step = meta.step;
     t->tokens_seen = meta.tokens_seen;
     const char *spec = mg_ckpt_meta_get_str(&meta, "train_data");
@@ -99,7 +105,7 @@ void trainer_resume(Trainer *t, const char *resume_path) {
 void trainer_init_from(Trainer *t) {
     const MgConfig *c = &t->cfg;
     MgCkptMeta meta;
-    load_weights(t, c->init_from, c->init_optimizer, &meta);
+    if (load_weights(t, c->init_from, c->init_optimizer, &meta)) return;
     printf("initialised from %s (step %lld of its run)%s; new schedule: re-warm over %lld steps to lr %g\n",
            c->init_from, (long long)meta.step, c->init_optimizer ? " with its AdamW moments" : "",
            (long long)t->sched.warmup_steps, c->lr);
@@ -132,7 +138,11 @@ MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const 
     MgModel *m = mg_model_create(&cfg, mg_backend_for(&cfg));
     MgModelCkptIO ctx = {mg_model_backend(m), mg_model_masters(m), NULL, NULL};
     MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-    if (mg_ckpt_load_io(path, mg_model_params_table(m), &io, 0, NULL, err, sizeof err)) mg_fatal("%s", err);
+    if (mg_ckpt_load_io(path, mg_model_params_table(m), &io, 0, NULL, err, sizeof err)) {
+        if (!mg_stop_requested()) mg_fatal("%s", err);
+        mg_model_free(m); /* interrupted: the caller reports it */
+        return NULL;
+    }
     mg_model_masters_changed(m);
     *cfg_out = cfg;
     return m;
