@@ -67,37 +67,9 @@ interrupt() {
     return 0
 }
 
-if ! $M features 2>/dev/null | grep -q '^HDF5: *yes'; then
-    echo "SKIP test_signals (this build has no HDF5, so no checkpoints for eval and sample; install libhdf5-dev (make deps) and rebuild)"
-    exit 0
-fi
 if [ ! -d data/corpus/train ] || [ ! -d data/corpus/val ] || [ ! -f data/tokenizer/llama2.tok ]; then
     echo "# preparing the default corpus (scripts/prepare_data.sh)"
     scripts/prepare_data.sh >"$T/prepare.log" 2>&1 || { fail "prepare default corpus" "$(tail -n 5 "$T/prepare.log")"; exit 1; }
-fi
-TINY=(--config configs/tiny.conf --threads 2)
-
-# A checkpoint to evaluate and sample from.
-$M train "${TINY[@]}" --out_dir "$T/run" --max_steps 5 --eval_every 0 >"$T/run.log" 2>&1 ||
-    { fail "train a checkpoint" "$(tail -n 3 "$T/run.log")"; exit 1; }
-CKPT="$T/run/$(cat "$T/run/latest")"
-
-# ---- eval: a full pass over the training shards (a minute or more), SIGINT after it has started ----------
-interrupt "eval SIGINT" INT '^eval: ' "$T/eval.out" \
-    $M eval --ckpt "$CKPT" --data data/corpus/train --threads 2 &&
-if [ "$RC" = 130 ] && grep -q "interrupted by SIGINT" "$T/eval.out.err" && ! grep -q val_loss "$T/eval.out"; then
-    pass "eval: SIGINT during the evaluation ends it with status 130 and no val_loss" "$(cat "$T/eval.out.err")"
-else
-    fail "eval SIGINT" "status $RC (999: still running after ${BOUND}s); $(tail -n 2 "$T/eval.out" "$T/eval.out.err" | tr '\n' ' ')"
-fi
-
-# ---- sample: 1,000,000 tokens, SIGTERM once text is streaming ---------------------------------------
-interrupt "sample SIGTERM" TERM '^The.{20}' "$T/sample.out" \
-    $M sample --ckpt "$CKPT" --prompt The --max_new_tokens 1000000 --threads 2 &&
-if [ "$RC" = 143 ] && grep -q "interrupted by SIGTERM" "$T/sample.out.err"; then
-    pass "sample: SIGTERM while generating ends it with status 143" "$(wc -c <"$T/sample.out") bytes generated"
-else
-    fail "sample SIGTERM" "status $RC (999: still running after ${BOUND}s); $(tail -n 2 "$T/sample.out.err" | tr '\n' ' ')"
 fi
 
 # ---- prepare, SIGINT while tokenizing: the shards of an earlier prepare stay as they were ---------------
@@ -125,6 +97,35 @@ if [ "$RC" = 143 ] && grep -q "interrupted by SIGTERM" "$T/prep2.out.err" && [ "
         "$(cat "$T/prep2.out.err")"
 else
     fail "prepare SIGTERM" "status $RC (999: still running after ${BOUND}s); $left shard(s) left, prepare.txt $([ -e "$T/p/prepare.txt" ] && echo present || echo absent); $(tail -n 2 "$T/prep2.out.err" | tr '\n' ' ')"
+fi
+
+if ! $M features 2>/dev/null | grep -q '^HDF5: *yes'; then
+    echo "SKIP signals in train, eval and sample (this build has no HDF5, so no checkpoints; install libhdf5-dev (make deps) and rebuild)"
+    exit 0
+fi
+TINY=(--config configs/tiny.conf --threads 2)
+
+# A checkpoint to evaluate and sample from.
+$M train "${TINY[@]}" --out_dir "$T/run" --max_steps 5 --eval_every 0 >"$T/run.log" 2>&1 ||
+    { fail "train a checkpoint" "$(tail -n 3 "$T/run.log")"; exit 1; }
+CKPT="$T/run/$(cat "$T/run/latest")"
+
+# ---- eval: a full pass over the training shards (a minute or more), SIGINT after it has started ----------
+interrupt "eval SIGINT" INT '^eval: ' "$T/eval.out" \
+    $M eval --ckpt "$CKPT" --data data/corpus/train --threads 2 &&
+if [ "$RC" = 130 ] && grep -q "interrupted by SIGINT" "$T/eval.out.err" && ! grep -q val_loss "$T/eval.out"; then
+    pass "eval: SIGINT during the evaluation ends it with status 130 and no val_loss" "$(cat "$T/eval.out.err")"
+else
+    fail "eval SIGINT" "status $RC (999: still running after ${BOUND}s); $(tail -n 2 "$T/eval.out" "$T/eval.out.err" | tr '\n' ' ')"
+fi
+
+# ---- sample: 1,000,000 tokens, SIGTERM once text is streaming ---------------------------------------
+interrupt "sample SIGTERM" TERM '^The.{20}' "$T/sample.out" \
+    $M sample --ckpt "$CKPT" --prompt The --max_new_tokens 1000000 --threads 2 &&
+if [ "$RC" = 143 ] && grep -q "interrupted by SIGTERM" "$T/sample.out.err"; then
+    pass "sample: SIGTERM while generating ends it with status 143" "$(wc -c <"$T/sample.out") bytes generated"
+else
+    fail "sample SIGTERM" "status $RC (999: still running after ${BOUND}s); $(tail -n 2 "$T/sample.out.err" | tr '\n' ' ')"
 fi
 
 # ---- train: SIGINT during an evaluation of a minute: the evaluation stops, a checkpoint is saved first ---
