@@ -169,6 +169,27 @@ test-only: all
 quickstart:
 	@scripts/quickstart.sh
 
+# AddressSanitizer + UndefinedBehaviorSanitizer with leak checking, in its own build directory, then the
+# whole suite against it (tests/README.md: the leak policy and tests/lsan.supp, which names third-party
+# libraries only). SANITIZE_FILTER=name runs a subset; `make sanitize-build` only builds. `make sanitize-ci`
+# leaves out the three slowest programs (about 70% of the sanitized suite's time; tests/README.md).
+SAN_BUILD ?= build-sanitize
+SAN_OPT   ?= -O2 -march=native -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN_ENV   := ASAN_OPTIONS=detect_leaks=1 \
+             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
+             UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+.PHONY: sanitize sanitize-build sanitize-ci
+SANITIZE_CI_EXCLUDE := test_train test_model test_reference_selfcheck
+sanitize-build:
+	@$(MAKE) --no-print-directory all BUILD=$(SAN_BUILD) OPT="$(SAN_OPT)"
+
+sanitize: sanitize-build
+	@$(SAN_ENV) MG_TEST_STRICT=$(TEST_STRICT) scripts/run_tests.sh $(SAN_BUILD) $(SANITIZE_FILTER)
+
+sanitize-ci: sanitize-build
+	@$(SAN_ENV) MG_TEST_EXCLUDE="$(SANITIZE_CI_EXCLUDE)" MG_TEST_STRICT=$(TEST_STRICT) scripts/run_tests.sh $(SAN_BUILD)
+
+
 # ---- fuzzing (tests/fuzz/; how to run them for hours: docs/fuzzing.md) ------------------------------
 # `make fuzz` builds the libFuzzer harnesses with clang (ASan + UBSan, leak checking on) into
 # $(FUZZ_BUILD)/ and runs each for FUZZ_TIME seconds from its seeds (tests/test_fuzz.sh, also part of
@@ -225,6 +246,6 @@ $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/obj/te
 
 
 clean:
-	rm -rf $(BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(FUZZ_BUILD) $(SAN_BUILD)
 
--include $(shell find $(BUILD) $(FUZZ_BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) $(FUZZ_BUILD) $(SAN_BUILD) -name '*.d' 2>/dev/null)

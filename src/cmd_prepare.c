@@ -15,6 +15,7 @@
 #include "fileio.h"
 #include "fsutil.h"
 #include "hash.h"
+#include "signals.h"
 #include "tokenizer.h"
 
 #define DEFAULT_TOKENIZER "data/tokenizer/llama2.tok"
@@ -146,7 +147,8 @@ static int make_dir(const char *p) {
     return is_dir(buf) ? 0 : -1;
 }
 
-/* Write the documents with val == which into DIR/<name>/<name>_NNNNN.bin. Returns shard count or -1. */
+/* Write the documents with val == which into DIR/<name>/<name>_NNNNN.bin. Returns shard count, or -1
+ * (an error, reported), or -2 on a stop request (checked before each shard; the caller removes them). */
 static int write_split(const char *out, const char *name, const Doc *docs, int64_t n_docs, int which,
                        const MgTokens *toks, uint64_t shard_tokens, int vocab, int bos, uint64_t fp, int quiet,
                        uint64_t *tok_total) {
@@ -173,6 +175,11 @@ static int write_split(const char *out, const char *name, const Doc *docs, int64
     *tok_total = 0;
     for (int64_t i = 0; i <= n_docs; i++) {
         int flush = (i == n_docs) ? nb > 0 : (docs[i].val == which && nb > 0 && nb + docs[i].len > shard_tokens);
+        if (flush && mg_stop_requested()) {
+            free(buf);
+            free(starts);
+            return -2;
+        }
         if (flush) {
             snprintf(path, sizeof path, "%s/%s_%05d.bin", dir, name, shards);
             if (mg_shard_write(path, buf, nb, starts, ns, vocab, bos, fp, err, sizeof err) != 0) {
@@ -291,6 +298,7 @@ int cmd_prepare(int argc, char **argv) {
     Input *inputs = NULL;
     int n_in = 0, cap_in = 0, rc = 1;
     int had_input_arg = 0;
+    mg_signals_install();
     for (int i = 1; i < argc; i++) {
         char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -417,7 +425,7 @@ int cmd_prepare(int argc, char **argv) {
     int64_t n_docs = 0, docs_cap = 0, skipped = 0;
     uint64_t done_bytes = 0;
     double last_print = t0;
-    for (int i = 0; i < n_in; i++) {
+    for (int i = 0; i < n_in && !mg_stop_requested(); i++) {
         char *text;
         size_t len;
         if (read_file(inputs[i].path, &text, &len, err, sizeof err)) {
@@ -447,7 +455,7 @@ int cmd_prepare(int argc, char **argv) {
             } else if (q > p) {
                 skipped++; /* white space only */
             }
-            if (q == len) break;
+            if (q == len || mg_stop_requested()) break; /* a stop request: between two documents */
             p = q + (size_t)inputs[i].sep_len;
         }
         done_bytes += len;
@@ -461,6 +469,13 @@ int cmd_prepare(int argc, char **argv) {
         }
     }
     double t_tok = mg_now() - t0;
+    if (mg_stop_requested()) { /* nothing written yet: the old shards, if any, are untouched */
+        mg_tokenizer_free(tok);
+        mg_tokens_free(&toks);
+        free(docs);
+        rc = mg_stop_report("prepare stopped while tokenizing; nothing was written");
+        goto done;
+    }
     if (n_docs == 0) {
         fprintf(stderr, "error: the inputs contain no text (every document was empty or white space)\n");
         mg_tokenizer_free(tok);
@@ -523,7 +538,18 @@ int cmd_prepare(int argc, char **argv) {
         if (removed && !quiet) printf("prepare: removed %d old shard(s) from %s\n", removed, vdir);
     }
     double t_all = mg_now() - t0;
-    if (tr_sh >= 0 && va_sh >= 0) {
+    if (tr_sh == -2 || va_sh == -2) {
+        /* stopped between shards: the old shards are gone already, so remove the new ones too (and an
+         * older prepare.txt), leaving no set of shards that looks complete */
+        char sub[4200];
+        for (int k = 0; k < 2; k++) {
+            snprintf(sub, sizeof sub, "%s/%s", out, k ? "val" : "train");
+            remove_old_shards(sub);
+        }
+        snprintf(sub, sizeof sub, "%s/prepare.txt", out);
+        remove(sub);
+        rc = mg_stop_report("prepare stopped while writing shards; the shards written so far were removed");
+    } else if (tr_sh >= 0 && va_sh >= 0) {
         int tb = vocab <= 65536 ? 2 : 4;
         /* a short record next to the shards, for humans and for scripts/prepare_data.sh */
         char ipath[4200];

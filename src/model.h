@@ -188,7 +188,9 @@ MgDecoder *mg_decoder_create(MgModel *m, int B);
 void mg_decoder_free(MgDecoder *d);
 void mg_decoder_reset(MgDecoder *d);
 /* Consume n tokens per sequence (B x n host array) and write the logits of each of them
- * (B x n x V, compute dtype, host memory; NULL = only keep the last position's logits internally). */
+ * (B x n x V, compute dtype, host memory; NULL = only keep the last position's logits internally).
+ * A stop request (SIGINT/SIGTERM, src/signals.h) makes it return between two pieces with the rest
+ * unconsumed (mg_decoder_position says how far it got); the caller checks mg_stop_requested(). */
 void mg_decoder_step(MgDecoder *d, const int32_t *tokens, int n, void *logits_host);
 /* Logits of the last consumed position (B x V, host float32). */
 const float *mg_decoder_last_logits(const MgDecoder *d);

@@ -18,7 +18,8 @@ double mg_peak_rss_bytes(void);
 /* Build a model from the checkpoint named by `--ckpt` (extra_keys[0] must be "ckpt"): its stored config
  * with every `--key value` of argv applied on top, and its weights. The subcommand's own flags
  * (extra_keys, NULL-terminated) land in extra_values. Exits with a clear message on any problem; `cmd`
- * names the subcommand in it. The resolved config is written to cfg_out. (src/train/ckpt.c) */
+ * names the subcommand in it. The resolved config is written to cfg_out. Returns NULL (nothing left
+ * allocated) if a stop request (signals.h) ended the loading. (src/train/ckpt.c) */
 MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const char *const *extra_keys,
                                   const char **extra_values, MgConfig *cfg_out);
 

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "fileio.h"
 #include "run.h"
+#include "signals.h"
 #include "tokenizer.h"
 
 typedef struct {
@@ -69,7 +70,8 @@ int mg_sample_token(float *logits, int V, const MgSamplerOpts *o, MgRng *rng) {
     return pick;
 }
 
-/* Generate up to max_new tokens after the prompt ids; streams decoded text to out. Returns tokens made. */
+/* Generate up to max_new tokens after the prompt ids; streams decoded text to out. Returns tokens made.
+ * A stop request (signals.h) ends it between two tokens (or two pieces of the prompt). */
 static int generate(MgModel *m, MgTokenizer *tok, const int32_t *prompt, int n_prompt, int max_new,
                     const MgSamplerOpts *so, MgRng *rng, FILE *out, double *seconds) {
     const int V = mg_model_config(m)->vocab_size;
@@ -79,7 +81,7 @@ static int generate(MgModel *m, MgTokenizer *tok, const int32_t *prompt, int n_p
     float *logits = mg_malloc(sizeof(float) * (size_t)V);
     int prev = prompt[n_prompt - 1], made = 0;
     char piece[512];
-    for (int i = 0; i < max_new; i++) {
+    for (int i = 0; i < max_new && !mg_stop_requested(); i++) {
         memcpy(logits, mg_decoder_last_logits(d), sizeof(float) * (size_t)V);
         int32_t next = mg_sample_token(logits, V, so, rng);
         if (next == mg_tokenizer_eos_id(tok)) break;
@@ -121,7 +123,9 @@ int cmd_sample(int argc, char **argv) {
     static const char *const extra[] = {"ckpt", "prompt", "prompt_file", NULL};
     const char *vals[3] = {0};
     MgConfig cfg;
+    mg_signals_install();
     MgModel *m = mg_model_from_checkpoint("sample", argc, argv, extra, vals, &cfg);
+    if (!m) return mg_stop_report("sample stopped while loading the checkpoint");
     char err[1024];
     MgTokenizer *tok = mg_tokenizer_load(cfg.tokenizer, err, sizeof err);
     if (!tok) mg_fatal("%s (set --tokenizer, or run scripts/fetch_data.sh)", err);
@@ -154,5 +158,5 @@ int cmd_sample(int argc, char **argv) {
     mg_tokens_free(&ids);
     mg_tokenizer_free(tok);
     mg_model_free(m);
-    return 0;
+    return mg_stop_requested() ? mg_stop_report("sample stopped early; the text above is what was generated") : 0;
 }

@@ -313,20 +313,22 @@ static void test_decode(int Lk, int Lq, int chunk) {
 
 typedef struct {
     int Lq, Lk, chunk;
+    Att t; /* owned by the caller, which frees it after the error unwound refused_run */
 } RefuseCtx;
 
 static void refused_run(void *vctx) {
-    const RefuseCtx *c = vctx;
-    Att t = att_new(1, 1, 2, 2, c->Lq, c->Lk, c->chunk, 1.0, 1.0);
-    att_fwd(&t);
+    RefuseCtx *c = vctx;
+    c->t = att_new(1, 1, 2, 2, c->Lq, c->Lk, c->chunk, 1.0, 1.0);
+    att_fwd(&c->t);
 }
 
 /* Runs the forward under the test error hook and returns 1 if it raised an error whose message contains
  * `expect`; the message is echoed as a comment line. */
 static int refused(int Lq, int Lk, int chunk, const char *expect) {
-    RefuseCtx c = {Lq, Lk, chunk};
+    RefuseCtx c = {Lq, Lk, chunk, {0}};
     char msg[1024];
     int raised = tu_catch_error(refused_run, &c, msg, sizeof msg);
+    att_free(&c.t);
     for (char *p = msg; *p; p++)
         if (*p == '\n') *p = ' ';
     printf("# said: %s\n", msg);

@@ -645,6 +645,7 @@ static void test_decoder_memory(void) {
 
 /* ---- bad layouts are refused ----------------------------------------------------------------------------------- */
 static MgModel *g_model;
+static MgModelState *g_bad_state; /* freed by main after the refusal unwound run_bad_state_batch */
 static void run_bad_piece(void *ctx) {
     (void)ctx;
     int32_t tok[16] = {0}, tgt[16] = {0};
@@ -654,8 +655,8 @@ static void run_bad_piece(void *ctx) {
 static void run_bad_state_batch(void *ctx) {
     (void)ctx;
     int32_t tok[32] = {0}, tgt[32] = {0};
-    MgModelState *s = mg_model_state_create(g_model, 2);
-    mg_model_forward_loss(g_model, tok, tgt, 1, 32, NULL, s, NULL, NULL);
+    g_bad_state = mg_model_state_create(g_model, 2);
+    mg_model_forward_loss(g_model, tok, tgt, 1, 32, NULL, g_bad_state, NULL, NULL);
 }
 
 int main(void) {
@@ -675,6 +676,7 @@ int main(void) {
     tu_expect_failure("a piece that is not whole attention chunks is refused", run_bad_piece, NULL,
                       "not made of whole attention chunks");
     tu_expect_failure("a state for another batch size is refused", run_bad_state_batch, NULL, "holds state for 2");
+    mg_model_state_free(g_model, g_bad_state);
     mg_model_free(g_model);
     return tu_finish();
 }

@@ -58,6 +58,12 @@ check runner_strict_allows_no_gpu "$([ "$(prog test_cuda)" = "test_cuda 0 passed
 run "$A" 1 cuda
 check runner_strict_gpu_skip_only_passes "$([ "$(last)" = "0 passed, 0 failed, 1 skipped" ] && [ $rc = 0 ]; echo $?)" "filter cuda: '$(last)', exit $rc"
 
+out=$(cd "$A" && MG_TEST_EXCLUDE="test_tool test_script" MG_TEST_STRICT=0 bash "$RUNNER" build 2>&1)
+rc=$?
+check runner_exclude_leaves_out_and_says_so "$([ "$(last)" = "2 passed, 0 failed, 1 skipped" ] && [ $rc = 0 ] &&
+    ! grep -qE '^== test_(tool|script)$' <<<"$out" && grep -q '^left out (MG_TEST_EXCLUDE): test_tool test_script$' <<<"$out"; echo $?)" \
+    "MG_TEST_EXCLUDE='test_tool test_script': '$(last)', exit $rc"
+
 # ---- failures: a FAIL line, a crash without one, a program that reports nothing ------------------------
 B=$T/b
 fake "$B" test_ok 'echo "PASS fine"'

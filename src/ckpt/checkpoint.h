@@ -177,7 +177,8 @@ int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorI
  * the tensors put before the failing one keep their new values; a tensor that fails its CRC32 or NaN/Inf
  * check is never put (a larger-than-the-buffer one is checked in full by its first pass), but a large one
  * may be partly put when its second read differs from the first or when put fails midway. The caller
- * decides whether to reinitialise or give up. */
+ * decides whether to reinitialise or give up. A stop request (SIGINT/SIGTERM, src/signals.h) ends the
+ * load between two tensors: -1 with "... was interrupted by SIGINT" (the caller checks mg_stop_requested()). */
 int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorIO *io, int with_optimizer,
                     MgCkptMeta *meta_out, char *err, size_t errlen);
 

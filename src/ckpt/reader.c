@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "../common.h"
+#include "../signals.h"
 #include "h5io.h"
 
 struct MgCkptReader {
@@ -653,8 +654,13 @@ int mg_ckpt_load_io(const char *path, const MgParamTable *t, const MgCkptTensorI
     int64_t cap = mg_ckpt_stage_elems(t, io);
     stage = mg_malloc(sizeof(float) * (size_t)cap);
     for (int gi = 0; gi < ngroups; gi++)
-        for (int p = 0; p < t->count; p++)
+        for (int p = 0; p < t->count; p++) {
+            if (mg_stop_requested()) { /* between tensors: loading only reads, so stopping here is clean */
+                mg_errf(err, errlen, "loading checkpoint '%s' was interrupted by %s", path, mg_stop_signal_name());
+                goto free_lists;
+            }
             if (load_tensor(r, io, gi, &t->params[p], stage, cap, err, errlen)) goto free_lists;
+        }
     rc = 0;
 free_lists:
     free(stage);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../common.h"
+#include "../signals.h"
 #include "arch.h"
 
 struct MgDecoder {
@@ -153,7 +154,7 @@ void mg_decoder_step(MgDecoder *d, const int32_t *tokens, int n, void *logits_ho
         mg_fatal("%s: the prompt does not match this model's vocab_size", err);
     const int B = d->B;
     int done = 0;
-    while (done < n) {
+    while (done < n && !mg_stop_requested()) {
         const int len = MG_MIN(n - done, MG_MIN(d->cap, m->arch->decode_room(&m->cfg, d->pos)));
         for (int b = 0; b < B; b++)
             memcpy(d->piece + (size_t)b * len, tokens + (size_t)b * n + done, sizeof(int32_t) * (size_t)len);

@@ -9,6 +9,7 @@
 #include "../common.h"
 #include "../memcheck.h"
 #include "../run.h"
+#include "../signals.h"
 #include "trainer.h"
 
 static void fill_meta(Trainer *t, MgCkptMeta *meta) {
@@ -66,14 +67,19 @@ void trainer_save(Trainer *t, const char *why) {
 }
 
 /* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters
- * (staged through the host), then the compute-dtype parameters follow. */
-static void load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
+ * (staged through the host), then the compute-dtype parameters follow. Returns -1 (t->interrupted set) if
+ * a stop request ended the load. */
+static int load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
     char err[4096];
     MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
     MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err))
-        mg_fatal("%s", err);
+    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err)) {
+        if (!mg_stop_requested()) mg_fatal("%s", err);
+        t->interrupted = 1;
+        return -1;
+    }
     mg_model_masters_changed(t->model);
+    return 0;
 }
 
 /* The resumed run's counters and data position from the loaded checkpoint's meta (freed here). */
@@ -100,7 +106,8 @@ static void resume_meta(Trainer *t, const char *resume_path, MgCkptMeta meta) {
 
 void trainer_resume(Trainer *t, const char *resume_path) {
     MgCkptMeta meta;
-    load_weights(t, resume_path, 1, &meta); /* a damaged file is refused: no fallback from an explicit path */
+    /* a damaged file is refused: no fallback from an explicit path; -1: interrupted (t->interrupted) */
+    if (load_weights(t, resume_path, 1, &meta)) return;
     resume_meta(t, resume_path, meta);
 }
 
@@ -121,6 +128,10 @@ void trainer_resume_auto(Trainer *t, const char *first) {
         /* A failed load may have overwritten some tensors; a successful one overwrites every tensor of all
          * three groups, so nothing of a damaged file survives into the run. */
         if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, 1, &meta, err, sizeof err)) {
+            if (mg_stop_requested()) { /* interrupted, not damaged: stop trying */
+                t->interrupted = 1;
+                break;
+            }
             fprintf(stderr, "warning: resume auto: skipping damaged checkpoint %s: %s\n", path, err);
             continue;
         }
@@ -136,6 +147,7 @@ void trainer_resume_auto(Trainer *t, const char *first) {
     }
     for (int k = 0; k < n; k++) free(list[k]);
     free(list);
+    if (t->interrupted) return;
     mg_fatal("resume auto: none of the %d checkpoint%s in '%s' passed verification (see the warnings above); nothing "
              "was written: move the damaged files out of out_dir to start a new run there",
              tried, tried == 1 ? "" : "s", t->cfg.out_dir);
@@ -144,7 +156,7 @@ void trainer_resume_auto(Trainer *t, const char *first) {
 void trainer_init_from(Trainer *t) {
     const MgConfig *c = &t->cfg;
     MgCkptMeta meta;
-    load_weights(t, c->init_from, c->init_optimizer, &meta);
+    if (load_weights(t, c->init_from, c->init_optimizer, &meta)) return;
     printf("initialised from %s (step %lld of its run)%s; new schedule: re-warm over %lld steps to lr %g\n",
            c->init_from, (long long)meta.step, c->init_optimizer ? " with its AdamW moments" : "",
            (long long)t->sched.warmup_steps, c->lr);
@@ -181,7 +193,11 @@ MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const 
     MgModel *m = mg_model_create(&cfg, mg_backend_for(&cfg));
     MgModelCkptIO ctx = {mg_model_backend(m), mg_model_masters(m), NULL, NULL};
     MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-    if (mg_ckpt_load_io(path, mg_model_params_table(m), &io, 0, NULL, err, sizeof err)) mg_fatal("%s", err);
+    if (mg_ckpt_load_io(path, mg_model_params_table(m), &io, 0, NULL, err, sizeof err)) {
+        if (!mg_stop_requested()) mg_fatal("%s", err);
+        mg_model_free(m); /* interrupted: the caller reports it */
+        return NULL;
+    }
     mg_model_masters_changed(m);
     *cfg_out = cfg;
     return m;

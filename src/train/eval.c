@@ -8,6 +8,7 @@
 #include "../cli.h"
 #include "../common.h"
 #include "../run.h"
+#include "../signals.h"
 #include "trainer.h"
 
 int mg_eval_batches_max(const MgLoader *val, int B) {
@@ -36,7 +37,8 @@ double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int
     int32_t *in = mg_malloc(sizeof(int32_t) * (size_t)B * L), *tg = mg_malloc(sizeof(int32_t) * (size_t)B * L);
     double sum = 0.0;
     int64_t count = 0;
-    for (int i = 0; i < batches; i++) {
+    int stopped = 0;
+    for (int i = 0; i < batches && !(stopped = mg_stop_requested() != 0); i++) {
         mg_loader_next(val, B, in, tg);
         int64_t n = 0;
         sum += mg_model_forward_loss(model, in, tg, B, L, NULL, NULL, NULL, &n);
@@ -45,7 +47,7 @@ double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int
     free(in);
     free(tg);
     if (tokens_out) *tokens_out = count;
-    return sum / (double)MG_MAX(count, 1);
+    return stopped ? NAN : sum / (double)MG_MAX(count, 1);
 }
 
 /* `megalodon eval --ckpt F --data PATH [--batches N] [--key value ...]` prints "val_loss X". */
@@ -53,7 +55,9 @@ int cmd_eval(int argc, char **argv) {
     static const char *const extra[] = {"ckpt", "data", "batches", NULL};
     const char *vals[3] = {0};
     MgConfig cfg;
+    mg_signals_install();
     MgModel *m = mg_model_from_checkpoint("eval", argc, argv, extra, vals, &cfg);
+    if (!m) return mg_stop_report("eval stopped while loading the checkpoint");
     const char *data = vals[1] ? vals[1] : cfg.val_data;
     int batches = 0;
     if (vals[2]) {
@@ -70,7 +74,14 @@ int cmd_eval(int argc, char **argv) {
     batches = mg_eval_batches_effective(l, cfg.batch_size, batches, "--batches", stdout);
     double t0 = mg_now();
     int64_t tokens = 0;
+    printf("eval: %s, %d x %d tokens per batch\n", data, cfg.batch_size, cfg.seq_len);
+    fflush(stdout);
     double loss = mg_evaluate(m, l, cfg.batch_size, cfg.seq_len, batches, &tokens);
+    if (mg_stop_requested()) {
+        mg_loader_close(l);
+        mg_model_free(m);
+        return mg_stop_report("eval stopped before the end; no val_loss printed");
+    }
     printf("val_loss %.6f\n", loss);
     printf("val_ppl %.4f\n", exp(loss));
     printf("tokens %lld (%d x %d per batch), %.1f s\n", (long long)tokens, cfg.batch_size, cfg.seq_len, mg_now() - t0);

@@ -16,11 +16,9 @@
 #include "../params.h"
 #include "../run.h"
 #include "../sample.h"
+#include "../signals.h"
 #include "log.h"
 #include "trainer.h"
-
-static volatile sig_atomic_t g_stop_signal = 0;
-static void on_signal(int sig) { g_stop_signal = sig; }
 
 /* Is `step` one of every n-th steps (n = 0: never)? */
 static int every(int64_t step, int64_t n) { return n > 0 && step % n == 0; }
@@ -157,6 +155,7 @@ static void print_header(Trainer *t) {
  * state, log, header, signal handlers. Exits with a clear message on any problem. */
 static void trainer_setup(Trainer *t, int argc, char **argv) {
     memset(t, 0, sizeof *t);
+    mg_signals_install(); /* first: a signal while loading a checkpoint stops the set-up cleanly */
     MgConfig *c = &t->cfg;
     char err[8192];
     mg_config_defaults(c);
@@ -175,21 +174,16 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     else if (resume_path[0]) trainer_resume(t, resume_path);
     else if (c->init_from[0]) trainer_init_from(t);
     else mg_model_init_weights(t->model, c->seed);
+    if (t->interrupted) return;
     t->last_step = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;
     t->log = mg_log_open(c->out_dir, resume_path[0] != 0, t->step);
     write_config_txt(c);
     print_header(t);
-
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     t->t_start = mg_now();
 }
 
 static void trainer_free(Trainer *t) {
-    fclose(t->log);
+    if (t->log) fclose(t->log);
     mg_loader_close(t->train);
     if (t->val) mg_loader_close(t->val);
     t->be->free(t->be, t->m);
@@ -219,6 +213,10 @@ static void log_step(Trainer *t, const MgStepResult *r, int has_val, double val_
 int cmd_train(int argc, char **argv) {
     Trainer T, *t = &T;
     trainer_setup(t, argc, argv);
+    if (t->interrupted) { /* stopped while loading the checkpoint to start from: nothing trained, nothing saved */
+        trainer_free(t);
+        return mg_stop_report("training stopped during set-up, before its first step; nothing was written");
+    }
     const MgConfig *c = &t->cfg;
     int64_t last_saved = t->step;
     while (t->step < t->last_step) {
@@ -228,13 +226,14 @@ int cmd_train(int argc, char **argv) {
         int do_eval = t->val && (every(step, c->eval_every) || step == c->max_steps);
         double val_loss = NAN;
         if (do_eval) val_loss = mg_evaluate(t->model, t->val, c->batch_size, c->seq_len, c->eval_batches, NULL);
+        if (do_eval && mg_stop_requested()) do_eval = 0; /* an evaluation cut short is not logged */
         log_step(t, &r, do_eval, val_loss);
 
-        if (every(step, c->sample_every)) mg_sample_during_training(t->model, c, stdout);
+        if (every(step, c->sample_every) && !mg_stop_requested()) mg_sample_during_training(t->model, c, stdout);
 
-        if (g_stop_signal) {
-            printf("received %s at step %lld: writing a checkpoint and stopping\n",
-                   g_stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)step);
+        if (mg_stop_requested()) {
+            printf("received %s at step %lld: writing a checkpoint and stopping\n", mg_stop_signal_name(),
+                   (long long)step);
             trainer_save(t, "signal");
             trainer_free(t);
             return 0;

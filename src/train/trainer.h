@@ -33,6 +33,7 @@ typedef struct {
     double flops_per_token, peak_flops;
     double t_start;          /* mg_now() when the step loop started */
     char init_from[MG_PATH_MAX];
+    int interrupted;         /* set-up stopped on SIGINT/SIGTERM (while loading a checkpoint): nothing to save */
 } Trainer;
 
 /* What one optimizer step measured. */
@@ -48,7 +49,8 @@ typedef struct {
 MgStepResult trainer_step(Trainer *t);
 
 /* eval.c: mean loss over `batches` micro-batches (B x L) of the eval loader from its start (0 = one full
- * pass); the number of targets counted goes to tokens_out if not NULL. */
+ * pass); the number of targets counted goes to tokens_out if not NULL. On a stop request (signals.h) it
+ * stops between batches and returns NAN. */
 double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int64_t *tokens_out);
 /* Micro-batches of one validation pass over val for micro-batch B: max(1, windows / B). mg_evaluate never
  * runs more than this (a larger `batches` would only revisit the same windows). */
@@ -60,7 +62,8 @@ int mg_eval_batches_effective(const MgLoader *val, int B, int requested, const c
 /* Write out_dir/ckpt_<step>.h5 (or say that this build cannot); `why` names the occasion in the message.
  * Exits with an error if saving fails (the previous checkpoint is intact). */
 void trainer_save(Trainer *t, const char *why);
-/* Continue the run of checkpoint `path`: weights, AdamW moments, step, tokens seen, data cursor. */
+/* Continue the run of checkpoint `path`: weights, AdamW moments, step, tokens seen, data cursor. A stop
+ * request while loading sets t->interrupted and returns (trainer_init_from too). */
 void trainer_resume(Trainer *t, const char *path);
 /* resume auto: `first` (mg_ckpt_dir_latest), else the newest other ckpt_*.h5 of out_dir that loads with
  * full verification, each skipped one named on stderr; fatal if none does. */
