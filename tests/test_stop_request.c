@@ -80,6 +80,7 @@ static void test_ckpt_load(const char *dir) {
     MgCkptMeta meta;
     mg_ckpt_meta_init(&meta);
     meta.step = 7;
+    meta.tokens_seen = 7 * 64; /* every step trains on tokens (the reader checks it) */
     char *text = mg_config_to_text(&c);
     mg_ckpt_meta_set_config(&meta, text);
     free(text);
