@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "fileio.h"
+#include "hash.h"
 
 #define TOK_MAGIC "MGTK"
 #define TOK_VERSION 1u
@@ -83,15 +84,6 @@ struct MgTokenizer {
     size_t seg_ids_cap;
 };
 
-static uint64_t fnv1a(const void *p, size_t n) {
-    const unsigned char *s = p;
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001B3ull;
-    }
-    return h;
-}
 
 
 void mg_tokens_free(MgTokens *t) {
@@ -121,7 +113,7 @@ static inline uint32_t rd_u32(const unsigned char *p) {
 
 static int32_t map_find(const MgTokenizer *t, const char *s, size_t n) {
     if (n > (size_t)t->max_piece_bytes) return -1;
-    uint64_t i = fnv1a(s, n) & t->map_mask;
+    uint64_t i = mg_fnv1a64(s, n) & t->map_mask;
     for (;;) {
         int32_t id = t->map[i];
         if (id < 0) return -1;
@@ -131,7 +123,7 @@ static int32_t map_find(const MgTokenizer *t, const char *s, size_t n) {
 }
 
 static void map_insert(MgTokenizer *t, int32_t id) {
-    uint64_t i = fnv1a(t->blob + t->piece_off[id], t->piece_len[id]) & t->map_mask;
+    uint64_t i = mg_fnv1a64(t->blob + t->piece_off[id], t->piece_len[id]) & t->map_mask;
     while (t->map[i] >= 0) i = (i + 1) & t->map_mask;
     t->map[i] = id;
 }
@@ -208,7 +200,7 @@ MgTokenizer *mg_tokenizer_load(const char *path, char *err, size_t errlen) {
     }
     uint64_t stored = 0;
     memcpy(&stored, buf + fsize - 8, 8);
-    uint64_t fp = fnv1a(buf, (size_t)fsize - 8);
+    uint64_t fp = mg_fnv1a64(buf, (size_t)fsize - 8);
     if (stored != fp) {
         mg_errf(err, errlen, "tokenizer file '%s' is corrupt or truncated (checksum mismatch); %s", path, hint);
         goto fail;
@@ -504,7 +496,7 @@ static void encode_segment(MgTokenizer *t, const char *seg, size_t n, MgTokens *
     }
     t->lookups++;
     if (!t->cache) cache_grow(t);
-    uint64_t h = fnv1a(seg, n);
+    uint64_t h = mg_fnv1a64(seg, n);
     uint64_t j = h & t->cache_mask;
     while (t->cache[j].used) {
         CacheEntry *e = &t->cache[j];

@@ -1,6 +1,8 @@
 /* Shared helpers of the libFuzzer harnesses (see fuzz_util.h). */
 #include "fuzz_util.h"
 
+#include "src/hash.h"
+
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -78,15 +80,7 @@ const char *fz_scratch_file(const void *data, size_t size, const char *suffix) {
     return g_scratch;
 }
 
-uint64_t fz_fnv1a(const void *p, size_t n) {
-    const unsigned char *s = p;
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001B3ull;
-    }
-    return h;
-}
+uint64_t fz_fnv1a(const void *p, size_t n) { return mg_fnv1a64(p, n); }
 
 static void put_u32(unsigned char *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
