@@ -158,7 +158,7 @@ deps:
 # GPU test's on a machine without a GPU (tests/README.md). A build with a part forced off (NO_HDF5=1,
 # NO_OPENMP=1, ...) skips that part's tests by design, so it is not strict.
 TEST_STRICT := $(if $(NO_BLAS)$(NO_OPENMP)$(NO_HDF5)$(NO_MPI),0,1)
-# Then the sanitizer subset (`make sanitize-ci`, below): CI runs exactly `make test`, so this is how CI
+# Then the suite under the sanitizers (`make sanitize-ci`, below): CI runs exactly `make test`, so this is how CI
 # runs the suite under ASan + UBSan + LeakSanitizer too. SANITIZE_IN_TEST=0 leaves it out.
 SANITIZE_IN_TEST ?= 1
 test: deps
@@ -179,15 +179,15 @@ quickstart:
 # AddressSanitizer + UndefinedBehaviorSanitizer with leak checking, in its own build directory, then the
 # whole suite against it (tests/README.md: the leak policy and tests/lsan.supp, which names third-party
 # libraries only). SANITIZE_FILTER=name runs a subset; `make sanitize-build` only builds. `make sanitize-ci`
-# leaves out the three slowest programs (about 70% of the sanitized suite's time; tests/README.md) and the
-# fuzz smoke runs (their harnesses are built with the same sanitizers already); `make test` runs it.
+# is the whole suite without the fuzz smoke runs (their harnesses are built with the same sanitizers
+# already); `make test` runs it.
 SAN_BUILD ?= build-sanitize
 SAN_OPT   ?= -O2 -march=native -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN_ENV   := ASAN_OPTIONS=detect_leaks=1 \
              LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
              UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 .PHONY: sanitize sanitize-build sanitize-ci
-SANITIZE_CI_EXCLUDE := test_train test_model test_reference_selfcheck test_fuzz
+SANITIZE_CI_EXCLUDE := test_fuzz
 sanitize-build:
 	@$(MAKE) --no-print-directory all BUILD=$(SAN_BUILD) OPT="$(SAN_OPT)"
 
