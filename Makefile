@@ -139,6 +139,11 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+# The state scan's bit-identity across algorithms needs every multiply and add rounded on its own
+# (parallel/state_scan.c): no contraction, and no vectorisation (GCC 12's complex-multiply pattern emits
+# vfmaddsub even with -ffp-contract=off).
+$(BUILD)/obj/parallel/%.o: CFLAGS += -ffp-contract=off -fno-tree-vectorize
+
 # Objects are linked directly (no archive) so that every op object is always part of the link.
 $(BUILD)/megalodon: $(BUILD)/obj/src/main.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
@@ -239,6 +244,8 @@ $(FUZZ_BUILD)/obj/cpu_f64/%.o: kernels/cpu/%.c | fuzz-check
 $(FUZZ_BUILD)/obj/%.o: %.c | fuzz-check
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/parallel/%.o: FUZZ_CFLAGS += -ffp-contract=off -fno-vectorize -fno-slp-vectorize
 
 $(FUZZ_BUILD)/libmg.a: $(FUZZ_LIB_OBJ)
 	@rm -f $@
