@@ -67,19 +67,26 @@ void trainer_save(Trainer *t, const char *why) {
 }
 
 /* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters
- * (staged through the host), then the compute-dtype parameters follow. Returns -1 (t->interrupted set) if
- * a stop request ended the load. */
-static int load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
-    char err[4096];
+ * (staged through the host), then the compute-dtype parameters follow. Returns 0, or -1 with the reason in
+ * err; t->interrupted is set when a stop request ended the load (not damage). A failed load may have
+ * overwritten some tensors; a successful one overwrites every tensor of the groups it loads. */
+static int try_load(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta, char *err, size_t errlen) {
     MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
     MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, sizeof err)) {
-        if (!mg_stop_requested()) mg_fatal("%s", err);
-        t->interrupted = 1;
+    if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, with_optimizer, meta, err, errlen)) {
+        if (mg_stop_requested()) t->interrupted = 1;
         return -1;
     }
     mg_model_masters_changed(t->model);
     return 0;
+}
+
+/* try_load, fatal on any failure but an interruption (-1, t->interrupted set). */
+static int load_weights(Trainer *t, const char *path, int with_optimizer, MgCkptMeta *meta) {
+    char err[4096];
+    if (try_load(t, path, with_optimizer, meta, err, sizeof err) == 0) return 0;
+    if (!t->interrupted) mg_fatal("%s", err);
+    return -1;
 }
 
 /* The resumed run's counters and data position from the loaded checkpoint's meta (freed here). */
@@ -116,38 +123,27 @@ void trainer_resume_auto(Trainer *t, const char *first) {
     int n = mg_ckpt_dir_list(t->cfg.out_dir, &list);
     if (n < 0) n = 0;
     /* first (what `latest` names, or the newest with valid root attributes), then the others, newest first */
-    int tried = 0;
+    int tried = 0, loaded = 0;
     char err[4096];
-    for (int i = -1; i < n; i++) {
+    for (int i = -1; i < n && !loaded && !t->interrupted; i++) {
         const char *path = i < 0 ? first : list[i];
         if (i >= 0 && !strcmp(path, first)) continue;
         tried++;
         MgCkptMeta meta;
-        MgModelCkptIO ctx = {t->be, mg_model_masters(t->model), t->m, t->v};
-        MgCkptTensorIO io = mg_model_ckpt_io(&ctx);
-        /* A failed load may have overwritten some tensors; a successful one overwrites every tensor of all
-         * three groups, so nothing of a damaged file survives into the run. */
-        if (mg_ckpt_load_io(path, mg_model_params_table(t->model), &io, 1, &meta, err, sizeof err)) {
-            if (mg_stop_requested()) { /* interrupted, not damaged: stop trying */
-                t->interrupted = 1;
-                break;
-            }
-            fprintf(stderr, "warning: resume auto: skipping damaged checkpoint %s: %s\n", path, err);
+        if (try_load(t, path, 1, &meta, err, sizeof err)) {
+            if (!t->interrupted) fprintf(stderr, "warning: resume auto: skipping damaged checkpoint %s: %s\n", path, err);
             continue;
         }
-        mg_model_masters_changed(t->model);
         if (tried > 1)
             fprintf(stderr, "warning: resume auto: using %s, the newest checkpoint that passed verification (%d newer "
                             "skipped, see above)\n",
                     path, tried - 1);
-        resume_meta(t, path, meta); /* path may point into list */
-        for (int k = 0; k < n; k++) free(list[k]);
-        free(list);
-        return;
+        resume_meta(t, path, meta); /* before the list (path may point into it) is freed */
+        loaded = 1;
     }
     for (int k = 0; k < n; k++) free(list[k]);
     free(list);
-    if (t->interrupted) return;
+    if (loaded || t->interrupted) return;
     mg_fatal("resume auto: none of the %d checkpoint%s in '%s' passed verification (see the warnings above); nothing "
              "was written: move the damaged files out of out_dir to start a new run there",
              tried, tried == 1 ? "" : "s", t->cfg.out_dir);
