@@ -23,12 +23,9 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
     m->masters = compute == MG_F32 ? 0.0 : n * 4.0;
     if (use == MG_MEM_TRAIN) m->moments = 2.0 * n * 4.0;
     if (use == MG_MEM_SAMPLE) {
-        /* the decoder: every layer's attention cache for one chunk, one layer's work buffers for a chunk,
-         * the logits */
-        const double ch = c->chunk_size, nl = c->n_layers;
-        const double wmax = MG_MAX(MG_MAX(c->model_dim, c->value_dim), MG_MAX(c->z_dim, c->ffn_hidden_dim));
-        m->activations = nl * ch * (double)(c->z_dim + c->value_dim) * es + 24.0 * ch * wmax * es +
-                         12.0 * (double)c->vocab_size;
+        /* the decoder (sample's batch of one): the caches and work buffers it allocates on the backend, and
+         * its host copies of the logits (float and float64) */
+        m->activations = (double)mg_decoder_plan_bytes(c, compute, MG_F32, 1) + 12.0 * (double)c->vocab_size;
     } else {
         m->activations = (double)mg_activation_plan_bytes(c, compute, MG_F32, c->batch_size, c->seq_len);
         m->data = 2.0 * B * L * sizeof(int32_t) * (use == MG_MEM_TRAIN && c->val_data[0] ? 2 : 1);

@@ -197,5 +197,8 @@ const float *mg_decoder_last_logits(const MgDecoder *d);
 int64_t mg_decoder_position(const MgDecoder *d);
 /* Backend bytes the decoder allocated (state, caches, work buffers). */
 size_t mg_decoder_bytes(const MgDecoder *d);
+/* Without a model: the backend bytes mg_decoder_create(m, B) allocates for its caches and work buffers
+ * (mg_decoder_bytes without the two carried states), for a config and dtypes. The memory check uses it. */
+size_t mg_decoder_plan_bytes(const MgConfig *cfg, MgDtype compute, MgDtype state, int B);
 
 #endif

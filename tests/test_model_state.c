@@ -637,6 +637,14 @@ static void test_decoder_memory(void) {
              "after",
              (long long)(s2.allocs - s1.allocs), (long long)(mg_alloc_calls() - host0), (long long)(grows1 - grows0),
              s1.live, s2.live);
+    /* the model-free count the memory check uses: the same buffers, without the two carried states */
+    const TuMemStats before_state = tu_counting_stats();
+    MgModelState *st = mg_model_state_create(m, 2);
+    const size_t state_bytes = tu_counting_stats().live - before_state.live;
+    mg_model_state_free(m, st);
+    const size_t plan = mg_decoder_plan_bytes(&cfg, be->dtype, be->state_dtype, 2);
+    tu_check(plan == mg_decoder_bytes(d) - 2 * state_bytes, "decoder plan bytes without a model = the decoder's",
+             "%zu from the config, %zu allocated less 2 x %zu of state", plan, mg_decoder_bytes(d), state_bytes);
     mg_decoder_free(d);
     tu_check(tu_counting_stats().live == s0.live, "decoder frees everything it allocated", "%zu bytes left",
              tu_counting_stats().live - s0.live);

@@ -28,6 +28,41 @@ struct MgDecoder {
     size_t bytes;            /* backend bytes: arena and the two states */
 };
 
+/* The decoder's buffers for B sequences: every layer's attention cache, one layer's and the final norm's
+ * work buffers for a piece of `cap` tokens, the residual streams, the logits and the token ids. The one
+ * list of them, for mg_decoder_create and for mg_decoder_plan_bytes (the memory check). */
+static void decoder_plan(const MgConfig *c, const MgArch *a, MgPlan *p, char *caches, void *act, void *fin, int B,
+                         int cap, void **x, void **x2, void **fn, void **logits, int32_t **tok) {
+    const int64_t T = (int64_t)B * cap, D = c->model_dim;
+    for (int l = 0; l < c->n_layers; l++) a->plan_cache(c, p, caches + (size_t)l * a->cache_size, B);
+    a->plan_layer(c, p, act, T, B);
+    a->plan_final(c, p, fin, T, B);
+    mg_plan_add(p, "residual stream", MG_BUF_ACT, T * D, x);
+    mg_plan_add(p, "residual stream", MG_BUF_ACT, T * D, x2);
+    mg_plan_add(p, "final norm", MG_BUF_ACT, T * D, fn);
+    mg_plan_add(p, "lm head logits", MG_BUF_ACT, c->vocab_size, logits);
+    mg_plan_add(p, "tokens", MG_BUF_I32, T, (void **)tok);
+}
+
+size_t mg_decoder_plan_bytes(const MgConfig *c, MgDtype compute, MgDtype state, int B) {
+    const MgArch *a = mg_arch_find(c->arch);
+    if (!a) mg_fatal("arch '%s' is not supported (known: megalodon)", c->arch);
+    const int cap = a->decode_piece_max(c);
+    char *caches = mg_calloc((size_t)MG_MAX(c->n_layers, 1), MG_MAX(a->cache_size, 1));
+    void *act = mg_calloc(1, MG_MAX(a->act_size, 1)), *fin = mg_calloc(1, MG_MAX(a->final_size, 1));
+    void *x, *x2, *fn, *logits;
+    int32_t *tok;
+    MgPlan p;
+    mg_plan_init(&p, compute, state);
+    decoder_plan(c, a, &p, caches, act, fin, B, cap, &x, &x2, &fn, &logits, &tok);
+    const size_t bytes = mg_plan_bytes(&p);
+    mg_plan_free(&p);
+    free(caches);
+    free(act);
+    free(fin);
+    return bytes;
+}
+
 MgDecoder *mg_decoder_create(MgModel *m, int B) {
     const MgConfig *c = &m->cfg;
     const MgArch *a = m->arch;
@@ -38,19 +73,12 @@ MgDecoder *mg_decoder_create(MgModel *m, int B) {
     d->st[0] = mg_model_state_create(m, B);
     d->st[1] = mg_model_state_create(m, B);
     const int nl = c->n_layers;
-    const int64_t T = (int64_t)B * d->cap, D = c->model_dim;
+    const int64_t T = (int64_t)B * d->cap;
     d->caches = mg_calloc((size_t)MG_MAX(nl, 1), MG_MAX(a->cache_size, 1));
     d->act = mg_calloc(1, MG_MAX(a->act_size, 1));
     d->fin = mg_calloc(1, MG_MAX(a->final_size, 1));
     mg_plan_init(&d->plan, m->be->dtype, m->be->state_dtype);
-    for (int l = 0; l < nl; l++) a->plan_cache(c, &d->plan, d->caches + (size_t)l * a->cache_size, B);
-    a->plan_layer(c, &d->plan, d->act, T, B);
-    a->plan_final(c, &d->plan, d->fin, T, B);
-    mg_plan_add(&d->plan, "residual stream", MG_BUF_ACT, T * D, &d->x);
-    mg_plan_add(&d->plan, "residual stream", MG_BUF_ACT, T * D, &d->x2);
-    mg_plan_add(&d->plan, "final norm", MG_BUF_ACT, T * D, &d->fn);
-    mg_plan_add(&d->plan, "lm head logits", MG_BUF_ACT, c->vocab_size, &d->logits);
-    mg_plan_add(&d->plan, "tokens", MG_BUF_I32, T, (void **)&d->tok_dev);
+    decoder_plan(c, a, &d->plan, d->caches, d->act, d->fin, B, d->cap, &d->x, &d->x2, &d->fn, &d->logits, &d->tok_dev);
     const size_t bytes = mg_plan_bytes(&d->plan);
     d->arena = m->be->alloc(m->be, bytes);
     mg_plan_place(&d->plan, d->arena);
