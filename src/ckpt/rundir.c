@@ -235,6 +235,19 @@ int mg_ckpt_dir_save(const char *out_dir, const MgParamTable *t, const float *pa
     return mg_ckpt_dir_save_io(out_dir, t, &io, m != NULL, meta, keep, path_out, path_len, err, errlen);
 }
 
+/* A ckpt_*.h5 found by listing out_dir is a candidate only if it is a regular file: checkpoints in out_dir
+ * are never read through a symlink (which could lead anywhere). Says so on stderr when it skips one. */
+static int candidate_ok(const char *p) {
+    struct stat lst;
+    if (lstat(p, &lst) == 0 && !S_ISREG(lst.st_mode)) {
+        fprintf(stderr, "warning: skipping '%s': it is not a regular file (checkpoints in out_dir are never read "
+                        "through a symlink)\n",
+                p);
+        return 0;
+    }
+    return 1;
+}
+
 #define LATEST_ADVICE                                                                                       \
     "if you did not put it there, someone else may have: check the directory, then delete '%s' (resume then "   \
     "uses the newest checkpoint in out_dir) or pass --resume with a checkpoint file you trust"
@@ -332,10 +345,7 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
             free(p);
             continue;
         }
-        struct stat lst;
-        if (lstat(p, &lst) == 0 && !S_ISREG(lst.st_mode)) {
-            fprintf(stderr, "warning: skipping '%s': it is not a regular file (checkpoints in out_dir are never read "
-                    "through a symlink)\n", p);
+        if (!candidate_ok(p)) {
             free(p);
             continue;
         }
@@ -365,10 +375,7 @@ int mg_ckpt_dir_list(const char *out_dir, char ***paths_out) {
     int m = 0;
     for (int i = 0; i < n; i++) {
         char *p = ckpt_path_join(out_dir, list[i].name);
-        struct stat lst; /* the scan's rule: checkpoints in out_dir are never read through a symlink */
-        if (lstat(p, &lst) == 0 && !S_ISREG(lst.st_mode)) {
-            fprintf(stderr, "warning: skipping '%s': it is not a regular file (checkpoints in out_dir are never read "
-                    "through a symlink)\n", p);
+        if (!candidate_ok(p)) {
             free(p);
             continue;
         }
