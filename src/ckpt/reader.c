@@ -338,9 +338,9 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *d
         it->order = mg_realloc(it->order, sizeof(int64_t) * (size_t)it->cap);
     }
     it->order[it->n] = info->corder_valid ? (int64_t)info->corder : -1;
-    if (strlen(name) >= sizeof(it->list[0].name)) snprintf(it->why, sizeof(it->why), "name too long");
-    if (strlen(name) >= sizeof(it->list[0].name) ||
-        tensor_info(it->r, o, name, &it->list[it->n], it->why, sizeof(it->why)) != 0) {
+    const int too_long = strlen(name) >= sizeof(it->list[0].name);
+    if (too_long) snprintf(it->why, sizeof(it->why), "name too long");
+    if (too_long || tensor_info(it->r, o, name, &it->list[it->n], it->why, sizeof(it->why)) != 0) {
         ckpt_h5_close(o);
         goto fail;
     }
