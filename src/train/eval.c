@@ -11,13 +11,13 @@
 #include "../signals.h"
 #include "trainer.h"
 
-int mg_eval_batches_max(const MgLoader *val, int B) {
+static int eval_batches_max(const MgLoader *val, int B) {
     int64_t w = mg_loader_total_windows(val);
     return (int)MG_MIN(MG_MAX(1, w / MG_MAX(B, 1)), INT_MAX);
 }
 
 int mg_eval_batches_effective(const MgLoader *val, int B, int requested, const char *what, FILE *f) {
-    const int max = mg_eval_batches_max(val, B);
+    const int max = eval_batches_max(val, B);
     if (requested <= 0) return max;
     if (requested > max) {
         if (f)

@@ -52,10 +52,9 @@ MgStepResult trainer_step(Trainer *t);
  * pass); the number of targets counted goes to tokens_out if not NULL. On a stop request (signals.h) it
  * stops between batches and returns NAN. */
 double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int64_t *tokens_out);
-/* Micro-batches of one validation pass over val for micro-batch B: max(1, windows / B). mg_evaluate never
- * runs more than this (a larger `batches` would only revisit the same windows). */
-int mg_eval_batches_max(const MgLoader *val, int B);
-/* The batches a pass will run for `requested` (0 = one full pass); prints a note to f when it caps. */
+/* The batches a pass will run for `requested` (0 = one full pass): never more than one validation pass,
+ * max(1, windows / B) micro-batches (more would only revisit the same windows); prints a note to f when
+ * it caps. */
 int mg_eval_batches_effective(const MgLoader *val, int B, int requested, const char *what, FILE *f);
 
 /* ckpt.c */
