@@ -74,19 +74,10 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
     put_u64(hdr + 40, fingerprint);
     /* a temp file under a unique name, created exclusively, renamed over path: nothing is written through
      * a planted symlink (fsutil.h) */
-    char *tmp = NULL, e0[1024];
-    int fd = mg_fs_create_temp(path, &tmp, e0, sizeof e0);
-    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!f) {
-        if (fd >= 0) {
-            snprintf(e0, sizeof e0, "%s", strerror(errno));
-            close(fd);
-            unlink(tmp);
-        }
-        mg_errf(err, errlen, "cannot create shard '%s': %s", path, e0);
-        free(tmp);
-        return -1;
-    }
+    MgAtomicFile af;
+    char e0[1024];
+    FILE *f = mg_fs_atomic_open(&af, path, e0, sizeof e0);
+    if (!f) return mg_errf(err, errlen, "cannot create shard '%s': %s", path, e0);
     int ok = fwrite(hdr, 1, sizeof hdr, f) == sizeof hdr;
     enum { CHUNK = 1 << 16 };
     unsigned char *buf = mg_malloc((size_t)CHUNK * 4);
@@ -112,20 +103,13 @@ int mg_shard_write(const char *path, const int32_t *tokens, uint64_t n_tokens, c
         ok = fwrite(b8, 1, 8, f) == 8;
     }
     free(buf);
-    if (fclose(f) != 0) ok = 0;
     if (!ok) {
-        mg_errf(err, errlen, "writing shard '%s' failed: %s (disk full?)", tmp, strerror(errno));
-        remove(tmp);
-        free(tmp);
-        return -1;
+        int e = errno;
+        mg_fs_atomic_abort(&af);
+        return mg_errf(err, errlen, "writing shard '%s' failed: %s (disk full?)", path, strerror(e));
     }
-    if (rename(tmp, path) != 0) {
-        mg_errf(err, errlen, "cannot rename '%s' to '%s': %s", tmp, path, strerror(errno));
-        remove(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
+    if (mg_fs_atomic_commit(&af, 0, e0, sizeof e0))
+        return mg_errf(err, errlen, "writing shard '%s' failed: %s (disk full?)", path, e0);
     return 0;
 }
 
