@@ -187,27 +187,36 @@ static int refuse_not_regular(const char *path, const char *what, char *err, siz
     return 0;
 }
 
-FILE *mg_fs_open_append(const char *path, char *err, size_t errlen) {
-    /* O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader */
-    int fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0 && errno == ENOENT) fd = mg_fs_create_excl(path);
+/* Open path with `flags` only if it is a regular file, never through a symlink: O_NOFOLLOW, and O_NONBLOCK
+ * during the open (a FIFO would otherwise wait for its other end), then fstat. With create_missing, a path
+ * that does not exist is created exclusively. `what` ("read", "append to") goes into the messages. Returns
+ * the fd (blocking again), or -1 with err and errno. */
+static int open_regular(const char *path, int flags, int create_missing, const char *what, char *err, size_t errlen) {
+    int fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && create_missing) fd = mg_fs_create_excl(path);
     if (fd < 0) {
         int e = errno;
-        if (!refuse_not_regular(path, "append to", err, errlen))
-            mg_errf(err, errlen, "cannot open '%s' to append to it: %s", path, strerror(e));
+        if (e == ENOENT || !refuse_not_regular(path, what, err, errlen))
+            mg_errf(err, errlen, "cannot open '%s' to %s it: %s", path, what, strerror(e));
         errno = e;
-        return NULL;
+        return -1;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        if (!refuse_not_regular(path, "append to", err, errlen))
-            mg_errf(err, errlen, "'%s' is not a regular file: refusing to append to it", path);
+        if (!refuse_not_regular(path, what, err, errlen))
+            mg_errf(err, errlen, "'%s' is not a regular file: refusing to %s it", path, what);
         close(fd);
         errno = EINVAL;
-        return NULL;
+        return -1;
     }
     int fl = fcntl(fd, F_GETFL);
     if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+FILE *mg_fs_open_append(const char *path, char *err, size_t errlen) {
+    int fd = open_regular(path, O_WRONLY | O_APPEND, 1, "append to", err, errlen);
+    if (fd < 0) return NULL;
     FILE *f = fdopen(fd, "a");
     if (!f) {
         mg_errf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
@@ -217,24 +226,7 @@ FILE *mg_fs_open_append(const char *path, char *err, size_t errlen) {
 }
 
 int mg_fs_open_regular(const char *path, char *err, size_t errlen) {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        if (e == ENOENT || !refuse_not_regular(path, "read", err, errlen))
-            mg_errf(err, errlen, "cannot open '%s': %s", path, strerror(e));
-        errno = e;
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        if (!refuse_not_regular(path, "read", err, errlen)) mg_errf(err, errlen, "'%s' is not a regular file", path);
-        close(fd);
-        errno = EINVAL;
-        return -1;
-    }
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    return fd;
+    return open_regular(path, O_RDONLY, 0, "read", err, errlen);
 }
 
 FILE *mg_fs_fopen_replace(const char *path, char *err, size_t errlen) {
