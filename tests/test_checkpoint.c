@@ -154,17 +154,6 @@ HDF5_ONLY static void flip_byte(const char *path, int64_t off) {
     close(fd);
 }
 
-HDF5_ONLY static int count_files(const char *dir, const char *suffix) {
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "ls -1 '%s' 2>/dev/null | grep -c -- '%s$'", dir, suffix);
-    FILE *f = popen(cmd, "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1) n = -1;
-        pclose(f);
-    }
-    return n;
-}
 
 /* ---------------------------------------------------------------------------------------------------- */
 
@@ -293,7 +282,7 @@ static void test_round_trip(const State *s, const char *path) {
     MgCkptStats st = mg_ckpt_last_stats();
     tu_check(st.bytes == (double)s->t.total * 12 && st.seconds > 0, "save_stats", "bytes %.0f expected %lld", st.bytes,
              (long long)s->t.total * 12);
-    tu_check(count_files(g_dir, "rt\\.h5\\..*\\.tmp") == 0, "save_leaves_no_tmp", "temp file gone");
+    tu_check(tu_count_files(g_dir, "rt\\.h5\\..*\\.tmp$", 0) == 0, "save_leaves_no_tmp", "temp file gone");
     State d;
     state_zero_like(&d, s);
     rc = mg_ckpt_load(path, &s->t, d.p, d.m, d.v, &back, err, sizeof(err));
@@ -675,7 +664,7 @@ static void test_validation(const State *s, const char *good) {
     fill_meta(&meta, 9);
     rc = mg_ckpt_save(tmp_path("nan_save.h5"), &s->t, bad.p, bad.m, bad.v, &meta, err, sizeof(err));
     tu_check(rc == -1 && strstr(err, "optimizer/v/lm_head.weight") && access(tmp_path("nan_save.h5"), F_OK) != 0 &&
-                 count_files(g_dir, "nan_save\\.h5\\..*\\.tmp") == 0,
+                 tu_count_files(g_dir, "nan_save\\.h5\\..*\\.tmp$", 0) == 0,
              "nan_save_refused", "%s", err);
     state_free_arrays(&bad);
     mg_ckpt_meta_free(&meta);
@@ -930,7 +919,7 @@ static void test_tensor_io(const State *s, const char *good) {
     int rc2 = mg_ckpt_save_io(prev, &s->t, &io, 1, &meta2, err, sizeof(err));
     int64_t step = -1;
     tu_check(rc == 0 && rc2 == -1 && strstr(err, "device lost (injected at call 37)") && strstr(err, prev) &&
-                 count_files(g_dir, "io_fail\\.h5\\..*\\.tmp") == 0 && loads_ok(prev, s, &step) && step == 1234,
+                 tu_count_files(g_dir, "io_fail\\.h5\\..*\\.tmp$", 0) == 0 && loads_ok(prev, s, &step) && step == 1234,
              "save_io_get_failure_keeps_previous", "%s", err);
     /* get returning other values the second time it is asked for a range of a large tensor */
     d.fail_at = -1;
@@ -938,7 +927,7 @@ static void test_tensor_io(const State *s, const char *good) {
     memset(d.seen, 0, sizeof(int32_t) * 3 * (size_t)s->t.total);
     rc2 = mg_ckpt_save_io(prev, &s->t, &io, 1, &meta2, err, sizeof(err));
     tu_check(rc2 == -1 && strstr(err, "changed while it was being saved") &&
-                 count_files(g_dir, "io_fail\\.h5\\..*\\.tmp") == 0 &&
+                 tu_count_files(g_dir, "io_fail\\.h5\\..*\\.tmp$", 0) == 0 &&
                  loads_ok(prev, s, &step) && step == 1234,
              "save_io_detects_data_changing_between_passes", "%s", err);
     dev_free(&d);
@@ -990,7 +979,7 @@ static void test_rotation_and_latest(const State *s) {
         allok &= mg_ckpt_dir_save(dir, &s->t, s->p, s->m, s->v, &meta, 3, path, sizeof(path), err, sizeof(err)) == 0;
         mg_ckpt_meta_free(&meta);
     }
-    int n = count_files(dir, ".h5");
+    int n = tu_count_files(dir, ".h5$", 0);
     char p40[600], p60[600], p30[600];
     snprintf(p30, sizeof(p30), "%s/ckpt_00000030.h5", dir);
     snprintf(p40, sizeof(p40), "%s/ckpt_00000040.h5", dir);
@@ -1019,8 +1008,8 @@ static void test_rotation_and_latest(const State *s) {
     fill_meta(&meta, 70);
     rc = mg_ckpt_dir_save(dir, &s->t, s->p, s->m, s->v, &meta, 0, path, sizeof(path), err, sizeof(err));
     mg_ckpt_meta_free(&meta);
-    tu_check(rc == 0 && latest_step(dir, got, sizeof(got)) == 70 && count_files(dir, ".h5") == 4, "keep_0_keeps_all",
-             "%d files", count_files(dir, ".h5"));
+    tu_check(rc == 0 && latest_step(dir, got, sizeof(got)) == 70 && tu_count_files(dir, ".h5$", 0) == 4, "keep_0_keeps_all",
+             "%d files", tu_count_files(dir, ".h5$", 0));
     /* empty and missing directories: no checkpoint, not an error */
     char empty[400];
     snprintf(empty, sizeof(empty), "%s/run_empty", g_dir);
@@ -1138,7 +1127,7 @@ static void test_disk_full(const State *s) {
         int64_t step = -1;
         char lat[600];
         int good = WIFEXITED(status) && WEXITSTATUS(status) == 0 && strstr(msg, cases[i].expect) && strstr(msg, dir) &&
-                   access(p2, F_OK) != 0 && count_files(dir, ".tmp") == 0 &&
+                   access(p2, F_OK) != 0 && tu_count_files(dir, ".tmp$", 0) == 0 &&
                    latest_step(dir, lat, sizeof(lat)) == 100 && loads_ok(lat, s, &step) && step == 100;
         if (!good) printf("# case %d: status 0x%x, message: %s\n", i, status, msg);
         passed += good;
@@ -1205,14 +1194,14 @@ static void test_kill_during_save(const State *s) {
         if (!good) printf("# kill at %s %d: got %zd status %d\n", points[i].stage, points[i].index, got, status);
         ok &= good;
     }
-    int leftover = count_files(dir, ".tmp");
+    int leftover = tu_count_files(dir, ".tmp$", 0);
     tu_check(ok && leftover == 1, "kill_at_known_points_keeps_previous", "4 kill points; %d temp file left behind",
              leftover);
     /* the next save cleans the stale temp file */
     fill_meta(&meta, 300);
     rc = mg_ckpt_dir_save(dir, &s->t, s->p, s->m, s->v, &meta, 2, path, sizeof(path), err, sizeof(err));
     mg_ckpt_meta_free(&meta);
-    tu_check(rc == 0 && count_files(dir, ".tmp") == 0 && count_files(dir, ".h5") == 2, "next_save_removes_stale_tmp",
+    tu_check(rc == 0 && tu_count_files(dir, ".tmp$", 0) == 0 && tu_count_files(dir, ".h5$", 0) == 2, "next_save_removes_stale_tmp",
              "%s", err);
 
     /* random kill times while the child saves one checkpoint after another */
@@ -1238,7 +1227,7 @@ static void test_kill_during_save(const State *s) {
         int64_t step = -1;
         int st = latest_step(dir, lat, sizeof(lat));
         int good = WIFSIGNALED(status) && st >= 0 && loads_ok(lat, s, &step) && step == st;
-        mid += count_files(dir, ".tmp") > 0;
+        mid += tu_count_files(dir, ".tmp$", 0) > 0;
         good_trials += good;
         if (!good) printf("# random kill %d: status %d latest %d\n", t, status, st);
     }

@@ -71,19 +71,6 @@ static void plant(const char *link) {
     if (symlink(g_victim, link) != 0) mg_fatal("symlink %s: %s", link, strerror(errno));
 }
 
-/* Entries of dir whose name ends in ".tmp". */
-static int count_tmp(const char *dir) {
-    char cmd[800];
-    snprintf(cmd, sizeof cmd, "ls -1A '%s' | grep -c '\\.tmp$'", dir);
-    FILE *f = popen(cmd, "r");
-    int n = -1;
-    if (f) {
-        if (fscanf(f, "%d", &n) != 1) n = -1;
-        pclose(f);
-    }
-    return n;
-}
-
 static void test_primitives(void) {
     char d[600], err[2048] = "";
     snprintf(d, sizeof d, "%s/prim", g_dir);
@@ -116,7 +103,7 @@ static void test_primitives(void) {
     plant(p);
     int rc = mg_fs_write_file_atomic(p, "new\n", 4, 1, err, sizeof err);
     char *got = read_text(p);
-    tu_check(rc == 0 && is_regular(p) && !strcmp(got, "new\n") && victim_intact() && count_tmp(d) == 0,
+    tu_check(rc == 0 && is_regular(p) && !strcmp(got, "new\n") && victim_intact() && tu_count_files(d, "\\.tmp$", 1) == 0,
              "write_atomic_replaces_symlink", "rc %d %s", rc, err);
     free(got);
     plant(p);
@@ -125,14 +112,14 @@ static void test_primitives(void) {
     if (f) fputs("stream\n", f);
     rc = f ? mg_fs_atomic_commit(&af, 0, err, sizeof err) : -1;
     got = read_text(p);
-    tu_check(rc == 0 && is_regular(p) && !strcmp(got, "stream\n") && victim_intact() && count_tmp(d) == 0,
+    tu_check(rc == 0 && is_regular(p) && !strcmp(got, "stream\n") && victim_intact() && tu_count_files(d, "\\.tmp$", 1) == 0,
              "atomic_stream_replaces_symlink", "rc %d %s", rc, err);
     free(got);
     plant(p);
     f = mg_fs_atomic_open(&af, p, err, sizeof err);
     if (f) fputs("dropped\n", f);
     mg_fs_atomic_abort(&af);
-    tu_check(is_link(p) && victim_intact() && count_tmp(d) == 0, "atomic_abort_leaves_nothing", "ok");
+    tu_check(is_link(p) && victim_intact() && tu_count_files(d, "\\.tmp$", 1) == 0, "atomic_abort_leaves_nothing", "ok");
     plant(p);
     f = mg_fs_fopen_replace(p, err, sizeof err);
     if (f) {
@@ -140,7 +127,7 @@ static void test_primitives(void) {
         fclose(f);
     }
     got = read_text(p);
-    tu_check(f && is_regular(p) && !strcmp(got, "log\n") && victim_intact() && count_tmp(d) == 0,
+    tu_check(f && is_regular(p) && !strcmp(got, "log\n") && victim_intact() && tu_count_files(d, "\\.tmp$", 1) == 0,
              "fopen_replace_replaces_symlink", "%s", err);
     free(got);
 
@@ -287,7 +274,7 @@ static void test_run_dir(const Model *s) {
     plant(path_in(d, old_probe));
     plant(path_in(d, ".megalodon_write_test"));
     int rc = mg_ckpt_dir_check_writable(d, 0, err, sizeof err);
-    tu_check(rc == 0 && victim_intact() && is_link(path_in(d, old_probe)) && count_tmp(d) == 0,
+    tu_check(rc == 0 && victim_intact() && is_link(path_in(d, old_probe)) && tu_count_files(d, "\\.tmp$", 1) == 0,
              "write_probe_does_not_follow_symlinks", "rc %d %s", rc, err);
     unlink(path_in(d, old_probe));
     unlink(path_in(d, ".megalodon_write_test"));
@@ -305,7 +292,7 @@ static void test_run_dir(const Model *s) {
     if (loads) mg_ckpt_meta_free(&back);
     tu_check(rc == 0 && victim_intact() && is_regular(path_in(d, "ckpt_00000010.h5")) &&
                  is_regular(path_in(d, "latest")) && !strcmp(latest, "ckpt_00000010.h5\n") && loads &&
-                 !memcmp(p2, s->p, (size_t)s->t.total * 4) && count_tmp(d) == 0,
+                 !memcmp(p2, s->p, (size_t)s->t.total * 4) && tu_count_files(d, "\\.tmp$", 1) == 0,
              "save_replaces_planted_symlinks_never_writes_through", "rc %d %s; latest '%s'", rc, err, latest);
     free(latest);
     free(p2);

@@ -252,17 +252,7 @@ static void test_parse_step(void) {
 }
 
 /* Files "log.jsonl.<random>.tmp" left in g_dir (temp files of mg_log_trim). */
-static int count_tmp(void) {
-    DIR *d = opendir(g_dir);
-    int n = 0;
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        n += !strncmp(e->d_name, "log.jsonl.", 10) && l > 4 && !strcmp(e->d_name + l - 4, ".tmp");
-    }
-    if (d) closedir(d);
-    return n;
-}
+static int count_tmp(void) { return tu_count_files(g_dir, "^log\\.jsonl\\..*\\.tmp$", 1); }
 
 static void open_log_resume(void *dir) {
     FILE *f = mg_log_open(dir, 1, 1);

@@ -1,7 +1,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_util.h"
 
+#include <dirent.h>
 #include <math.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,4 +374,19 @@ void tu_numeric_grad6(double *x, size_t n, tu_loss_fn loss, void *ctx, double re
         x[i] = x0;
         num[i] = acc / (60.0 * h);
     }
+}
+
+int tu_count_files(const char *dir, const char *re, int with_hidden) {
+    regex_t rx;
+    if (regcomp(&rx, re, REG_NOSUB) != 0) return -1;
+    DIR *d = opendir(dir);
+    int n = d ? 0 : -1;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || (e->d_name[0] == '.' && !with_hidden)) continue;
+        n += regexec(&rx, e->d_name, 0, NULL, 0) == 0;
+    }
+    if (d) closedir(d);
+    regfree(&rx);
+    return n;
 }

@@ -83,6 +83,9 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
 void tu_tiny_megalodon(MgConfig *c, int vocab);
 /* n random token ids in [0, V). */
 void tu_random_ids(int32_t *ids, int64_t n, int V);
+/* Entries of dir whose name matches the POSIX basic regular expression `re` (as grep would: anywhere in the
+ * name unless anchored); names starting with '.' only if with_hidden. -1 if dir or re is unusable. */
+int tu_count_files(const char *dir, const char *re, int with_hidden);
 /* Give the zero-initialised parameters of a float64 arena laid out by t (norm offsets, biases, qk gamma
  * and beta) N(0, scale^2) values, so a gradient check exercises them with non-zero values. */
 void tu_perturb_zero_init(const MgParamTable *t, double *params, double scale);
