@@ -1,0 +1,297 @@
+/* Sequence parallelism: the model's communication hooks over the SP group (sp.h, docs/parallelism.md). */
+#include "sp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Message tags: each scan uses up to 1024 tags from its base (pipelined pieces). */
+enum { TAG_TSN = 0, TAG_CEMA = 1024, TAG_BWD = 2048 };
+
+typedef struct {
+    MgTpRequest *req;
+    void *buf;
+} Pending;
+
+struct MgSp {
+    MgTransport *t;
+    const MgBackend *be;
+    MgScanAlgo algo;
+    int pieces;
+    MgModelHooks hooks;
+    MgScanDtype sdt;   /* element type of the exchanged summaries: the state dtype (f32 or f64) */
+    size_t ss;         /* bytes of one state scalar */
+    /* host buffers, grown on demand */
+    void *elem, *out, *tmp;
+    size_t elem_cap, out_cap, tmp_cap;
+    double *param;
+    size_t param_cap;
+    Pending *pend;
+    int n_pend, cap_pend;
+    MgSpStats st;
+};
+
+static void *grow(void *p, size_t *cap, size_t need) {
+    if (need <= *cap) return p;
+    free(p);
+    *cap = need + need / 4;
+    return mg_malloc(*cap);
+}
+
+int mg_scan_algo_parse(const char *name, MgScanAlgo *out) {
+    static const struct {
+        const char *n;
+        MgScanAlgo a;
+    } names[] = {{"chain", MG_SCAN_CHAIN},
+                 {"pipelined", MG_SCAN_PIPELINED},
+                 {"allgather", MG_SCAN_ALLGATHER},
+                 {"doubling", MG_SCAN_RECURSIVE_DOUBLING},
+                 {"recursive-doubling", MG_SCAN_RECURSIVE_DOUBLING}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(name, names[i].n)) {
+            *out = names[i].a;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- element conversions --------------------------------------------------------------------------------- */
+static double get(const MgSp *s, const void *p, int64_t i) {
+    return s->sdt == MG_SCAN_F64 ? ((const double *)p)[i] : (double)((const float *)p)[i];
+}
+static void put(const MgSp *s, void *p, int64_t i, double v) {
+    if (s->sdt == MG_SCAN_F64) ((double *)p)[i] = v;
+    else ((float *)p)[i] = (float)v;
+}
+
+/* Index of the tensor called `name` in the exchange group (fatal if absent: a model this module does not
+ * know). */
+static int find(const MgStateExchange *x, const char *name) {
+    for (int i = 0; i < x->n; i++)
+        if (!strcmp(x->tensor[i], name)) return i;
+    mg_fatal("sequence parallel: state group '%s' of layer %d has no tensor '%s'", x->name, x->layer, name);
+}
+
+/* Raw parameters (backend memory, compute dtype) to host doubles. */
+static void params_to_host(MgSp *s, const void *p, int64_t n, double *d) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype);
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)n * es);
+    be->to_host(be, s->tmp, p, (size_t)n * es);
+    for (int64_t i = 0; i < n; i++) {
+        if (be->dtype == MG_F64) d[i] = ((const double *)s->tmp)[i];
+        else if (be->dtype == MG_F32) d[i] = ((const float *)s->tmp)[i];
+        else {
+            uint32_t u = (uint32_t)((const uint16_t *)s->tmp)[i] << 16; /* bf16 */
+            float f;
+            memcpy(&f, &u, sizeof f);
+            d[i] = f;
+        }
+    }
+}
+
+/* TimestepNorm: (count, mean, var) per (sequence, group) -> Welford (count, mean, M2 = var * count). */
+static int64_t tsn_elems(MgSp *s, const MgStateExchange *x) {
+    const MgBackend *be = s->be;
+    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
+    const int B = x->B;
+    const int64_t BG = x->numel[im], G = BG / B;
+    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
+    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
+    int64_t *cnt = s->tmp;
+    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    be->to_host(be, cnt, x->local[ic], (size_t)B * sizeof(int64_t));
+    be->to_host(be, mean, x->local[im], (size_t)BG * s->ss);
+    be->to_host(be, var, x->local[iv], (size_t)BG * s->ss);
+    s->elem = grow(s->elem, &s->elem_cap, (size_t)BG * 3 * s->ss);
+    for (int64_t c = 0; c < BG; c++) {
+        const double n = (double)cnt[c / G];
+        put(s, s->elem, 3 * c, n);
+        put(s, s->elem, 3 * c + 1, get(s, mean, c));
+        put(s, s->elem, 3 * c + 2, get(s, var, c) * n);
+    }
+    return BG;
+}
+
+static void tsn_incoming(MgSp *s, const MgStateExchange *x) {
+    const MgBackend *be = s->be;
+    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
+    const int B = x->B;
+    const int64_t BG = x->numel[im], G = BG / B;
+    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
+    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
+    int64_t *cnt = s->tmp;
+    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    for (int64_t c = 0; c < BG; c++) {
+        const double n = get(s, s->out, 3 * c);
+        if (c % G == 0) cnt[c / G] = (int64_t)llround(n);
+        put(s, mean, c, get(s, s->out, 3 * c + 1));
+        put(s, var, c, n > 0 ? get(s, s->out, 3 * c + 2) / n : 1.0); /* count 0: the fresh prior */
+    }
+    be->to_device(be, x->in[ic], cnt, (size_t)B * sizeof(int64_t));
+    be->to_device(be, x->in[im], mean, (size_t)BG * s->ss);
+    be->to_device(be, x->in[iv], var, (size_t)BG * s->ss);
+}
+
+/* CEMA: per (sequence, channel, order) the affine map h -> q^L h + h_local of the slice. q = r e^{i th}
+ * with r = 1 - sigmoid(alpha) sigmoid(delta), th = (n + 1) (2 pi / N) sigmoid(theta) (kernels/ops.h). */
+static int64_t cema_elems(MgSp *s, const MgStateExchange *x) {
+    const MgCemaArgs *a = x->op_args;
+    MG_CHECK(a, "sequence parallel: the CEMA exchange needs the op's arguments");
+    const int ih = find(x, "h");
+    const int B = x->B, D = a->D, N = a->N;
+    const int64_t DN = (int64_t)D * N, C = (int64_t)B * DN;
+    MG_CHECK(x->numel[ih] == 2 * C, "sequence parallel: CEMA state of %lld values, expected %lld",
+             (long long)x->numel[ih], (long long)(2 * C));
+    s->param = grow(s->param, &s->param_cap, (size_t)(2 * DN + D) * sizeof(double));
+    double *alpha = s->param, *delta = alpha + DN, *theta = delta + DN;
+    params_to_host(s, a->alpha, DN, alpha);
+    params_to_host(s, a->delta, DN, delta);
+    params_to_host(s, a->theta, D, theta);
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(2 * C) * s->ss);
+    s->be->to_host(s->be, s->tmp, x->local[ih], (size_t)(2 * C) * s->ss);
+    s->elem = grow(s->elem, &s->elem_cap, (size_t)(4 * C) * s->ss);
+    const double base = 2.0 * M_PI / N, L = (double)x->L;
+    for (int64_t jn = 0; jn < DN; jn++) {
+        const int64_t j = jn / N, n = jn % N;
+        const double al = 1.0 / (1.0 + exp(-alpha[jn])), de = 1.0 / (1.0 + exp(-delta[jn]));
+        const double om = 1.0 / (1.0 + exp(-theta[j]));
+        const double r = pow(1.0 - al * de, L), th = L * (double)(n + 1) * base * om;
+        const double ar = r * cos(th), ai = r * sin(th);
+        for (int b = 0; b < B; b++) {
+            const int64_t c = (int64_t)b * DN + jn;
+            put(s, s->elem, 4 * c, ar);
+            put(s, s->elem, 4 * c + 1, ai);
+            put(s, s->elem, 4 * c + 2, get(s, s->tmp, 2 * c));
+            put(s, s->elem, 4 * c + 3, get(s, s->tmp, 2 * c + 1));
+        }
+    }
+    return C;
+}
+
+static void cema_incoming(MgSp *s, const MgStateExchange *x, int64_t C) {
+    const int ih = find(x, "h");
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(2 * C) * s->ss);
+    for (int64_t c = 0; c < C; c++) { /* h0 = 0: the incoming state is the prefix's b */
+        put(s, s->tmp, 2 * c, get(s, s->out, 4 * c + 2));
+        put(s, s->tmp, 2 * c + 1, get(s, s->out, 4 * c + 3));
+    }
+    s->be->to_device(s->be, x->in[ih], s->tmp, (size_t)(2 * C) * s->ss);
+}
+
+/* ---- hooks ------------------------------------------------------------------------------------------------ */
+static void h_begin(void *ctx, const MgStateExchange *x) {
+    (void)ctx;
+    (void)x; /* the scan runs in state_end, after the work that does not need the incoming state */
+}
+
+static void h_end(void *ctx, const MgStateExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const int cema = !strcmp(x->name, "cema");
+    MG_CHECK(cema || !strcmp(x->name, "timestep_norm"), "sequence parallel: unknown state group '%s'", x->name);
+    const int64_t C = cema ? cema_elems(s, x) : tsn_elems(s, x);
+    MgScanSpec spec = {.op = cema ? MG_SCAN_CEMA : MG_SCAN_WELFORD, .dtype = s->sdt, .dir = MG_SCAN_FORWARD,
+                       .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
+                       .tag = cema ? TAG_CEMA : TAG_TSN};
+    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
+    mg_state_scan(s->t, &spec, s->elem, NULL, s->out);
+    if (cema) cema_incoming(s, x, C);
+    else tsn_incoming(s, x);
+    s->st.fwd_scans++;
+    s->st.bytes_sent += (int64_t)mg_scan_bytes(&spec);
+    s->st.fwd_seconds += mg_now() - t0;
+}
+
+/* Bytes of a group's gradient message: its tensors that have a gradient (counts do not). */
+static size_t grad_bytes(const MgSp *s, const MgStateExchange *x, int use_din) {
+    size_t n = 0;
+    for (int i = 0; i < x->n; i++)
+        if (use_din ? x->din[i] != NULL : x->dout[i] != NULL) n += (size_t)x->numel[i] * s->ss;
+    return n;
+}
+
+static void h_dget(void *ctx, const MgStateExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const MgBackend *be = s->be;
+    const size_t bytes = grad_bytes(s, x, 0);
+    if (s->t->rank == s->t->size - 1) { /* the last slice: nothing after it */
+        for (int i = 0; i < x->n; i++)
+            if (x->dout[i]) be->memset0(be, x->dout[i], (size_t)x->numel[i] * s->ss);
+    } else {
+        s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
+        mg_tp_recv(s->t, s->t->rank + 1, TAG_BWD + x->group, s->tmp, bytes);
+        size_t off = 0;
+        for (int i = 0; i < x->n; i++) {
+            if (!x->dout[i]) continue;
+            be->to_device(be, x->dout[i], (char *)s->tmp + off, (size_t)x->numel[i] * s->ss);
+            off += (size_t)x->numel[i] * s->ss;
+        }
+    }
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+static void h_ddone(void *ctx, const MgStateExchange *x) {
+    MgSp *s = ctx;
+    if (s->t->rank == 0) return; /* the first slice's incoming state is the fresh one */
+    const double t0 = mg_now();
+    const MgBackend *be = s->be;
+    const size_t bytes = grad_bytes(s, x, 1);
+    char *buf = mg_malloc(bytes);
+    size_t off = 0;
+    for (int i = 0; i < x->n; i++) {
+        if (!x->din[i]) continue;
+        be->to_host(be, buf + off, x->din[i], (size_t)x->numel[i] * s->ss);
+        off += (size_t)x->numel[i] * s->ss;
+    }
+    if (s->n_pend == s->cap_pend) {
+        s->cap_pend = s->cap_pend ? 2 * s->cap_pend : 16;
+        s->pend = mg_realloc(s->pend, (size_t)s->cap_pend * sizeof *s->pend);
+    }
+    s->pend[s->n_pend++] = (Pending){mg_tp_isend(s->t, s->t->rank - 1, TAG_BWD + x->group, buf, bytes), buf};
+    s->st.bwd_messages++;
+    s->st.bytes_sent += (int64_t)bytes;
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+void mg_sp_finish(MgSp *s) {
+    const double t0 = mg_now();
+    for (int i = 0; i < s->n_pend; i++) {
+        mg_tp_wait(s->t, s->pend[i].req);
+        free(s->pend[i].buf);
+    }
+    s->n_pend = 0;
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------------------------- */
+MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, int pieces) {
+    MG_CHECK(be->state_dtype == MG_F32 || be->state_dtype == MG_F64,
+             "sequence parallel: state dtype %s is not supported (float32 or float64)", mg_dtype_name(be->state_dtype));
+    MgSp *s = mg_calloc(1, sizeof *s);
+    s->t = sp_group;
+    s->be = be;
+    s->algo = algo;
+    s->pieces = MG_MAX(1, MG_MIN(pieces, 1024));
+    s->sdt = be->state_dtype == MG_F64 ? MG_SCAN_F64 : MG_SCAN_F32;
+    s->ss = mg_dtype_size(be->state_dtype);
+    s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
+                              .dstate_done = h_ddone};
+    return s;
+}
+
+void mg_sp_free(MgSp *s) {
+    if (!s) return;
+    mg_sp_finish(s);
+    free(s->elem);
+    free(s->out);
+    free(s->tmp);
+    free(s->param);
+    free(s->pend);
+    free(s);
+}
+
+const MgModelHooks *mg_sp_hooks(MgSp *s) { return &s->hooks; }
+MgSpStats mg_sp_stats(const MgSp *s) { return s->st; }
+void mg_sp_stats_reset(MgSp *s) { memset(&s->st, 0, sizeof s->st); }

@@ -1,0 +1,200 @@
+/* Sequence parallelism through the model (parallel/sp.h): P ranks, as threads exchanging over the `local`
+ * transport, each run a slice of whole attention chunks of the same sequences with the state-scan hooks;
+ * their losses and gradients summed must equal one process running the whole sequences. Every scan
+ * algorithm, P = 2, 3, 4 (two chunks per rank), dropout on, in float64 (exactness) and float32 (the
+ * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative). */
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "../parallel/sp.h"
+#include "../src/config.h"
+#include "../src/model.h"
+#include "test_util.h"
+
+enum { B = 2, CHUNK = 16, PER_RANK = 2 * CHUNK, SEED = 7 };
+
+typedef struct {
+    const MgConfig *cfg;
+    const char *backend;
+    MgTransport *tp;
+    MgScanAlgo algo;
+    int pieces, P, L, train;
+    const int32_t *tok, *tgt;
+    double scale;
+    /* results */
+    double loss;
+    int64_t counted;
+    double *grads;
+    MgSpStats st;
+} Rank;
+
+static MgModel *make_model(const MgConfig *cfg, const char *backend, MgBackend **be_out) {
+    char err[512];
+    MgBackendOptions o = {.threads = 1};
+    MgBackend *be = mg_backend_create(backend, 0, &o, err, sizeof err);
+    MG_CHECK(be, "%s", err);
+    MgModel *m = mg_model_create(cfg, be);
+    mg_model_init_weights(m, SEED);
+    *be_out = be;
+    return m;
+}
+
+static void grads_to_double(MgModel *m, double *out) {
+    const MgBackend *be = mg_model_backend(m);
+    const int64_t n = mg_model_params_table(m)->total;
+    if (be->dtype == MG_F64) {
+        memcpy(out, mg_model_grads(m), sizeof(double) * (size_t)n);
+    } else {
+        const float *g = mg_model_grads(m);
+        for (int64_t i = 0; i < n; i++) out[i] = g[i];
+    }
+}
+
+static int32_t *slice_cols(const int32_t *x, int L, int t0, int len) {
+    int32_t *o = malloc(sizeof(int32_t) * (size_t)B * (size_t)len);
+    for (int b = 0; b < B; b++) memcpy(o + (size_t)b * len, x + (size_t)b * L + t0, sizeof(int32_t) * (size_t)len);
+    return o;
+}
+
+static MgForwardOpts opts_for(const Rank *r, int pos0) {
+    return (MgForwardOpts){.seed = 0x1234, .training = r->train, .seq0 = 0, .pos0 = pos0, .seq_len = r->L};
+}
+
+static void *rank_main(void *v) {
+    Rank *r = v;
+    MgBackend *be;
+    MgModel *m = make_model(r->cfg, r->backend, &be);
+    const int rank = r->tp->rank, Ls = r->L / r->P;
+    int32_t *tok = slice_cols(r->tok, r->L, rank * Ls, Ls), *tgt = slice_cols(r->tgt, r->L, rank * Ls, Ls);
+    MgSp *sp = mg_sp_create(r->tp, be, r->algo, r->pieces);
+    mg_model_zero_grads(m);
+    MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = Ls, .grad_scale = r->scale,
+                    .opts = opts_for(r, rank * Ls), .hooks = mg_sp_hooks(sp)};
+    r->loss = mg_model_step(m, &a, &r->counted);
+    mg_sp_finish(sp);
+    r->grads = malloc(sizeof(double) * (size_t)mg_model_params_table(m)->total);
+    grads_to_double(m, r->grads);
+    r->st = mg_sp_stats(sp);
+    mg_sp_free(sp);
+    free(tok);
+    free(tgt);
+    mg_model_free(m);
+    mg_backend_destroy(be);
+    return NULL;
+}
+
+/* Worst per-tensor normwise difference (max |a - b| / max |b|). */
+static double grads_diff(const MgParamTable *t, const double *a, const double *b, const char **worst) {
+    double w = 0.0;
+    for (int i = 0; i < t->count; i++) {
+        double d = 0.0, s = 0.0;
+        for (int64_t j = t->params[i].offset; j < t->params[i].offset + t->params[i].numel; j++) {
+            d = fmax(d, fabs(a[j] - b[j]));
+            s = fmax(s, fabs(b[j]));
+        }
+        const double e = s > 0 ? d / s : d;
+        if (!(e <= w)) {
+            w = e;
+            *worst = t->params[i].name;
+        }
+    }
+    return w;
+}
+
+static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_loss, double tol_grad) {
+    MgConfig cfg;
+    tu_tiny_megalodon(&cfg, 512);
+    cfg.chunk_size = CHUNK;
+    cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
+    const int L = P * PER_RANK;
+    cfg.seq_len = L;
+    int32_t *tok = malloc(sizeof(int32_t) * B * (size_t)L), *tgt = malloc(sizeof(int32_t) * B * (size_t)L);
+    tu_random_ids(tok, (int64_t)B * L, cfg.vocab_size);
+    tu_random_ids(tgt, (int64_t)B * L, cfg.vocab_size);
+    tgt[5] = -1; /* an ignored target */
+    const double scale = 1.0 / (double)(B * L - 1);
+
+    /* one process, the whole sequences */
+    MgBackend *be;
+    MgModel *m = make_model(&cfg, backend, &be);
+    const MgParamTable *pt = mg_model_params_table(m);
+    double *g_ref = malloc(sizeof(double) * (size_t)pt->total), *g_sum = calloc((size_t)pt->total, sizeof(double));
+    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
+                  .tgt = tgt, .scale = scale};
+    mg_model_zero_grads(m);
+    MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = L, .grad_scale = scale, .opts = opts_for(&proto, 0)};
+    int64_t n_ref = 0;
+    const double loss_ref = mg_model_step(m, &a, &n_ref);
+    grads_to_double(m, g_ref);
+
+    /* P ranks */
+    MgTransport *tp[8];
+    mg_transport_local_create(P, tp);
+    Rank r[8];
+    pthread_t th[8];
+    for (int i = 0; i < P; i++) {
+        r[i] = proto;
+        r[i].tp = tp[i];
+        pthread_create(&th[i], NULL, rank_main, &r[i]);
+    }
+    double loss = 0.0;
+    int64_t n = 0;
+    for (int i = 0; i < P; i++) {
+        pthread_join(th[i], NULL);
+        loss += r[i].loss;
+        n += r[i].counted;
+        for (int64_t j = 0; j < pt->total; j++) g_sum[j] += r[i].grads[j];
+    }
+    char name[200];
+    snprintf(name, sizeof name, "%s, SP %d, %s scan: loss = one process", backend, P, mg_scan_algo_name(algo));
+    tu_check_err(name, fabs(loss - loss_ref) / fabs(loss_ref), tol_loss);
+    snprintf(name, sizeof name, "%s, SP %d, %s scan: targets counted = one process", backend, P,
+             mg_scan_algo_name(algo));
+    tu_check(n == n_ref, name, "%lld vs %lld", (long long)n, (long long)n_ref);
+    const char *worst = "?";
+    const double e = grads_diff(pt, g_sum, g_ref, &worst);
+    snprintf(name, sizeof name, "%s, SP %d, %s scan: every gradient = one process (worst: %s)", backend, P,
+             mg_scan_algo_name(algo), worst);
+    tu_check_err(name, e, tol_grad);
+    /* traffic: every rank ran one scan per layer and group forward; all but rank 0 sent one gradient
+     * message per layer and group backward */
+    const int groups = 2 * cfg.n_layers + 1;
+    int ok = 1;
+    for (int i = 0; i < P; i++)
+        ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 ? 0 : groups);
+    snprintf(name, sizeof name, "%s, SP %d, %s scan: one scan per layer and state group, one gradient message back",
+             backend, P, mg_scan_algo_name(algo));
+    tu_check(ok, name, "rank 1: %lld scans, %lld messages", (long long)r[1].st.fwd_scans,
+             (long long)r[1].st.bwd_messages);
+    for (int i = 0; i < P; i++) {
+        free(r[i].grads);
+        mg_tp_free(tp[i]);
+    }
+    free(g_ref);
+    free(g_sum);
+    free(tok);
+    free(tgt);
+    mg_model_free(m);
+    mg_backend_destroy(be);
+}
+
+static void test_algo_names(void) {
+    MgScanAlgo a;
+    int ok = !mg_scan_algo_parse("chain", &a) && a == MG_SCAN_CHAIN && !mg_scan_algo_parse("pipelined", &a) &&
+             a == MG_SCAN_PIPELINED && !mg_scan_algo_parse("allgather", &a) && a == MG_SCAN_ALLGATHER &&
+             !mg_scan_algo_parse("doubling", &a) && a == MG_SCAN_RECURSIVE_DOUBLING &&
+             mg_scan_algo_parse("ring", &a) == -1;
+    tu_check(ok, "scan algorithm names parse (and an unknown one is refused)", "%s", "chain pipelined allgather doubling");
+}
+
+int main(void) {
+    tu_init("test_sp");
+    test_algo_names();
+    for (int P = 2; P <= 4; P++)
+        for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
+            run_case("cpu-f64", P, (MgScanAlgo)algo, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, 1e-6, 1e-5);
+        }
+    return tu_finish();
+}
