@@ -123,7 +123,7 @@ BACKEND_OPS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/backend_ops/
 
 # The MPI worker of tests/test_parallel.sh (run under mpirun, so not a test_* program); only with MPI.
 ifeq ($(HAVE_MPI),1)
-  MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check
+  MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check $(BUILD)/tests/mpi_train_check
 endif
 
 .PHONY: all deps test test-only clean features quickstart
@@ -160,6 +160,10 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_UTIL_OBJ) $(LIB_OBJ)
 $(BUILD)/tests/test_backend_ops: $(BACKEND_OPS_OBJ)
 
 $(BUILD)/tests/mpi_scan_check: $(BUILD)/obj/tests/parallel/mpi_scan_check.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/mpi_train_check: $(BUILD)/obj/tests/parallel/mpi_train_check.o $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 

@@ -187,13 +187,15 @@ typedef struct {
     /* DropKey (attention dropout, MEGA/Megalodon style): before the softmax each visible score is set to
      * -inf with probability drop_p (no rescaling), except a query's own position, so no row is empty.
      * The mask is the counter-based stream of drop_seed with index = (task * nq + i) * nk + j and
-     * task = ((drop_seq0 + b) * chunks + drop_chunk0 + chunk) * H + h, chunks = drop_chunks if > 0 else
-     * the chunks of this call: with the global sequence index and chunk index (a sequence-parallel rank
-     * holds chunks drop_chunk0.. of sequences drop_seq0..) every layout draws the same mask as one process.
+     * task = ((drop_seq0 + b * stride) * chunks + drop_chunk0 + chunk) * H + h, stride = drop_seq_stride if
+     * > 0 else 1, chunks = drop_chunks if > 0 else the chunks of this call: with the global sequence index
+     * and chunk index (a sequence-parallel rank holds chunks drop_chunk0.. of sequences drop_seq0,
+     * drop_seq0 + stride, ...: a data-parallel rank holds every DP-th sequence) every layout draws the same
+     * mask as one process.
      * Backward regenerates it. drop_p = 0: off. */
     double drop_p;
     uint64_t drop_seed;
-    int64_t drop_seq0, drop_chunk0, drop_chunks;
+    int64_t drop_seq0, drop_chunk0, drop_chunks, drop_seq_stride;
     const void *q;              /* [in] B x Lq x H x Dqk */
     const void *k;              /* [in] B x Lk x H x Dqk */
     const void *v;              /* [in] B x Lk x H x Dv */

@@ -107,6 +107,10 @@ static const KeyDef KEYS[] = {
     {"stop_at", T_INT64, F(stop_at), "0", "run", R_NONNEG, NULL, "stop with a checkpoint once this step is done (resume later); 0 = run to max_steps"},
     {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100 bf16 dense, cuda)"},
 
+    {"sp", T_INT, F(sp), "1", "run", R_POS, NULL, "sequence-parallel ranks per data-parallel group: mpirun -np P runs P/sp groups (docs/parallelism.md)"},
+    {"sp_scan", T_CHOICE, F(sp_scan), "pipelined", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan"},
+    {"sp_scan_pieces", T_INT, F(sp_scan_pieces), "4", "run", R_POS, NULL, "sp_scan pipelined: pieces the state is cut into"},
+
     /* ---- checkpoints and continual pre-training ---- */
     {"ckpt_every", T_INT64, F(ckpt_every), "0", "ckpt", R_NONNEG, NULL, "steps between checkpoints; 0 = only at the end (and on SIGINT/SIGTERM)"},
     {"ckpt_keep", T_INT, F(ckpt_keep), "3", "ckpt", R_NONNEG, NULL, "newest checkpoints kept; 0 = keep all"},
@@ -137,7 +141,7 @@ static const struct {
     {"eval_every", 1e12},         {"eval_batches", 16777216},   {"log_every", 1e12},
     {"sample_every", 1e9},        {"temperature", 100},         {"top_k", 16777216},
     {"max_new_tokens", 1048576},  {"threads", 4096},            {"stop_at", 1e12},
-    {"peak_tflops", 1e9},         {"ckpt_every", 1e12},         {"ckpt_keep", 1000000},
+    {"peak_tflops", 1e9},         {"sp", 65536},                {"sp_scan_pieces", 1024},         {"ckpt_every", 1e12},         {"ckpt_keep", 1000000},
     {"rewarm_steps", 1e12},
 };
 #define MG_MAX_MICRO_TOKENS 16777216LL   /* batch_size x seq_len */

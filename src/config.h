@@ -69,6 +69,9 @@ typedef struct {
     char tokenizer[MG_PATH_MAX]; /* tokenizer file (see docs/data.md) */
     int64_t stop_at;             /* stop (with a checkpoint) once this step is done; 0 = run to max_steps */
     double peak_tflops;          /* peak used for MFU; 0 = measured sgemm peak on cpu, 989.4 (H100 bf16) on cuda */
+    int sp;                      /* sequence-parallel ranks per data-parallel group (docs/parallelism.md) */
+    char sp_scan[MG_NAME_MAX];   /* chain | pipelined | allgather | doubling */
+    int sp_scan_pieces;          /* pipelined: pieces the state is cut into */
 
     /* ---- checkpoints and continual pre-training ---- */
     int64_t ckpt_every;          /* 0 = only at the end (and on SIGINT/SIGTERM) */

@@ -47,7 +47,7 @@ int mg_launch_detect(MgLaunch *l) {
     return 0;
 }
 
-int mg_launch_require_single(const char *cmd, char *err, size_t errlen) {
+int mg_launch_require_single(const char *cmd, int distributed, char *err, size_t errlen) {
     MgLaunch l;
     if (!mg_launch_detect(&l)) return 0;
     if (l.rank > 0) { /* rank 0 says it, once */
@@ -57,9 +57,15 @@ int mg_launch_require_single(const char *cmd, char *err, size_t errlen) {
     char n[32];
     if (l.size > 0) snprintf(n, sizeof n, "%d processes", l.size);
     else snprintf(n, sizeof n, "several processes");
+    if (distributed)
+        return mg_errf(err, errlen,
+                       "megalodon %s: started as %s by %s, but this build has no MPI, so the processes cannot form "
+                       "one run and would all write the same files: install Open MPI (scripts/setup.sh does) and "
+                       "rebuild (make), or run one process (mpirun -np 1, srun -n 1)",
+                       cmd, n, l.launcher);
     return mg_errf(err, errlen,
-                   "megalodon %s: started as %s by %s, but this build trains in one process; distributed training "
-                   "(--sp, data parallel) is not implemented yet, and the processes would all write the same files: "
-                   "run it without mpirun/srun, or with one process (mpirun -np 1, srun -n 1)",
-                   cmd, n, l.launcher);
+                   "megalodon %s: started as %s by %s, but `%s` runs in one process and the processes would all "
+                   "write the same files: run it without mpirun/srun, or with one process (mpirun -np 1, srun -n 1); "
+                   "distributed runs are `megalodon train` (docs/parallelism.md)",
+                   cmd, n, l.launcher, cmd);
 }

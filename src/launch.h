@@ -1,6 +1,6 @@
 /* Multi-process launches (mpirun / mpiexec / srun), detected from the environment the launcher sets, so
- * that commands which would all write the same files refuse to run as several processes until distributed
- * training exists (docs/training.md, "What is never written"). No MPI call is made. */
+ * that `train` joins the process grid (docs/parallelism.md) and the commands that run in one process
+ * refuse to run as several, which would all write the same files. No MPI call is made here. */
 #ifndef MG_LAUNCH_H
 #define MG_LAUNCH_H
 
@@ -20,7 +20,8 @@ typedef struct {
 int mg_launch_detect(MgLaunch *l);
 
 /* 0 when running as one process; otherwise -1 and a message in err (empty on ranks other than 0, so that
- * one message is printed in all) saying that `cmd` runs in one process until distributed training exists. */
-int mg_launch_require_single(const char *cmd, char *err, size_t errlen);
+ * one message is printed in all) saying that `cmd` runs in one process. distributed: `cmd` can run as
+ * several processes in a build with MPI (train); then the message says that this build has none. */
+int mg_launch_require_single(const char *cmd, int distributed, char *err, size_t errlen);
 
 #endif

@@ -5,6 +5,7 @@
 #include "../kernels/cpu/cpu_ops.h"
 #include "../kernels/ops.h"
 #include "cli.h"
+#include "../parallel/transport.h"
 #include "launch.h"
 
 static const MgCommand COMMANDS[] = {
@@ -56,12 +57,14 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < NCOMMANDS; i++) {
         if (strcmp(argv[1], COMMANDS[i].name)) continue;
-        /* Until distributed training exists, a launch as several processes (mpirun -np 2, srun -n 2) is
-         * refused by every command that works on files, before anything is written; features, info and
-         * tokenize only print. */
+        /* A launch as several processes (mpirun -np 2, srun -n 2) is a distributed run of `train` in a build
+         * with MPI (docs/parallelism.md); every other command that works on files refuses it before anything
+         * is written, and so does train in a build without MPI; features, info and tokenize only print. */
         char err[1024];
+        const int train = !strcmp(argv[1], "train");
         if (strcmp(argv[1], "features") && strcmp(argv[1], "info") && strcmp(argv[1], "tokenize") &&
-            mg_launch_require_single(argv[1], err, sizeof err)) {
+            !(train && mg_transport_mpi_available()) &&
+            mg_launch_require_single(argv[1], train, err, sizeof err)) {
             if (err[0]) fprintf(stderr, "error: %s\n", err);
             return 1;
         }

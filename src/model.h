@@ -42,6 +42,8 @@ typedef struct {
     uint64_t seed;      /* one seed per optimizer step (the same for every micro-batch and rank) */
     int training;       /* 0: dropout off (evaluation, sampling) */
     int64_t seq0;       /* global index (within the step) of this pass's first sequence */
+    int64_t seq_stride; /* global index of row b = seq0 + b * seq_stride (0 = 1; a data-parallel rank of DP
+                         * holds every DP-th sequence of the step) */
     int64_t pos0;       /* global position of this pass's first token in its sequences (a multiple of
                          * chunk_size when the sequence is cut into pieces) */
     int64_t seq_len;    /* global length of the sequences (0 = this pass's L) */

@@ -198,10 +198,13 @@ static void test_launch(void) {
         MgLaunch l;
         char err[1024] = "x";
         int several = mg_launch_detect(&l);
-        int rc = mg_launch_require_single("train", err, sizeof err);
-        int good = several == cases[i].several && (rc != 0) == cases[i].several &&
-                   (cases[i].rank0_message ? strstr(err, "not implemented yet") && strstr(err, "processes") != NULL
-                                           : !cases[i].several || err[0] == 0);
+        int rc = mg_launch_require_single("eval", 0, err, sizeof err);
+        char err2[1024] = "x";
+        int rc2 = mg_launch_require_single("train", 1, err2, sizeof err2);
+        int good = several == cases[i].several && (rc != 0) == cases[i].several && (rc2 != 0) == cases[i].several &&
+                   (cases[i].rank0_message ? strstr(err, "runs in one process") && strstr(err, "processes") != NULL &&
+                                                 strstr(err2, "has no MPI") != NULL
+                                           : !cases[i].several || (err[0] == 0 && err2[0] == 0));
         if (!good) printf("# launch case '%s': detect %d rc %d err '%s'\n", cases[i].env, several, rc, err);
         ok &= good;
     }

@@ -118,7 +118,7 @@ static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t ta
         const int64_t h = task % H, bc = task / H, ci = bc % g->nchunks, b = bc / g->nchunks;
         const int64_t chunks = a->drop_chunks > 0 ? a->drop_chunks : g->nchunks;
         const uint64_t gtask =
-            ((uint64_t)(a->drop_seq0 + b) * (uint64_t)chunks + (uint64_t)(a->drop_chunk0 + ci)) * (uint64_t)H +
+            ((uint64_t)(a->drop_seq0 + b * (a->drop_seq_stride > 0 ? a->drop_seq_stride : 1)) * (uint64_t)chunks + (uint64_t)(a->drop_chunk0 + ci)) * (uint64_t)H +
             (uint64_t)h;
         d.base = gtask * (uint64_t)g->nq * (uint64_t)g->nk;
     }

@@ -411,13 +411,15 @@ static uint64_t site_seed(const MgPass *ps, int layer, int site) {
 
 static int64_t global_len(const MgPass *ps) { return ps->opts->seq_len > 0 ? ps->opts->seq_len : ps->L; }
 
-/* Element (b, t, j) of a B x L x width tensor is element ((seq0 + b) * Lg + pos0 + t) * width + j of the site's
- * mask stream: the counter the whole global batch would give it. */
+static int64_t seq_stride(const MgPass *ps) { return ps->opts->seq_stride > 0 ? ps->opts->seq_stride : 1; }
+
+/* Element (b, t, j) of a B x L x width tensor is element ((seq0 + b * seq_stride) * Lg + pos0 + t) * width + j
+ * of the site's mask stream: the counter the whole global batch would give it. */
 static void dropout_layout(const MgPass *ps, int64_t width, MgDropoutArgs *a) {
     const int64_t Lg = global_len(ps);
     a->offset = (uint64_t)((ps->opts->seq0 * Lg + ps->opts->pos0) * width);
     a->seg_len = (int64_t)ps->L * width;
-    a->seg_stride = Lg * width;
+    a->seg_stride = seq_stride(ps) * Lg * width;
 }
 
 void mg_dropout_fwd(const MgPass *ps, double p, int layer, int site, int64_t width, void *x) {
@@ -443,6 +445,7 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
     at->drop_p = ps->c->attention_dropout;
     at->drop_seed = site_seed(ps, layer, site);
     at->drop_seq0 = ps->opts->seq0;
+    at->drop_seq_stride = seq_stride(ps);
     at->drop_chunk0 = ps->opts->pos0 / c;
     at->drop_chunks = global_len(ps) / c;
 }

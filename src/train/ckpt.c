@@ -10,6 +10,7 @@
 #include "../memcheck.h"
 #include "../run.h"
 #include "../signals.h"
+#include "../../parallel/shard.h"
 #include "trainer.h"
 
 static void fill_meta(Trainer *t, MgCkptMeta *meta) {
@@ -45,7 +46,48 @@ static void fill_meta(Trainer *t, MgCkptMeta *meta) {
     mg_ckpt_meta_set_str(meta, "init_from", t->init_from);
 }
 
-void trainer_save(Trainer *t, const char *why) {
+static void save_file(Trainer *t, const char *why);
+
+/* A distributed run writes the one-process layout: rank 0 gathers the AdamW moment shards (ZeRO-1) and
+ * writes the file with its full weights (every rank holds the same weights); the others send their shards
+ * and go on. So a checkpoint of P ranks loads on any P and sp. */
+static void save_distributed(Trainer *t, const char *why) {
+    MgDist *d = &t->dist;
+    const MgBackend *be = t->be;
+    const int64_t n = mg_model_params_table(t->model)->total;
+    float *full_m = NULL, *full_v = NULL;
+    if (d->is_root) {
+        full_m = be->alloc(be, sizeof(float) * (size_t)n);
+        full_v = be->alloc(be, sizeof(float) * (size_t)n);
+    }
+    /* backend memory is host memory on the CPU; a device backend stages through its own transport */
+    mg_gather_shards_to_root(d->world, sizeof(float), t->m, full_m, n);
+    mg_gather_shards_to_root(d->world, sizeof(float), t->v, full_v, n);
+    if (!d->is_root) return;
+    float *m = t->m, *v = t->v;
+    t->m = full_m;
+    t->v = full_v;
+    save_file(t, why);
+    t->m = m;
+    t->v = v;
+    be->free(be, full_m);
+    be->free(be, full_v);
+}
+
+void trainer_shard_moments(Trainer *t) {
+    MgDist *d = &t->dist;
+    const MgBackend *be = t->be;
+    const size_t bytes = sizeof(float) * (size_t)MG_MAX(d->shard_len, 1);
+    float *m = be->alloc(be, bytes), *v = be->alloc(be, bytes);
+    be->copy(be, m, t->m + d->shard_off, sizeof(float) * (size_t)d->shard_len);
+    be->copy(be, v, t->v + d->shard_off, sizeof(float) * (size_t)d->shard_len);
+    be->free(be, t->m);
+    be->free(be, t->v);
+    t->m = m;
+    t->v = v;
+}
+
+static void save_file(Trainer *t, const char *why) {
     if (!mg_ckpt_available()) {
         printf("checkpoint (%s) skipped: this build has no HDF5\n", why);
         return;
@@ -64,6 +106,11 @@ void trainer_save(Trainer *t, const char *why) {
     printf("saved %s checkpoint %s (%.1f MB in %.2f s, %.0f MB/s)\n", why, path, s.bytes / 1e6, mg_now() - t0,
            s.seconds > 0 ? s.bytes / 1e6 / s.seconds : 0.0);
     fflush(stdout);
+}
+
+void trainer_save(Trainer *t, const char *why) {
+    if (t->dist.P > 1) save_distributed(t, why);
+    else save_file(t, why);
 }
 
 /* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters

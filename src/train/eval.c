@@ -89,3 +89,38 @@ int cmd_eval(int argc, char **argv) {
     mg_model_free(m);
     return 0;
 }
+
+/* The trainer's validation loss. One process: mg_evaluate. P ranks: the same micro-batches as one process
+ * (the loader is read in full on every rank), micro-batch k evaluated by data-parallel group k % DP, each
+ * sequence cut into the SP slices; sums over every rank. A stop request does not cut it short (every rank
+ * must run the same passes); the step loop stops right after. */
+double trainer_evaluate(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    MgDist *d = &t->dist;
+    if (d->P == 1) return mg_evaluate(t->model, t->val, c->batch_size, c->seq_len, c->eval_batches, NULL);
+    const int B = c->batch_size, L = c->seq_len, Ls = mg_dist_local_len(d, c);
+    const int DP = d->grid.dp_size;
+    mg_loader_rewind(t->val);
+    const int batches = mg_eval_batches_effective(t->val, B, c->eval_batches, "eval_batches", NULL);
+    int32_t *in = mg_malloc(sizeof(int32_t) * (size_t)B * L), *tg = mg_malloc(sizeof(int32_t) * (size_t)B * L);
+    int32_t *il = mg_malloc(sizeof(int32_t) * (size_t)B * Ls), *tl = mg_malloc(sizeof(int32_t) * (size_t)B * Ls);
+    double red[2] = {0.0, 0.0};
+    for (int i = 0; i < batches; i++) {
+        mg_loader_next(t->val, B, in, tg);
+        if (i % DP != d->grid.dp) continue;
+        mg_dist_slice(d, c, B, in, il);
+        mg_dist_slice(d, c, B, tg, tl);
+        MgForwardOpts o = mg_dist_opts(d, c, 0, 0, 0, B);
+        MgPassArgs a = {.tokens = il, .targets = tl, .B = B, .L = Ls, .opts = o, .hooks = mg_dist_hooks(d)};
+        int64_t n = 0;
+        red[0] += mg_model_eval(t->model, &a, &n);
+        red[1] += (double)n;
+        mg_dist_pass_done(d);
+    }
+    mg_dist_sum(d, red, 2);
+    free(in);
+    free(tg);
+    free(il);
+    free(tl);
+    return red[0] / (red[1] > 0 ? red[1] : 1.0);
+}

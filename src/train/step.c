@@ -3,15 +3,52 @@
  * target of the step, global-norm clipping, the scheduled learning rate, AdamW. */
 #include <math.h>
 
+#include "../../parallel/shard.h"
 #include "../common.h"
 #include "../rng.h"
+#include "../signals.h"
 #include "trainer.h"
+
+/* P ranks: reduce-scatter the gradients into this rank's shard (summed in rank order), the exact global
+ * norm from the shards, AdamW on the shard (ZeRO-1), all-gather the updated parameters. The CPU backend's
+ * memory is host memory; a device backend will run the same collectives with its own transport. */
+static double update_distributed(Trainer *t, int64_t step, double *lr_out) {
+    const MgConfig *c = &t->cfg;
+    MgDist *d = &t->dist;
+    const MgBackend *be = t->be;
+    const int64_t n = mg_model_params_table(t->model)->total;
+    const size_t es = mg_dtype_size(be->dtype);
+    be->synchronize(be);
+    be->to_host(be, d->host_grads, mg_model_grads(t->model), (size_t)n * es);
+    mg_reduce_scatter_sum(d->world, be->dtype, d->host_grads, n, d->host_grads); /* shard in front */
+    be->to_device(be, d->gshard, d->host_grads, (size_t)d->shard_len * es);
+    double ss = d->shard_len > 0 ? be->sum_squares(be, d->gshard, d->shard_len) : 0.0;
+    mg_dist_sum(d, &ss, 1);
+    const double gnorm = sqrt(ss);
+    const double clip = (c->grad_clip > 0 && gnorm > c->grad_clip) ? c->grad_clip / (gnorm + 1e-6) : 1.0;
+    const double lr = mg_schedule_lr(&t->sched, step);
+    const int sep = mg_model_has_separate_masters(t->model);
+    float *masters = mg_model_masters(t->model);
+    char *params = mg_model_params(t->model);
+    if (d->shard_len > 0) {
+        MgAdamWArgs aw = {.n = d->shard_len, .param = masters + d->shard_off, .grad = d->gshard,
+                          .param_out = sep ? params + (size_t)d->shard_off * es : NULL, .m = t->m, .v = t->v,
+                          .lr = lr, .beta1 = c->beta1, .beta2 = c->beta2, .eps = c->adam_eps,
+                          .weight_decay = c->weight_decay, .grad_scale = clip, .step = step};
+        be->adamw_update(be, &aw);
+    }
+    be->synchronize(be);
+    mg_all_gather_shards(d->world, sizeof(float), masters, n);
+    if (sep) mg_all_gather_shards(d->world, es, params, n);
+    *lr_out = lr;
+    return gnorm;
+}
 
 MgStepResult trainer_step(Trainer *t) {
     const MgConfig *c = &t->cfg;
     const MgParamTable *pt = mg_model_params_table(t->model);
-    const int B = c->batch_size, L = c->seq_len;
-    const int64_t step_tokens = (int64_t)t->n_micro * B * L;
+    const int B = c->batch_size, L = c->seq_len, Ls = mg_dist_local_len(&t->dist, c);
+    const int64_t step_tokens = t->step_tokens;
     const int64_t step = t->step + 1;
     double t0 = mg_now();
 
@@ -26,10 +63,29 @@ MgStepResult trainer_step(Trainer *t) {
     for (int micro = 0; micro < t->n_micro; micro++) {
         mg_loader_next(t->train, B, t->inputs, t->targets);
         int64_t n = 0;
-        MgForwardOpts opts = {.seed = step_seed, .training = 1, .seq0 = (int64_t)micro * B, .seq_len = L};
-        loss_sum += mg_model_forward_backward(t->model, t->inputs, t->targets, B, L, 1.0 / (double)step_tokens,
-                                              &opts, NULL, NULL, &n);
+        if (t->dist.P == 1) {
+            MgForwardOpts opts = {.seed = step_seed, .training = 1, .seq0 = (int64_t)micro * B, .seq_len = L};
+            loss_sum += mg_model_forward_backward(t->model, t->inputs, t->targets, B, L, 1.0 / (double)step_tokens,
+                                                  &opts, NULL, NULL, &n);
+        } else { /* this rank's sequences (every DP-th of the step) and columns (its SP slice) */
+            if (t->in_local != t->inputs) {
+                mg_dist_slice(&t->dist, c, B, t->inputs, t->in_local);
+                mg_dist_slice(&t->dist, c, B, t->targets, t->tg_local);
+            }
+            MgPassArgs a = {.tokens = t->in_local, .targets = t->tg_local, .B = B, .L = Ls,
+                            .grad_scale = 1.0 / (double)step_tokens,
+                            .opts = mg_dist_opts(&t->dist, c, step_seed, 1, micro, B), .hooks = mg_dist_hooks(&t->dist)};
+            loss_sum += mg_model_step(t->model, &a, &n);
+            mg_dist_pass_done(&t->dist);
+        }
         counted += n;
+    }
+    if (t->dist.P > 1) { /* the step's loss over every rank, and whether any rank was asked to stop */
+        double red[3] = {loss_sum, (double)counted, mg_stop_requested() ? 1.0 : 0.0};
+        mg_dist_sum(&t->dist, red, 3);
+        loss_sum = red[0];
+        counted = (int64_t)red[1];
+        t->stop_agreed = red[2] > 0;
     }
     double loss = loss_sum / (double)MG_MAX(counted, 1);
     if (!isfinite(loss))
@@ -37,6 +93,13 @@ MgStepResult trainer_step(Trainer *t) {
                  "checkpoint is intact",
                  loss, (long long)step);
 
+    if (t->dist.P > 1) {
+        double lr;
+        const double gnorm = update_distributed(t, step, &lr);
+        t->step = step;
+        t->tokens_seen += step_tokens;
+        return (MgStepResult){.loss = loss, .grad_norm = gnorm, .lr = lr, .seconds = mg_now() - t0};
+    }
     /* Global-norm clipping (folded into AdamW as a gradient scale), learning rate, AdamW. */
     double gnorm = sqrt(t->be->sum_squares(t->be, mg_model_grads(t->model), pt->total));
     double clip = (c->grad_clip > 0 && gnorm > c->grad_clip) ? c->grad_clip / (gnorm + 1e-6) : 1.0;

@@ -74,17 +74,28 @@ static void choose_start(const MgConfig *c, char *resume_path, size_t n) {
 
 static void open_data(Trainer *t) {
     const MgConfig *c = &t->cfg;
+    const MgDist *d = &t->dist;
+    const int DP = d->configured ? d->grid.dp_size : 1, dp = d->configured ? d->grid.dp : 0;
     char err[8192];
-    t->train = mg_loader_open(c->train_data, c->vocab_size, c->seq_len, c->seed, 0, 1, err, sizeof err);
+    /* DP group dp reads the step's sequences dp, dp + DP, ...; its SP ranks read the same windows */
+    t->train = mg_loader_open(c->train_data, c->vocab_size, c->seq_len, c->seed, dp, DP, err, sizeof err);
     if (!t->train) mg_fatal("train_data: %s", err);
     if (c->val_data[0]) {
         t->val = mg_loader_open_eval(c->val_data, c->vocab_size, c->seq_len, 0, 1, err, sizeof err);
         if (!t->val) mg_fatal("val_data: %s (set --val_data \"\" to train without validation)", err);
     }
     int64_t micro_tokens = (int64_t)c->batch_size * c->seq_len;
-    t->n_micro = c->batch_tokens > 0 ? (int)(c->batch_tokens / micro_tokens) : 1;
+    t->n_micro = c->batch_tokens > 0 ? (int)(c->batch_tokens / micro_tokens / DP) : 1;
+    t->step_tokens = (int64_t)t->n_micro * DP * micro_tokens;
     t->inputs = mg_malloc(sizeof(int32_t) * (size_t)micro_tokens);
     t->targets = mg_malloc(sizeof(int32_t) * (size_t)micro_tokens);
+    if (d->configured && d->grid.sp_size > 1) {
+        t->in_local = mg_malloc(sizeof(int32_t) * (size_t)(micro_tokens / d->grid.sp_size));
+        t->tg_local = mg_malloc(sizeof(int32_t) * (size_t)(micro_tokens / d->grid.sp_size));
+    } else {
+        t->in_local = t->inputs;
+        t->tg_local = t->targets;
+    }
 }
 
 /* The model, the AdamW moments and the learning-rate schedule (re-warmed for init_from). */
@@ -130,7 +141,13 @@ static void print_header(Trainer *t) {
     printf("parameters: %lld (%s in fp32); optimizer state %s\n", (long long)pt->total,
            mg_format_bytes(4.0 * (double)pt->total, b1, sizeof b1), mg_format_bytes(8.0 * (double)pt->total, b2, sizeof b2));
     printf("batch: %d x %d tokens per micro-batch, %d micro-batch%s per step = %lld tokens per step\n", c->batch_size,
-           c->seq_len, t->n_micro, t->n_micro == 1 ? "" : "es", (long long)t->n_micro * c->batch_size * c->seq_len);
+           c->seq_len, t->n_micro, t->n_micro == 1 ? "" : "es", (long long)t->step_tokens);
+    if (t->dist.P > 1)
+        printf("ranks: %d = %d data-parallel group%s x sp %d (each rank: %d micro-batch%s of %d x %d tokens per step; "
+               "sp_scan %s; AdamW moments sharded over the %d ranks)\n",
+               t->dist.P, t->dist.grid.dp_size, t->dist.grid.dp_size == 1 ? "" : "s", t->dist.grid.sp_size, t->n_micro,
+               t->n_micro == 1 ? "" : "es", c->batch_size, mg_dist_local_len(&t->dist, c),
+               t->dist.grid.sp_size > 1 ? c->sp_scan : "-", t->dist.P);
     mg_model_print_memory(t->model, c->batch_size, c->seq_len);
     printf("backend: %s, %d threads\n", t->be->name, mg_get_threads());
     int64_t train_tokens = 0;
@@ -155,6 +172,7 @@ static void print_header(Trainer *t) {
  * state, log, header, signal handlers. Exits with a clear message on any problem. */
 static void trainer_setup(Trainer *t, int argc, char **argv) {
     memset(t, 0, sizeof *t);
+    mg_dist_start(&t->dist, &argc, &argv); /* an mpirun/srun launch: P ranks (docs/parallelism.md) */
     mg_signals_install(); /* first: a signal while loading a checkpoint stops the set-up cleanly */
     MgConfig *c = &t->cfg;
     char err[8192];
@@ -163,9 +181,22 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
     const MgBackend *kind = mg_backend_for(c);
     if (mg_memory_check(c, kind ? kind->dtype : MG_F32, MG_MEM_TRAIN, err, sizeof err)) mg_fatal("%s", err);
+    if (t->dist.P == 1 && c->sp > 1)
+        mg_fatal("sp = %d needs %d or more processes (mpirun -np P, P a multiple of sp); this is one process: "
+                 "launch it with mpirun/srun, or use sp = 1",
+                 c->sp, c->sp);
     t->be_owned = mg_backend_open(c); /* also sets the thread count */
     t->be = t->be_owned;
-    check_out_dir(c);
+    MgDist *d = &t->dist;
+    if (d->P > 1) {
+        /* the grid, layout and agreement checks come first: nothing is written by a launch that cannot run */
+        MgParamTable pt;
+        mg_param_table_build(c, &pt);
+        mg_dist_configure(d, c, t->be, pt.total);
+        mg_param_table_free(&pt);
+    }
+    if (d->is_root) check_out_dir(c); /* rank 0 writes; the others read what it made */
+    if (d->P > 1) mg_tp_barrier(d->world);
     char resume_path[MG_PATH_MAX + 64];
     choose_start(c, resume_path, sizeof resume_path);
     open_data(t);
@@ -174,10 +205,18 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     else if (resume_path[0]) trainer_resume(t, resume_path);
     else if (c->init_from[0]) trainer_init_from(t);
     else mg_model_init_weights(t->model, c->seed);
+    if (d->P > 1) { /* every rank agrees whether set-up was interrupted */
+        double v = t->interrupted;
+        mg_dist_sum(d, &v, 1);
+        t->interrupted = v > 0;
+    }
     if (t->interrupted) return;
+    if (d->P > 1) trainer_shard_moments(t);
     t->last_step = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;
-    t->log = mg_log_open(c->out_dir, resume_path[0] != 0, t->step);
-    write_config_txt(c);
+    if (d->is_root) {
+        t->log = mg_log_open(c->out_dir, resume_path[0] != 0, t->step);
+        write_config_txt(c);
+    }
     print_header(t);
     t->t_start = mg_now();
 }
@@ -188,18 +227,26 @@ static void trainer_free(Trainer *t) {
     if (t->val) mg_loader_close(t->val);
     t->be->free(t->be, t->m);
     t->be->free(t->be, t->v);
+    if (t->in_local != t->inputs) free(t->in_local);
+    if (t->tg_local != t->targets) free(t->tg_local);
     free(t->inputs);
     free(t->targets);
     mg_model_free(t->model);
+    if (t->dist.gshard) t->be->free(t->be, t->dist.gshard);
     mg_backend_destroy(t->be_owned);
+    mg_dist_end(&t->dist);
 }
 
 /* ---- the run ------------------------------------------------------------------------------------- */
+/* Stop now? One process: a SIGINT/SIGTERM seen; P ranks: one seen by any rank by the end of the last step
+ * (the step's reduction carries it), so that every rank stops after the same step. */
+static int stop_now(const Trainer *t) { return t->dist.P > 1 ? t->stop_agreed : mg_stop_requested() != 0; }
+
 /* Log the step just done: always to log.jsonl, to the console every log_every steps, on the first and
  * last step and on validation steps. */
 static void log_step(Trainer *t, const MgStepResult *r, int has_val, double val_loss) {
     const MgConfig *c = &t->cfg;
-    const double step_tokens = (double)t->n_micro * c->batch_size * c->seq_len;
+    const double step_tokens = (double)t->step_tokens;
     MgLogRecord rec = {.step = t->step, .tokens = t->tokens_seen, .loss = r->loss, .lr = r->lr,
                        .grad_norm = r->grad_norm, .tokens_per_s = step_tokens / r->seconds,
                        .elapsed = mg_now() - t->t_start, .has_val = has_val, .val_loss = val_loss,
@@ -207,7 +254,7 @@ static void log_step(Trainer *t, const MgStepResult *r, int has_val, double val_
     rec.mfu = t->flops_per_token * rec.tokens_per_s / t->peak_flops;
     if (every(t->step, c->log_every) || t->step == 1 || t->step == t->last_step || has_val)
         mg_log_print(stdout, &rec, c->max_steps);
-    mg_log_write(t->log, &rec);
+    if (t->log) mg_log_write(t->log, &rec);
 }
 
 int cmd_train(int argc, char **argv) {
@@ -225,13 +272,14 @@ int cmd_train(int argc, char **argv) {
 
         int do_eval = t->val && (every(step, c->eval_every) || step == c->max_steps);
         double val_loss = NAN;
-        if (do_eval) val_loss = mg_evaluate(t->model, t->val, c->batch_size, c->seq_len, c->eval_batches, NULL);
-        if (do_eval && mg_stop_requested()) do_eval = 0; /* an evaluation cut short is not logged */
+        if (do_eval) val_loss = trainer_evaluate(t);
+        if (do_eval && stop_now(t)) do_eval = 0; /* an evaluation cut short is not logged */
         log_step(t, &r, do_eval, val_loss);
 
-        if (every(step, c->sample_every) && !mg_stop_requested()) mg_sample_during_training(t->model, c, stdout);
+        if (every(step, c->sample_every) && !stop_now(t) && t->dist.is_root)
+            mg_sample_during_training(t->model, c, stdout); /* rank 0 holds every weight */
 
-        if (mg_stop_requested()) {
+        if (stop_now(t)) {
             printf("received %s at step %lld: writing a checkpoint and stopping\n", mg_stop_signal_name(),
                    (long long)step);
             trainer_save(t, "signal");

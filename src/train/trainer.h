@@ -16,6 +16,7 @@
 #include "../data.h"
 #include "../model.h"
 #include "../schedule.h"
+#include "dist.h"
 
 typedef struct {
     MgConfig cfg;
@@ -27,8 +28,12 @@ typedef struct {
     int64_t step, tokens_seen; /* optimizer steps done, tokens trained on */
     int64_t last_step;       /* the run stops after this step: stop_at if set, else max_steps */
     MgLoader *train, *val;   /* val is NULL without val_data */
-    int n_micro;             /* micro-batches per optimizer step */
+    int n_micro;             /* micro-batches per optimizer step on this rank (data-parallel: of every DP group) */
+    int64_t step_tokens;     /* tokens per optimizer step, all ranks together */
     int32_t *inputs, *targets; /* one micro-batch, batch_size x seq_len */
+    int32_t *in_local, *tg_local; /* sequence parallel: this rank's columns of them (else the same buffers) */
+    MgDist dist;             /* the process grid (P = 1: a plain one-process run) */
+    int stop_agreed;         /* P > 1: a stop request seen by any rank at the end of the last step */
     FILE *log;               /* out_dir/log.jsonl */
     double flops_per_token, peak_flops;
     double t_start;          /* mg_now() when the step loop started */
@@ -67,6 +72,10 @@ void trainer_resume(Trainer *t, const char *path);
 /* resume auto: `first` (mg_ckpt_dir_latest), else the newest other ckpt_*.h5 of out_dir that loads with
  * full verification, each skipped one named on stderr; fatal if none does. */
 void trainer_resume_auto(Trainer *t, const char *first);
+/* Distributed runs (P > 1): keep only this rank's ZeRO-1 shard of the AdamW moments (after loading). */
+void trainer_shard_moments(Trainer *t);
+/* The validation loss of the run (eval_batches micro-batches), over every rank of a distributed run. */
+double trainer_evaluate(Trainer *t);
 /* Continual pre-training: the weights (and, with init_optimizer, the moments) of cfg.init_from. */
 void trainer_init_from(Trainer *t);
 

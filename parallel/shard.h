@@ -1,0 +1,29 @@
+/* Sharded collectives over a flat array of n elements (docs/parallelism.md, "Data parallelism and
+ * ZeRO-1"): the array is cut into P contiguous shards, shard r = [r * ceil(n/P), min(n, (r+1) * ceil(n/P)))
+ * owned by rank r. The data-parallel gradient reduction is a reduce-scatter into the shards (each rank
+ * gets the sum of its shard over every rank, added in rank order, so the bits do not depend on timing
+ * and every element is reduced exactly once), the optimizer updates its shard only (ZeRO-1: AdamW
+ * moments exist for the shard alone), and an all-gather of the shards gives every rank the updated
+ * parameters. Collective over t; every rank passes the same n and dtype. */
+#ifndef MG_PARALLEL_SHARD_H
+#define MG_PARALLEL_SHARD_H
+
+#include <stdint.h>
+
+#include "transport.h"
+
+/* Rank r's shard of n elements over P ranks (len may be 0 when n < P). */
+void mg_shard_range(int64_t n, int P, int r, int64_t *off, int64_t *len);
+
+/* out[0 .. len_r) = sum over ranks q = 0, 1, ..., P-1 (in that order) of q's in[off_r .. off_r + len_r).
+ * dtype: MG_F32 or MG_F64 (host memory). in is not modified. */
+void mg_reduce_scatter_sum(MgTransport *t, MgDtype dtype, const void *in, int64_t n, void *out);
+
+/* In place: buf[shard q] receives rank q's buf[shard q], for every q (elements of es bytes). */
+void mg_all_gather_shards(MgTransport *t, size_t es, void *buf, int64_t n);
+
+/* Rank 0 assembles the whole array in root_buf (n elements of es bytes): its own shard from `mine`, the
+ * others' received; every other rank sends `mine` (its shard, len_r elements; root_buf unused). */
+void mg_gather_shards_to_root(MgTransport *t, size_t es, const void *mine, void *root_buf, int64_t n);
+
+#endif

@@ -1,0 +1,154 @@
+/* The trainer's distributed runtime (dist.h, docs/parallelism.md). */
+#define _POSIX_C_SOURCE 200809L
+#include "dist.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../../parallel/shard.h"
+#include "../launch.h"
+#include "../params.h"
+
+/* A fatal error on one rank ends every rank. Before the run is configured, most errors (a bad key, a
+ * missing file) are found by every rank alike: the other ranks wait a moment so that rank 0's abort,
+ * which prints the message once, ends them first; an error only one rank sees is still printed by it. */
+static void dist_error_hook(const char *msg, const char *file, int line, void *ctx) {
+    (void)file;
+    (void)line;
+    MgDist *d = ctx;
+    fflush(stdout);
+    if (!d->is_root && !d->configured) {
+        struct timespec ts = {2, 0};
+        nanosleep(&ts, NULL);
+    }
+    mg_tp_abort_all(d->world, "%s", msg);
+}
+
+void mg_dist_start(MgDist *d, int *argc, char ***argv) {
+    memset(d, 0, sizeof *d);
+    MgLaunch l;
+    if (mg_launch_detect(&l) && mg_transport_mpi_available()) {
+        char err[512];
+        d->world = mg_transport_mpi_init(argc, argv, err, sizeof err);
+        if (!d->world) mg_fatal("%s", err);
+        d->mpi = 1;
+    } else {
+        d->world = mg_transport_self();
+    }
+    d->P = d->world->size;
+    d->rank = d->world->rank;
+    d->is_root = d->rank == 0;
+    if (d->P > 1) {
+        mg_set_error_hook(dist_error_hook, d, NULL);
+        if (!d->is_root && !freopen("/dev/null", "w", stdout)) mg_fatal("rank %d: cannot silence stdout", d->rank);
+    }
+}
+
+MG_NORETURN void mg_dist_fail(MgDist *d, const char *msg) {
+    if (d->is_root) fprintf(stderr, "error: %s\n", msg);
+    fflush(stdout);
+    fflush(stderr);
+    if (d->mpi) mg_transport_mpi_finalize(d->world);
+    exit(1);
+}
+
+/* Do P, sp, seq_len, chunk_size and the batch fit together? Every rank computes the same answer. */
+static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
+    int dp;
+    if (mg_grid_shape(P, c->sp, &dp, err, n)) return -1;
+    const int S = c->sp, L = c->seq_len, ch = c->chunk_size;
+    if (S > 1) {
+        if (L % S)
+            return mg_errf(err, n,
+                           "seq_len %d cannot be cut into sp = %d equal slices: use a seq_len that is a multiple of "
+                           "sp x chunk_size = %lld, or another sp",
+                           L, S, (long long)S * ch);
+        const int Ls = L / S;
+        if (Ls % ch)
+            return mg_errf(err, n,
+                           "with sp = %d each rank holds %d tokens of every sequence, which is not a whole number of "
+                           "attention chunks of %d (chunk_size): every rank must hold whole chunks, so use an sp that "
+                           "divides seq_len / chunk_size = %d%s (a chunk longer than a rank's slice needs ring "
+                           "attention, which is not implemented yet)",
+                           S, Ls, ch, L / ch, L < ch ? " (here seq_len < chunk_size: one chunk, so sp = 1)" : "");
+    }
+    const int64_t micro = (int64_t)c->batch_size * L;
+    const int64_t global_micro = c->batch_tokens > 0 ? c->batch_tokens / micro : dp;
+    if (global_micro % dp)
+        return mg_errf(err, n,
+                       "batch_tokens = %lld is %lld micro-batches of batch_size x seq_len = %lld tokens, which the %d "
+                       "data-parallel groups (P / sp = %d / %d) cannot share equally: use a batch_tokens that is a "
+                       "multiple of %lld (data-parallel groups x batch_size x seq_len)",
+                       (long long)c->batch_tokens, (long long)global_micro, (long long)micro, dp, P, S,
+                       (long long)dp * micro);
+    return 0;
+}
+
+static char *config_text(const MgConfig *c) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) mg_fatal("cannot format the config for the agreement check");
+    mg_config_print(c, f);
+    fclose(f);
+    return buf;
+}
+
+void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_t n_params) {
+    char err[2048];
+    if (check_layout(c, d->P, err, sizeof err)) mg_dist_fail(d, err);
+    char *text = config_text(c);
+    int bad = mg_grid_agree(d->world, text, err, sizeof err);
+    free(text);
+    if (bad) mg_dist_fail(d, err);
+    if (mg_grid_create(d->world, c->sp, &d->grid, err, sizeof err)) mg_dist_fail(d, err);
+    if (c->sp > 1) {
+        MgScanAlgo algo;
+        if (mg_scan_algo_parse(c->sp_scan, &algo)) mg_fatal("unknown sp_scan '%s'", c->sp_scan);
+        d->sp = mg_sp_create(d->grid.sp_group, be, algo, c->sp_scan_pieces);
+    }
+    if (d->P > 1) {
+        const int64_t total = n_params;
+        const size_t es = mg_dtype_size(be->dtype);
+        mg_shard_range(total, d->P, d->rank, &d->shard_off, &d->shard_len);
+        d->gshard = be->alloc(be, (size_t)MG_MAX(d->shard_len, 1) * es);
+        d->host_grads = mg_malloc((size_t)total * es);
+    }
+    d->configured = 1;
+}
+
+void mg_dist_end(MgDist *d) {
+    mg_sp_free(d->sp);
+    free(d->host_grads);
+    if (d->configured) mg_grid_destroy(&d->grid);
+    if (d->mpi) mg_transport_mpi_finalize(d->world);
+    else if (d->world) mg_tp_free(d->world);
+    memset(d, 0, sizeof *d);
+}
+
+int mg_dist_local_len(const MgDist *d, const MgConfig *c) { return c->seq_len / (d->configured ? d->grid.sp_size : 1); }
+
+void mg_dist_slice(const MgDist *d, const MgConfig *c, int B, const int32_t *full, int32_t *out) {
+    const int L = c->seq_len, Ls = mg_dist_local_len(d, c), t0 = d->configured ? d->grid.sp * Ls : 0;
+    for (int b = 0; b < B; b++) memcpy(out + (size_t)b * Ls, full + (size_t)b * L + t0, sizeof(int32_t) * (size_t)Ls);
+}
+
+MgForwardOpts mg_dist_opts(const MgDist *d, const MgConfig *c, uint64_t seed, int training, int micro, int B) {
+    const int DP = d->configured ? d->grid.dp_size : 1, dp = d->configured ? d->grid.dp : 0;
+    const int Ls = mg_dist_local_len(d, c), sp = d->configured ? d->grid.sp : 0;
+    /* the loader gives DP group dp the step's sequences dp, dp + DP, ... */
+    return (MgForwardOpts){.seed = seed, .training = training, .seq0 = (int64_t)micro * B * DP + dp,
+                           .seq_stride = DP, .pos0 = (int64_t)sp * Ls, .seq_len = c->seq_len};
+}
+
+const MgModelHooks *mg_dist_hooks(const MgDist *d) { return d->sp ? mg_sp_hooks(d->sp) : NULL; }
+
+void mg_dist_pass_done(MgDist *d) {
+    if (d->sp) mg_sp_finish(d->sp);
+}
+
+void mg_dist_sum(MgDist *d, double *v, int n) {
+    if (d->P > 1) mg_tp_all_reduce_sum(d->world, v, (size_t)n);
+}
