@@ -1,4 +1,4 @@
-/* SIGINT / SIGTERM: the stop request every long-running command polls (signals.h). */
+/* SIGINT / SIGTERM / SIGUSR1: the stop request every long-running command polls (signals.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "signals.h"
 
@@ -21,6 +21,7 @@ void mg_signals_install(void) {
     sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards it to every rank at once (docs/parallelism.md) */
 }
 
 int mg_stop_requested(void) { return (int)g_stop; }
@@ -30,6 +31,7 @@ void mg_stop_request(int sig) { g_stop = sig; }
 void mg_signals_reset(void) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGUSR1, SIG_DFL);
     g_stop = 0;
 }
 
@@ -39,6 +41,7 @@ const char *mg_stop_signal_name(void) {
     case 0: return "none";
     case SIGINT: return "SIGINT";
     case SIGTERM: return "SIGTERM";
+    case SIGUSR1: return "SIGUSR1";
     default: snprintf(buf, sizeof buf, "signal %d", (int)g_stop); return buf;
     }
 }

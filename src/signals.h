@@ -1,11 +1,13 @@
-/* SIGINT / SIGTERM as a polite request to stop (docs/training.md, "Signals").
+/* SIGINT / SIGTERM / SIGUSR1 as a polite request to stop (docs/training.md, "Signals"). SIGUSR1 is the one
+ * Open MPI's mpirun forwards to every rank at once (it turns SIGTERM into its own kill sequence:
+ * docs/parallelism.md, "Faults").
  *
  * A command that can run for long (train, eval, sample, prepare, and checkpoint loading inside them)
  * calls mg_signals_install() at its start. The first SIGINT or SIGTERM then only records the signal;
  * the work polls mg_stop_requested() between units of work (training steps, evaluation batches, decoded
  * tokens, prepared documents and shards, checkpoint tensors), stops there, releases what it allocated
  * and exits: training saves a checkpoint first and exits 0, every other command exits with
- * mg_stop_exit_status() (128 + the signal: 130 for SIGINT, 143 for SIGTERM). The handler is installed
+ * mg_stop_exit_status() (128 + the signal: 130 for SIGINT, 143 for SIGTERM, 138 for SIGUSR1). The handler is installed
  * with SA_RESETHAND, so a second SIGINT or SIGTERM takes the default action and ends the process at once.
  *
  * A command that never calls mg_signals_install keeps the default action (the signal ends it at once);
@@ -13,7 +15,7 @@
 #ifndef MG_SIGNALS_H
 #define MG_SIGNALS_H
 
-/* Install the SIGINT and SIGTERM handlers (idempotent) and clear any earlier request. */
+/* Install the SIGINT, SIGTERM and SIGUSR1 handlers (idempotent) and clear any earlier request. */
 void mg_signals_install(void);
 
 /* 0 while no stop was requested, else the signal number (SIGINT or SIGTERM). Async-signal-safe to read. */

@@ -157,10 +157,10 @@ static void print_header(Trainer *t) {
     printf("\n");
     if (t->val) mg_eval_batches_effective(t->val, c->batch_size, c->eval_batches, "eval_batches", stdout);
     char desc[256];
-    t->peak_flops = mg_peak_flops(c, desc, sizeof desc);
+    t->peak_flops = mg_peak_flops(c, desc, sizeof desc) * t->dist.P; /* every rank brings its own peak */
     t->flops_per_token = mg_flops_per_token(c, pt);
-    printf("MFU: %.3g FLOPs per token (6 x matmul params + causal chunk attention, design.md) / %s\n",
-           t->flops_per_token, desc);
+    printf("MFU: %.3g FLOPs per token (6 x matmul params + causal chunk attention, design.md) / %s%s\n",
+           t->flops_per_token, desc, t->dist.P > 1 ? " per rank, x the ranks" : "");
     printf("schedule: %s, peak lr %g, warm-up %lld steps, floor %g x lr, %lld steps%s\n", c->lr_schedule,
            t->sched.peak_lr, (long long)t->sched.warmup_steps, t->sched.min_lr_ratio, (long long)t->sched.max_steps,
            t->init_from[0] ? " (re-warm: continual pre-training)" : "");

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Distributed training under real MPI (docs/parallelism.md), oversubscribed on small machines:
+#   * build/tests/mpi_train_check: one step of DP x SP in {1x2, 1x4, 2x1, 2x2}, every scan algorithm,
+#     float32 and float64: loss, reduced gradients and the ZeRO-1 update against one process;
+#   * `megalodon train` with P ranks tracks the one-process run of the same global batch for 12 steps
+#     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), and every
+#     other scan algorithm at SP 2;
+#   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
+#     the uninterrupted run does;
+#   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
+#   * a rank killed with SIGKILL ends the whole job non-zero within the bound; SIGTERM to mpirun gives one
+#     coordinated checkpoint, and the run resumes from it.
+# Under the sanitizers (ASAN_OPTIONS set: make sanitize) a reduced set runs (one layout, 4 steps, the
+# faults): the numerics are the normal pass's job, memory errors the sanitizer pass's. Without MPI: SKIP.
+set -u
+BUILD=${MG_BUILD:-build}
+M=$BUILD/megalodon
+CHECK=$BUILD/tests/mpi_train_check
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_mca_base_component_disable_dlclose=1 PMIX_MCA_mca_base_component_disable_dlclose=1
+[ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
+SAN=0
+[ -n "${ASAN_OPTIONS:-}" ] && SAN=1
+T=$(mktemp -d)
+trap 'pkill -KILL -f "$T/" 2>/dev/null; rm -rf "$T"' EXIT
+fails=0
+pass() { echo "PASS $1${2:+ ($2)}"; }
+fail() { echo "FAIL $1: $2"; fails=$((fails + 1)); }
+
+if ! "$M" features 2>/dev/null | grep -q '^MPI: *yes'; then
+    echo "SKIP dist_train (this build has no MPI: install libopenmpi-dev and openmpi-bin (make deps) and rebuild)"
+    exit 0
+fi
+if ! command -v mpirun >/dev/null; then
+    echo "SKIP dist_train (the build has MPI but mpirun is not on PATH; install openmpi-bin)"
+    exit 0
+fi
+if ! "$M" features | grep -q '^HDF5: *yes'; then
+    echo "SKIP dist_train (this build has no HDF5, so no checkpoints; install libhdf5-dev (make deps) and rebuild)"
+    exit 0
+fi
+if [ ! -d data/corpus/train ] || [ ! -d data/corpus/val ]; then
+    echo "SKIP dist_train (no data/corpus: run scripts/prepare_data.sh or make test, which prepares it)"
+    exit 0
+fi
+MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
+
+# ---- one step against one process ----------------------------------------------------------------------
+if [ $SAN = 0 ]; then
+    for layout in "2 2" "4 4" "2 1" "4 2"; do
+        set -- $layout
+        out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" 2>&1)
+        rc=$?
+        echo "$out" | grep -E '^(PASS|FAIL) ' | sed "s/^\(PASS\|FAIL\) /\1 np$1_/"
+        n_fail=$(echo "$out" | grep -c '^FAIL ')
+        fails=$((fails + n_fail))
+        if [ $rc != 0 ] && [ "$n_fail" = 0 ]; then fail "np$1_sp$2_train_check" "exit $rc: $(echo "$out" | tail -3)"; fi
+    done
+fi
+
+# ---- training runs track one process ----------------------------------------------------------------------
+STEPS=12
+[ $SAN = 1 ] && STEPS=4
+RUN=(--config configs/tiny.conf --seq_len 128 --batch_size 2 --batch_tokens 1024 --threads 1 --max_steps $STEPS
+    --warmup_steps 3 --eval_every 6 --eval_batches 4 --log_every 6 --dropout 0.1 --hidden_dropout 0.1
+    --attention_dropout 0.1)
+[ $SAN = 1 ] && RUN+=(--eval_every 2 --eval_batches 2)
+
+# compare A B TOL: the largest relative difference of loss and val_loss over the steps of two log.jsonl
+compare() {
+    python3 - "$1/log.jsonl" "$2/log.jsonl" "$3" <<'EOF'
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]
+b = [json.loads(l) for l in open(sys.argv[2])]
+tol = float(sys.argv[3])
+if [r["step"] for r in a] != [r["step"] for r in b]:
+    print("steps differ: %s vs %s" % ([r["step"] for r in a], [r["step"] for r in b])); sys.exit(1)
+w = 0.0
+for x, y in zip(a, b):
+    for k in ("loss", "val_loss"):
+        if k in y:
+            w = max(w, abs(x[k] - y[k]) / abs(y[k]))
+print("%d steps, largest relative loss difference %.2e (tolerance %.0e)" % (len(a), w, tol))
+sys.exit(0 if w <= tol else 1)
+EOF
+}
+
+"$M" train "${RUN[@]}" --out_dir "$T/ref" >"$T/ref.txt" 2>&1 || fail one_process_run "$(tail -3 "$T/ref.txt")"
+LAYOUTS="4:2"
+[ $SAN = 0 ] && LAYOUTS="2:1 2:2 4:2 4:4"
+for layout in $LAYOUTS; do
+    P=${layout%:*} S=${layout#*:}
+    name="train_np${P}_sp${S}_tracks_one_process"
+    if "${MPIRUN[@]}" -np "$P" "$M" train "${RUN[@]}" --sp "$S" --out_dir "$T/p${P}s${S}" >"$T/p${P}s${S}.txt" 2>&1; then
+        if msg=$(compare "$T/p${P}s${S}" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
+    else
+        fail "$name" "exit status $?: $(tail -3 "$T/p${P}s${S}.txt")"
+    fi
+done
+if [ $SAN = 0 ]; then
+    for algo in chain allgather doubling; do
+        name="train_np2_sp2_${algo}_scan_tracks_one_process"
+        if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --out_dir "$T/$algo" >"$T/$algo.txt" 2>&1; then
+            if msg=$(compare "$T/$algo" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
+        else
+            fail "$name" "exit status $?: $(tail -3 "$T/$algo.txt")"
+        fi
+    done
+fi
+if grep -q "^ranks: 4 = 2 data-parallel groups x sp 2" "$T/p4s2.txt" && [ "$(grep -c "^step " "$T/p4s2.txt")" -ge 2 ]; then
+    pass train_np4_prints_once "rank 0 prints the header and the step lines, the others nothing"
+else
+    fail train_np4_prints_once "$(head -5 "$T/p4s2.txt")"
+fi
+
+# ---- resharding: a checkpoint of 4 ranks resumes on 2 ranks and on 1 process ------------------------------
+if [ $SAN = 0 ]; then
+    HALF=$((STEPS / 2))
+    if "${MPIRUN[@]}" -np 4 "$M" train "${RUN[@]}" --sp 2 --stop_at $HALF --out_dir "$T/cut" >"$T/cut.txt" 2>&1 &&
+        "$M" ckpt info "$T/cut/ckpt_$(printf %08d $HALF).h5" >"$T/info.txt" 2>&1 && grep -Eq "^status: +ok" "$T/info.txt"; then
+        pass ckpt_np4_is_one_file "ckpt_$(printf %08d $HALF).h5 verifies like a one-process checkpoint"
+        for target in "2:1" "1:1"; do
+            P=${target%:*} S=${target#*:}
+            d="$T/resume_p${P}s${S}"
+            cp -r "$T/cut" "$d"
+            if [ "$P" = 1 ]; then
+                "$M" train "${RUN[@]}" --resume auto --out_dir "$d" >"$d.txt" 2>&1
+            else
+                "${MPIRUN[@]}" -np "$P" "$M" train "${RUN[@]}" --sp "$S" --resume auto --out_dir "$d" >"$d.txt" 2>&1
+            fi
+            rc=$?
+            name="ckpt_np4_sp2_resumes_on_np${P}_sp${S}"
+            if [ $rc = 0 ] && msg=$(compare "$d" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "exit $rc: ${msg:-} $(tail -2 "$d.txt")"; fi
+        done
+    else
+        fail ckpt_np4_is_one_file "$(tail -3 "$T/cut.txt") $(cat "$T/info.txt" 2>/dev/null | tail -2)"
+    fi
+fi
+
+# ---- bad layouts: one message, every rank exits non-zero, nothing written -----------------------------------
+refuse() { # name expect np args...
+    local name=$1 expect=$2 np=$3
+    shift 3
+    local out rc
+    if [ "$np" = 1 ]; then
+        out=$(timeout -k 5 60 "$M" train "${RUN[@]}" --out_dir "$T/bad_$name" "$@" 2>&1)
+    else
+        out=$(timeout -k 5 60 mpirun -np "$np" "$M" train "${RUN[@]}" --out_dir "$T/bad_$name" "$@" 2>&1)
+    fi
+    rc=$?
+    local n
+    n=$(echo "$out" | grep -c "$expect")
+    if [ $rc != 0 ] && [ $rc != 124 ] && [ "$n" = 1 ] && [ ! -e "$T/bad_$name" ]; then
+        pass "refuses_$name" "exit $rc: $(echo "$out" | grep -m1 "$expect" | cut -c1-150)..."
+    else
+        fail "refuses_$name" "exit $rc, message seen $n times, out_dir $([ -e "$T/bad_$name" ] && echo created || echo absent): $(echo "$out" | head -3)"
+    fi
+}
+refuse sp_not_dividing_P "does not divide the 4 ranks" 4 --sp 3
+refuse slice_not_whole_chunks "not a whole number of attention chunks" 2 --sp 2 --seq_len 16
+refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
+refuse sp_without_ranks "needs 2 or more processes" 1 --sp 2
+out=$(timeout -k 5 60 mpirun -np 1 "$M" train "${RUN[@]}" --out_dir "$T/bad_cfg" --lr 1e-3 : -np 1 "$M" train "${RUN[@]}" \
+    --out_dir "$T/bad_cfg" --lr 2e-3 2>&1)
+rc=$?
+if [ $rc != 0 ] && [ $rc != 124 ] && [ "$(echo "$out" | grep -c "disagree with rank 0")" = 1 ] && [ ! -e "$T/bad_cfg" ]; then
+    pass refuses_config_mismatch "$(echo "$out" | grep -m1 "disagree" | cut -c1-150)..."
+else
+    fail refuses_config_mismatch "exit $rc: $(echo "$out" | head -3)"
+fi
+
+# ---- faults ----------------------------------------------------------------------------------------------
+# Open MPI's mpirun turns a rank's death, and its own SIGTERM/SIGINT, into a kill sequence: SIGCONT, then
+# after odls_base_sigkill_timeout seconds SIGTERM, then after as many again SIGKILL; SIGUSR1 it forwards to
+# every rank at once. The tests use a timeout of 2 s.
+wait_log() { for _ in $(seq 600); do [ -s "$1/log.jsonl" ] && return 0; sleep 0.1; done; return 1; }
+LONG=(--config configs/tiny.conf --threads 1 --max_steps 1000000 --log_every 100000 --eval_every 0 --val_data "")
+KILLSEQ=(--mca odls_base_sigkill_timeout 2)
+ranks_left() { pgrep -f "^$M train .*--out_dir $1" | wc -l; }
+# wait_gone PID SECONDS: 0 once PID has exited (its status in $gone_rc), 1 if still running after SECONDS
+wait_gone() {
+    for _ in $(seq $(($2 * 10))); do kill -0 "$1" 2>/dev/null || { wait "$1"; gone_rc=$?; return 0; }; sleep 0.1; done
+    return 1
+}
+elapsed() { python3 -c "import time; print('%.1f' % (time.time() - $1))"; }
+
+# a rank killed: every rank ends, mpirun non-zero, within 2 x 2 s of the kill sequence (+ 2 s slack)
+mpirun "${KILLSEQ[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --out_dir "$T/kill" >"$T/kill.txt" 2>&1 &
+job=$!
+if wait_log "$T/kill"; then
+    t0=$(date +%s.%N)
+    kill -KILL "$(pgrep -f "^$M train .*--out_dir $T/kill" | tail -1)" # a rank, not mpirun
+    if wait_gone $job 30; then
+        dt=$(elapsed "$t0")
+        if [ "$gone_rc" != 0 ] && [ "$(ranks_left "$T/kill")" = 0 ] && python3 -c "import sys; sys.exit(0 if $dt <= 6 else 1)"; then
+            pass rank_sigkill_ends_job "mpirun exit $gone_rc ${dt} s after SIGKILL of one rank (bound 2 x 2 s + 2 s), no rank left"
+        else
+            fail rank_sigkill_ends_job "mpirun exit $gone_rc after ${dt} s, $(ranks_left "$T/kill") ranks left"
+        fi
+    else
+        fail rank_sigkill_ends_job "mpirun still running 30 s after a rank was killed"
+        kill -KILL $job
+    fi
+else
+    fail rank_sigkill_ends_job "the run did not start: $(tail -3 "$T/kill.txt")"
+    kill -KILL $job 2>/dev/null
+fi
+
+# stop_test NAME SIGNAL SECONDS: the signal to mpirun gives one coordinated checkpoint, every rank exits,
+# and the run resumes from it
+stop_test() {
+    local name=$1 sig=$2 bound=$3 d="$T/$1"
+    mpirun "${KILLSEQ[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --out_dir "$d" >"$d.txt" 2>&1 &
+    local job=$!
+    if ! wait_log "$d"; then
+        fail "${name}_one_coordinated_checkpoint" "the run did not start: $(tail -3 "$d.txt")"
+        kill -KILL $job 2>/dev/null
+        return
+    fi
+    local t0
+    t0=$(date +%s.%N)
+    kill -"$sig" $job
+    if ! wait_gone $job 60; then
+        fail "${name}_one_coordinated_checkpoint" "mpirun still running 60 s after SIG$sig"
+        kill -KILL $job
+        return
+    fi
+    local dt n_ckpt n_msg
+    dt=$(elapsed "$t0")
+    n_ckpt=$(ls "$d" | grep -c '^ckpt_.*\.h5$')
+    n_msg=$(grep -c "received SIG$sig" "$d.txt")
+    if [ "$n_ckpt" = 1 ] && [ "$n_msg" = 1 ] && [ "$(ranks_left "$d")" = 0 ] &&
+        python3 -c "import sys; sys.exit(0 if $dt <= $bound else 1)"; then
+        pass "${name}_one_coordinated_checkpoint" "mpirun exit $gone_rc after ${dt} s: $(grep -m1 "saved signal checkpoint" "$d.txt" | cut -c1-90)..."
+    else
+        fail "${name}_one_coordinated_checkpoint" "after ${dt} s: $n_ckpt checkpoints, message $n_msg times, $(ranks_left "$d") ranks left: $(tail -3 "$d.txt")"
+        return
+    fi
+    local step
+    step=$(ls "$d" | sed -n 's/^ckpt_0*\([0-9]*\)\.h5$/\1/p')
+    if "${MPIRUN[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --resume auto --max_steps $((step + 2)) --out_dir "$d" \
+        >"$d.2.txt" 2>&1 && grep -q "^done: $((step + 2)) steps" "$d.2.txt"; then
+        pass "${name}_then_resume_auto" "continued from step $step to $((step + 2))"
+    else
+        fail "${name}_then_resume_auto" "$(tail -3 "$d.2.txt")"
+    fi
+}
+stop_test sigusr1 USR1 10 # forwarded at once: exit 0 once the checkpoint is written
+stop_test sigterm TERM 12 # delivered after the 2 s of the kill sequence; saved before the SIGKILL 2 s later
+
+exit $((fails > 0))
