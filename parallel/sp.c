@@ -294,4 +294,5 @@ void mg_sp_free(MgSp *s) {
 
 const MgModelHooks *mg_sp_hooks(MgSp *s) { return &s->hooks; }
 MgSpStats mg_sp_stats(const MgSp *s) { return s->st; }
+MgScanAlgo mg_sp_algo(const MgSp *s) { return s->algo; }
 void mg_sp_stats_reset(MgSp *s) { memset(&s->st, 0, sizeof s->st); }

@@ -47,6 +47,7 @@ const MgModelHooks *mg_sp_hooks(MgSp *s);
 /* Complete the nonblocking sends of the last backward pass (call after every mg_model_step). */
 void mg_sp_finish(MgSp *s);
 MgSpStats mg_sp_stats(const MgSp *s);
+MgScanAlgo mg_sp_algo(const MgSp *s);
 void mg_sp_stats_reset(MgSp *s);
 
 /* Parse a scan algorithm name ("chain", "pipelined", "allgather", "doubling" or "recursive-doubling");

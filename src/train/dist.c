@@ -149,6 +149,31 @@ void mg_dist_pass_done(MgDist *d) {
     if (d->sp) mg_sp_finish(d->sp);
 }
 
+void mg_dist_report(MgDist *d, int64_t steps, int n_layers, FILE *f) {
+    if (!d->sp || steps <= 0) return;
+    const MgSpStats s = mg_sp_stats(d->sp);
+    const int P = d->P;
+    double mine[4] = {s.fwd_seconds, s.bwd_seconds, (double)s.bytes_sent, (double)(s.fwd_scans + s.bwd_messages)};
+    double *all = mg_malloc(sizeof mine * (size_t)P);
+    mg_tp_all_gather(d->world, mine, all, sizeof mine);
+    double sum[4] = {0}, mx[2] = {0};
+    for (int r = 0; r < P; r++) {
+        for (int k = 0; k < 4; k++) sum[k] += all[4 * r + k];
+        for (int k = 0; k < 2; k++) mx[k] = all[4 * r + k] > mx[k] ? all[4 * r + k] : mx[k];
+    }
+    free(all);
+    if (d->is_root) {
+        const double st = (double)steps;
+        fprintf(f,
+                "sequence parallel exchange (sp_scan %s): forward %.4f s/step (max %.4f), backward %.4f s/step (max "
+                "%.4f), mean over %d ranks; %.0f bytes and %.1f exchanges per step and rank (%d layers + final "
+                "norm)\n",
+                mg_scan_algo_name(mg_sp_algo(d->sp)), sum[0] / P / st, mx[0] / st, sum[1] / P / st, mx[1] / st, P,
+                sum[2] / P / st, sum[3] / P / st, n_layers);
+        fflush(f);
+    }
+}
+
 void mg_dist_sum(MgDist *d, double *v, int n) {
     if (d->P > 1) mg_tp_all_reduce_sum(d->world, v, (size_t)n);
 }

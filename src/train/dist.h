@@ -49,6 +49,11 @@ void mg_dist_pass_done(MgDist *d);
 /* Element-wise sum over all ranks (rank order; identical on every rank). */
 void mg_dist_sum(MgDist *d, double *v, int n);
 
+/* Collective: print (rank 0) the sequence-parallel exchange's cost over `steps` steps: seconds per step in
+ * the forward scans and the backward gradient messages (mean and max over ranks), bytes and messages per
+ * step and rank. Nothing without sequence parallelism. */
+void mg_dist_report(MgDist *d, int64_t steps, int n_layers, FILE *f);
+
 /* Text check for errors that every rank detects alike: rank 0 prints "error: msg", every rank exits 1. */
 MG_NORETURN void mg_dist_fail(MgDist *d, const char *msg);
 

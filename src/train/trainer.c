@@ -268,6 +268,7 @@ int cmd_train(int argc, char **argv) {
     int64_t last_saved = t->step;
     while (t->step < t->last_step) {
         MgStepResult r = trainer_step(t);
+        t->steps_run++;
         const int64_t step = t->step;
 
         int do_eval = t->val && (every(step, c->eval_every) || step == c->max_steps);
@@ -294,6 +295,7 @@ int cmd_train(int argc, char **argv) {
     if (t->step > last_saved) trainer_save(t, t->step >= c->max_steps ? "final" : "stop_at");
     printf("done: %lld steps, %lld tokens, %.1f s\n", (long long)t->step, (long long)t->tokens_seen,
            mg_now() - t->t_start);
+    mg_dist_report(&t->dist, t->steps_run, c->n_layers, stdout);
     trainer_free(t);
     return 0;
 }

@@ -33,6 +33,7 @@ typedef struct {
     int32_t *inputs, *targets; /* one micro-batch, batch_size x seq_len */
     int32_t *in_local, *tg_local; /* sequence parallel: this rank's columns of them (else the same buffers) */
     MgDist dist;             /* the process grid (P = 1: a plain one-process run) */
+    int64_t steps_run;       /* steps run by this process (since start or resume) */
     int stop_agreed;         /* P > 1: a stop request seen by any rank at the end of the last step */
     FILE *log;               /* out_dir/log.jsonl */
     double flops_per_token, peak_flops;
