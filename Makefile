@@ -121,9 +121,10 @@ TEST_UTIL_OBJ  := $(BUILD)/obj/tests/test_util.o
 # into build/tests/test_<name> only.
 BACKEND_OPS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/backend_ops/*.c))
 
-# The MPI worker of tests/test_parallel.sh (run under mpirun, so not a test_* program); only with MPI.
+# The MPI worker of tests/test_parallel.sh (run under mpirun, so not a test_* program), and the transport
+# sweep of scripts/bench_transport.sh; only with MPI.
 ifeq ($(HAVE_MPI),1)
-  MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check $(BUILD)/tests/mpi_train_check
+  MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check $(BUILD)/tests/mpi_train_check $(BUILD)/tests/tp_sweep
 endif
 
 .PHONY: all deps test test-only clean features quickstart
@@ -164,6 +165,10 @@ $(BUILD)/tests/mpi_scan_check: $(BUILD)/obj/tests/parallel/mpi_scan_check.o $(LI
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/mpi_train_check: $(BUILD)/obj/tests/parallel/mpi_train_check.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/tp_sweep: $(BUILD)/obj/tests/parallel/tp_sweep.o $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
