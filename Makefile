@@ -121,8 +121,8 @@ TEST_UTIL_OBJ  := $(BUILD)/obj/tests/test_util.o
 # into build/tests/test_<name> only.
 BACKEND_OPS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/backend_ops/*.c))
 
-# The MPI worker of tests/test_parallel.sh (run under mpirun, so not a test_* program), and the transport
-# sweep of scripts/bench_transport.sh; only with MPI.
+# The MPI workers of tests/test_parallel.sh and tests/test_dist.sh (run under mpirun, so not test_* programs),
+# and the transport sweep of scripts/bench_transport.sh; only with MPI.
 ifeq ($(HAVE_MPI),1)
   MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check $(BUILD)/tests/mpi_train_check $(BUILD)/tests/tp_sweep
 endif
