@@ -26,6 +26,7 @@ struct MgSp {
     size_t elem_cap, out_cap, tmp_cap;
     double *param;
     size_t param_cap;
+    MgScanWork *work[2]; /* per group (TimestepNorm, CEMA): scratch and deferred chain sends */
     Pending *pend;
     int n_pend, cap_pend;
     MgSpStats st;
@@ -195,7 +196,7 @@ static void h_end(void *ctx, const MgStateExchange *x) {
                        .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
                        .tag = cema ? TAG_CEMA : TAG_TSN};
     s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
-    mg_state_scan(s->t, &spec, s->elem, NULL, s->out);
+    mg_state_scan_ws(s->t, &spec, s->elem, NULL, s->out, s->work[cema]);
     if (cema) cema_incoming(s, x, C);
     else tsn_incoming(s, x);
     s->st.fwd_scans++;
@@ -257,6 +258,8 @@ static void h_ddone(void *ctx, const MgStateExchange *x) {
 
 void mg_sp_finish(MgSp *s) {
     const double t0 = mg_now();
+    mg_scan_work_flush(s->work[0]);
+    mg_scan_work_flush(s->work[1]);
     for (int i = 0; i < s->n_pend; i++) {
         mg_tp_wait(s->t, s->pend[i].req);
         free(s->pend[i].buf);
@@ -276,6 +279,8 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
     s->pieces = MG_MAX(1, MG_MIN(pieces, 1024));
     s->sdt = be->state_dtype == MG_F64 ? MG_SCAN_F64 : MG_SCAN_F32;
     s->ss = mg_dtype_size(be->state_dtype);
+    s->work[0] = mg_scan_work_create();
+    s->work[1] = mg_scan_work_create();
     s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
                               .dstate_done = h_ddone};
     return s;
@@ -284,6 +289,8 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
 void mg_sp_free(MgSp *s) {
     if (!s) return;
     mg_sp_finish(s);
+    mg_scan_work_free(s->work[0]);
+    mg_scan_work_free(s->work[1]);
     free(s->elem);
     free(s->out);
     free(s->tmp);

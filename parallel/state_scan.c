@@ -167,10 +167,55 @@ void mg_state_scan_serial(const MgScanSpec *s, int P, const void *all, const voi
 }
 
 /* ---- the distributed algorithms -------------------------------------------------------------------------- */
+struct MgScanWork {
+    unsigned char *el, *incl, *sendb, *recvb, *all;
+    size_t cap_el, cap_incl, cap_sendb, cap_recvb, cap_all;
+    MgTpRequest **reqs, **rreq; /* MG_SCAN_PIPELINED: 1024 each */
+    MgTpRequest *pending[1024];  /* deferred sends out of incl */
+    int n_pending;
+    MgTransport *pending_t;
+};
+
+MgScanWork *mg_scan_work_create(void) {
+    MgScanWork *w = mg_calloc(1, sizeof *w);
+    w->reqs = mg_calloc(1024, sizeof *w->reqs);
+    w->rreq = mg_calloc(1024, sizeof *w->rreq);
+    return w;
+}
+
+void mg_scan_work_flush(MgScanWork *w) {
+    for (int i = 0; i < w->n_pending; i++) mg_tp_wait(w->pending_t, w->pending[i]);
+    w->n_pending = 0;
+}
+
+void mg_scan_work_free(MgScanWork *w) {
+    if (!w) return;
+    mg_scan_work_flush(w);
+    free(w->el);
+    free(w->incl);
+    free(w->sendb);
+    free(w->recvb);
+    free(w->all);
+    free(w->reqs);
+    free(w->rreq);
+    free(w);
+}
+
+/* A buffer of the work, grown (never shrunk) to `need` bytes. */
+static unsigned char *buf(unsigned char **p, size_t *cap, size_t need) {
+    if (need > *cap) {
+        free(*p);
+        *p = mg_malloc(need);
+        *cap = need;
+    }
+    return *p;
+}
+
 typedef struct {
     MgTransport *t;
     const MgScanSpec *s;
     int P, v; /* virtual rank: position in fold order */
+    MgScanWork *w;
 } Ctx;
 
 static int real_rank(const Ctx *x, int v) { return x->s->dir == MG_SCAN_FORWARD ? v : x->P - 1 - v; }
@@ -182,6 +227,12 @@ static void inclusive(const Ctx *x, int have, const void *prefix, const void *el
         mg_scan_combine(x->s, prefix, el, incl, c0, c1);
     else
         memcpy((char *)incl + (size_t)c0 * eb, (const char *)el + (size_t)c0 * eb, (size_t)(c1 - c0) * eb);
+}
+
+/* Hand a send out of the work's incl buffer over to be completed later. */
+static void defer(const Ctx *x, MgTpRequest *r) {
+    x->w->pending_t = x->t;
+    x->w->pending[x->w->n_pending++] = r;
 }
 
 static void scan_chain(const Ctx *x, const void *el, const void *init, void *out) {
@@ -196,10 +247,9 @@ static void scan_chain(const Ctx *x, const void *el, const void *init, void *out
         have = 1;
     }
     if (x->v + 1 < x->P) {
-        unsigned char *incl = mg_malloc(S);
+        unsigned char *incl = buf(&x->w->incl, &x->w->cap_incl, S);
         inclusive(x, have, out, el, incl, 0, s->channels);
-        mg_tp_send(x->t, real_rank(x, x->v + 1), s->tag, incl, S);
-        free(incl);
+        defer(x, mg_tp_isend(x->t, real_rank(x, x->v + 1), s->tag, incl, S));
     }
     if (!have) mg_scan_identity(s, out);
 }
@@ -212,34 +262,29 @@ static void scan_pipelined(const Ctx *x, const void *el, const void *init, void 
     int have = x->v > 0 || init;
     int send = x->v + 1 < x->P;
     if (x->v == 0 && init) memcpy(out, init, S);
-    unsigned char *incl = send ? mg_malloc(S) : NULL;
-    MgTpRequest **reqs = mg_calloc((size_t)K, sizeof *reqs);
-    MgTpRequest **rreq = mg_calloc((size_t)K, sizeof *rreq);
+    unsigned char *incl = send ? buf(&x->w->incl, &x->w->cap_incl, S) : NULL;
+    MgTpRequest **rreq = x->w->rreq;
     /* Post every receive first, then combine and forward each piece as it arrives. */
-    if (x->v > 0)
-        for (int k = 0; k < K; k++) {
-            int64_t c0 = C * k / K, c1 = C * (k + 1) / K;
-            rreq[k] = mg_tp_irecv(x->t, real_rank(x, x->v - 1), s->tag + k, (char *)out + (size_t)c0 * eb,
-                                  (size_t)(c1 - c0) * eb);
-        }
+    for (int k = 0; k < K; k++) {
+        int64_t c0 = C * k / K, c1 = C * (k + 1) / K;
+        rreq[k] = x->v > 0 ? mg_tp_irecv(x->t, real_rank(x, x->v - 1), s->tag + k, (char *)out + (size_t)c0 * eb,
+                                         (size_t)(c1 - c0) * eb)
+                           : NULL;
+    }
     for (int k = 0; k < K; k++) {
         int64_t c0 = C * k / K, c1 = C * (k + 1) / K;
         if (rreq[k]) mg_tp_wait(x->t, rreq[k]);
         if (!send) continue;
         inclusive(x, have, out, el, incl, c0, c1);
-        reqs[k] = mg_tp_isend(x->t, real_rank(x, x->v + 1), s->tag + k, incl + (size_t)c0 * eb, (size_t)(c1 - c0) * eb);
+        defer(x, mg_tp_isend(x->t, real_rank(x, x->v + 1), s->tag + k, incl + (size_t)c0 * eb, (size_t)(c1 - c0) * eb));
     }
-    for (int k = 0; k < K; k++) mg_tp_wait(x->t, reqs[k]);
-    free(reqs);
-    free(rreq);
-    free(incl);
     if (!have) mg_scan_identity(s, out);
 }
 
 static void scan_allgather(const Ctx *x, const void *el, const void *init, void *out) {
     const MgScanSpec *s = x->s;
     size_t S = mg_scan_bytes(s);
-    unsigned char *all = mg_malloc(S * (size_t)x->P);
+    unsigned char *all = buf(&x->w->all, &x->w->cap_all, S * (size_t)x->P);
     mg_tp_all_gather(x->t, el, all, S); /* in real rank order; el is already in fold form */
     int have = 0;
     if (init) memcpy(out, init, S), have = 1;
@@ -252,7 +297,6 @@ static void scan_allgather(const Ctx *x, const void *el, const void *init, void 
         have = 1;
     }
     if (!have) mg_scan_identity(s, out);
-    free(all);
 }
 
 /* Hillis-Steele: in round k (d = 2^k) rank v sends its inclusive fold of ranks v-2d+1..v (so far
@@ -261,7 +305,8 @@ static void scan_doubling(const Ctx *x, const void *el, const void *init, void *
     const MgScanSpec *s = x->s;
     size_t S = mg_scan_bytes(s);
     int64_t C = s->channels;
-    unsigned char *incl = mg_malloc(S), *sendb = mg_malloc(S), *recvb = mg_malloc(S);
+    unsigned char *incl = buf(&x->w->incl, &x->w->cap_incl, S), *sendb = buf(&x->w->sendb, &x->w->cap_sendb, S),
+                  *recvb = buf(&x->w->recvb, &x->w->cap_recvb, S);
     memcpy(incl, el, S);
     int have = 0; /* out holds a fold of ranks before v */
     for (int d = 1; d < x->P; d *= 2) {
@@ -289,17 +334,16 @@ static void scan_doubling(const Ctx *x, const void *el, const void *init, void *
         have = 1;
     }
     if (!have) mg_scan_identity(s, out);
-    free(incl);
-    free(sendb);
-    free(recvb);
 }
 
-void mg_state_scan(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out) {
+void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                      MgScanWork *w) {
     char err[256];
     if (mg_scan_check(s, err, sizeof err)) mg_fatal("%s", err);
-    Ctx x = {.t = t, .s = s, .P = t->size, .v = 0};
+    mg_scan_work_flush(w); /* the previous scan's sends out of w's buffers */
+    Ctx x = {.t = t, .s = s, .P = t->size, .v = 0, .w = w};
     x.v = s->dir == MG_SCAN_FORWARD ? t->rank : t->size - 1 - t->rank;
-    unsigned char *el = mg_malloc(mg_scan_bytes(s));
+    unsigned char *el = buf(&w->el, &w->cap_el, mg_scan_bytes(s));
     mg_scan_to_fold_form(s, local, el);
     switch (s->algo) {
     case MG_SCAN_CHAIN: scan_chain(&x, el, init, out); break;
@@ -307,5 +351,10 @@ void mg_state_scan(MgTransport *t, const MgScanSpec *s, const void *local, const
     case MG_SCAN_ALLGATHER: scan_allgather(&x, el, init, out); break;
     case MG_SCAN_RECURSIVE_DOUBLING: scan_doubling(&x, el, init, out); break;
     }
-    free(el);
+}
+
+void mg_state_scan(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out) {
+    MgScanWork *w = mg_scan_work_create();
+    mg_state_scan_ws(t, s, local, init, out, w);
+    mg_scan_work_free(w);
 }

@@ -75,6 +75,18 @@ int mg_scan_check(const MgScanSpec *s, char *err, size_t errlen);
  * result (mg_scan_bytes; may not alias local or init). Fatal on a bad spec. */
 void mg_state_scan(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out);
 
+/* The same scan with reusable scratch: w's buffers grow to the largest scan seen and are kept, so a warm
+ * sequence of scans allocates nothing; and the sends of the chains (to the next rank) are not waited for
+ * here but at the next scan with the same w, or at mg_scan_work_flush / _free, so a rank goes on with its
+ * work while the next rank is still on its way to the receive (the wavefront across layers: docs/
+ * parallelism.md). Concurrent scans need distinct works (and tags). */
+typedef struct MgScanWork MgScanWork;
+MgScanWork *mg_scan_work_create(void);
+void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                      MgScanWork *w);
+void mg_scan_work_flush(MgScanWork *w); /* complete the deferred sends */
+void mg_scan_work_free(MgScanWork *w);  /* flushes first */
+
 /* The same result for all P ranks at once in one process: the serial left-to-right fold (the reference).
  * all: P summaries one after another; out: P summaries. */
 void mg_state_scan_serial(const MgScanSpec *s, int P, const void *all, const void *init, void *out);
