@@ -42,7 +42,7 @@ EOF
 
 TABLE="$OUT/table.md"
 {
-    echo "| ranks | sp | scan | step s (median) | exchange fwd s/step (max) | exchange bwd s/step (max) | bytes/step/rank | exchanges/step/rank |"
+    echo "| ranks | sp | scan | step s (median) | exchange fwd s/step (max) | exchange bwd s/step (max) | state bytes/step/rank | exchanges/step/rank |"
     echo "|---|---|---|---|---|---|---|---|"
 } >"$TABLE"
 rm -rf "$OUT/p1"
@@ -54,7 +54,7 @@ for P in $PS; do
         rm -rf "$d"
         mpirun -np "$P" $M train "${ARGS[@]}" --sp "$P" --sp_scan $algo --out_dir "$d" >"$d.txt" 2>&1
         line=$(grep '^sequence parallel exchange' "$d.txt")
-        read -r fwd fwdmax bwd bwdmax bytes msgs < <(sed -E 's/.*forward ([0-9.]+) s\/step \(max ([0-9.]+)\), backward ([0-9.]+) s\/step \(max ([0-9.]+)\).*; ([0-9]+) bytes and ([0-9.]+) exchanges.*/\1 \2 \3 \4 \5 \6/' <<<"$line")
+        read -r fwd fwdmax bwd bwdmax bytes msgs < <(sed -E 's/.*forward ([0-9.]+) s\/step \(max ([0-9.]+)\), backward ([0-9.]+) s\/step \(max ([0-9.]+)\).*; ([0-9]+) bytes of state summaries and gradients and ([0-9.]+) exchanges.*/\1 \2 \3 \4 \5 \6/' <<<"$line")
         over=""
         [ $((P * THREADS)) -gt "$cores" ] && over=" (oversubscribed)"
         echo "| $P$over | $P | $algo | $(median_step "$d/log.jsonl") | $fwd ($fwdmax) | $bwd ($bwdmax) | $bytes | $msgs |" >>"$TABLE"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Point-to-point sweep and state-scan timings over the project's MPI transport
-# (build/tests/tp_sweep, tests/parallel/tp_sweep.c; docs/parallelism-bench.md). Usage:
+# (build/tests/tp_sweep, tests/parallel/tp_sweep.c; docs/parallelism.md, "Measurements and the cost model"). Usage:
 #   scripts/bench_transport.sh [OUT_DIR]        (default build/bench_transport/)
 # Runs, each under mpirun (as root and oversubscribed if need be, like tests/test_parallel.sh):
 #   -np 2  the latency / bandwidth sweep (8 B .. 64 MiB) and the scan timings   -> sweep_np2.csv

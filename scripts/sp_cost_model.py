@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Latency-bandwidth (alpha-beta) cost model of the sequence-parallel state exchange of Megalodon
-(docs/parallelism-bench.md; the algorithms are those of parallel/state_scan.h). Python 3 standard
+(docs/parallelism.md, "Measurements and the cost model"; the algorithms are those of parallel/state_scan.h). Python 3 standard
 library only.
 
 What is exchanged, per micro-batch of B sequences (fp32, B = batch_size, D = model_dim, N = cema_ndim,

@@ -108,7 +108,7 @@ static const KeyDef KEYS[] = {
     {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100 bf16 dense, cuda)"},
 
     {"sp", T_INT, F(sp), "1", "run", R_POS, NULL, "sequence-parallel ranks per data-parallel group: mpirun -np P runs P/sp groups (docs/parallelism.md)"},
-    {"sp_scan", T_CHOICE, F(sp_scan), "pipelined", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan"},
+    {"sp_scan", T_CHOICE, F(sp_scan), "chain", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan (docs/parallelism.md: the chain is the fastest across layers)"},
     {"sp_scan_pieces", T_INT, F(sp_scan_pieces), "4", "run", R_POS, NULL, "sp_scan pipelined: pieces the state is cut into"},
 
     /* ---- checkpoints and continual pre-training ---- */

@@ -99,7 +99,7 @@ for layout in $LAYOUTS; do
     fi
 done
 if [ $SAN = 0 ]; then
-    for algo in chain allgather doubling; do
+    for algo in pipelined allgather doubling; do # chain is the default (the layouts above)
         name="train_np2_sp2_${algo}_scan_tracks_one_process"
         if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --out_dir "$T/$algo" >"$T/$algo.txt" 2>&1; then
             if msg=$(compare "$T/$algo" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi

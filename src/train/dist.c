@@ -166,7 +166,7 @@ void mg_dist_report(MgDist *d, int64_t steps, int n_layers, FILE *f) {
         const double st = (double)steps;
         fprintf(f,
                 "sequence parallel exchange (sp_scan %s): forward %.4f s/step (max %.4f), backward %.4f s/step (max "
-                "%.4f), mean over %d ranks; %.0f bytes and %.1f exchanges per step and rank (%d layers + final "
+                "%.4f), mean over %d ranks; %.0f bytes of state summaries and gradients and %.1f exchanges per step and rank (%d layers + final "
                 "norm)\n",
                 mg_scan_algo_name(mg_sp_algo(d->sp)), sum[0] / P / st, mx[0] / st, sum[1] / P / st, mx[1] / st, P,
                 sum[2] / P / st, sum[3] / P / st, n_layers);
