@@ -1,6 +1,8 @@
 /* Sequence parallelism: the model's communication hooks over the SP group (sp.h, docs/parallelism.md). */
 #include "sp.h"
 
+#include "shard.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,16 @@ struct MgSp {
     Pending *pend;
     int n_pend, cap_pend;
     MgSpStats st;
+    /* attention across ranks (a chunk longer than a slice) */
+    MgTransport *cg;       /* the ranks sharing this rank's chunk (rank = position in the chunk) */
+    int cg_k;              /* ranks per chunk */
+    void **kctx, **vctx;   /* per layer: the chunk's keys and values up to this slice (backend memory) */
+    size_t *ctx_bytes;     /* per layer: bytes of each */
+    int n_ctx;
+    void *dkctx, *dvctx;   /* the gradients of the context (one pair, reused by every layer) */
+    size_t dctx_bytes;
+    void *h_local, *h_all, *h_ctx; /* host staging */
+    size_t h_local_cap, h_all_cap, h_ctx_cap;
 };
 
 static void *grow(void *p, size_t *cap, size_t need) {
@@ -256,6 +268,117 @@ static void h_ddone(void *ctx, const MgStateExchange *x) {
     s->st.bwd_seconds += mg_now() - t0;
 }
 
+/* ---- attention across ranks -------------------------------------------------------------------------------- */
+static void attn_group(MgSp *s, const MgAttnExchange *x) {
+    const int k = (int)(x->chunk / x->L);
+    MG_CHECK(x->chunk % x->L == 0 && s->t->size % k == 0,
+             "sequence parallel: a chunk of %lld tokens over slices of %d does not span whole ranks",
+             (long long)x->chunk, x->L);
+    if (s->cg && s->cg_k == k) return;
+    if (s->cg) mg_tp_free(s->cg);
+    s->cg = mg_tp_split(s->t, s->t->rank / k, s->t->rank); /* collective over the SP group */
+    s->cg_k = k;
+}
+
+static void ensure_backend(const MgBackend *be, void **p, size_t *have, size_t need) {
+    if (*p && *have >= need) return;
+    if (*p) be->free(be, *p);
+    *p = be->alloc(be, need);
+    *have = need;
+}
+
+/* Gather this chunk's slices of one tensor (B x L x H x D per rank) and lay the first j + 1 of them out as
+ * B x (j + 1) L x H x D in dst (backend memory). */
+static void gather_ctx(MgSp *s, const MgAttnExchange *x, const void *local, int D, void *dst) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype), row = (size_t)x->L * x->H * D * es;
+    const size_t slice = (size_t)x->B * row;
+    const int k = s->cg_k, j = s->cg->rank;
+    s->h_local = grow(s->h_local, &s->h_local_cap, slice);
+    s->h_all = grow(s->h_all, &s->h_all_cap, slice * (size_t)k);
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, slice * (size_t)(j + 1));
+    be->to_host(be, s->h_local, local, slice);
+    mg_tp_all_gather(s->cg, s->h_local, s->h_all, slice);
+    for (int b = 0; b < x->B; b++)
+        for (int r = 0; r <= j; r++)
+            memcpy((char *)s->h_ctx + ((size_t)b * (j + 1) + (size_t)r) * row, (char *)s->h_all + (size_t)r * slice + (size_t)b * row,
+                   row);
+    be->to_device(be, dst, s->h_ctx, slice * (size_t)(j + 1));
+    s->st.bytes_sent += (int64_t)slice;
+}
+
+static void h_attn_kv(void *ctx, MgAttnExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    attn_group(s, x);
+    if (x->layer >= s->n_ctx) {
+        const int n = x->layer + 1;
+        s->kctx = mg_realloc(s->kctx, sizeof(void *) * (size_t)n);
+        s->vctx = mg_realloc(s->vctx, sizeof(void *) * (size_t)n);
+        s->ctx_bytes = mg_realloc(s->ctx_bytes, sizeof(size_t) * (size_t)(2 * n));
+        for (int i = s->n_ctx; i < n; i++) {
+            s->kctx[i] = s->vctx[i] = NULL;
+            s->ctx_bytes[2 * i] = s->ctx_bytes[2 * i + 1] = 0;
+        }
+        s->n_ctx = n;
+    }
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * x->H;
+    ensure_backend(s->be, &s->kctx[x->layer], &s->ctx_bytes[2 * x->layer], tok * x->Dqk * es);
+    ensure_backend(s->be, &s->vctx[x->layer], &s->ctx_bytes[2 * x->layer + 1], tok * x->Dv * es);
+    gather_ctx(s, x, x->k, x->Dqk, s->kctx[x->layer]);
+    gather_ctx(s, x, x->v, x->Dv, s->vctx[x->layer]);
+    x->kctx = s->kctx[x->layer];
+    x->vctx = s->vctx[x->layer];
+    x->Lk = (s->cg->rank + 1) * x->L;
+    s->st.fwd_seconds += mg_now() - t0;
+}
+
+/* dst (this slice's, B x L x H x D) = the sum over the chunk's ranks of their gradient for this slice:
+ * each rank's context gradient (B x (j + 1) L x H x D) is cut into per-slice blocks, the blocks after it
+ * are zero, and a reduce-scatter over the chunk's ranks sums block r onto rank r. */
+static void reduce_ctx_grad(MgSp *s, const MgAttnExchange *x, const void *dctx, int D, void *dst) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype), row = (size_t)x->L * x->H * D * es;
+    const size_t slice = (size_t)x->B * row;
+    const int k = s->cg_k, j = s->cg->rank;
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, slice * (size_t)(j + 1));
+    s->h_all = grow(s->h_all, &s->h_all_cap, slice * (size_t)k);
+    be->to_host(be, s->h_ctx, dctx, slice * (size_t)(j + 1));
+    memset(s->h_all, 0, slice * (size_t)k);
+    for (int b = 0; b < x->B; b++)
+        for (int r = 0; r <= j; r++)
+            memcpy((char *)s->h_all + (size_t)r * slice + (size_t)b * row, (char *)s->h_ctx + ((size_t)b * (j + 1) + (size_t)r) * row,
+                   row);
+    mg_reduce_scatter_sum(s->cg, be->dtype, s->h_all, (int64_t)(slice / es) * k, s->h_all);
+    be->to_device(be, dst, s->h_all, slice);
+    s->st.bytes_sent += (int64_t)(slice * (size_t)(k - 1));
+}
+
+static void h_attn_kv_grad(void *ctx, MgAttnExchange *x, int done) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    MG_CHECK(s->cg && x->layer < s->n_ctx && s->kctx[x->layer],
+             "sequence parallel: attention backward of layer %d before its forward", x->layer);
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * x->H;
+    if (!done) {
+        const size_t need = tok * (size_t)MG_MAX(x->Dqk, x->Dv) * es;
+        size_t have = s->dctx_bytes;
+        ensure_backend(s->be, &s->dkctx, &have, need);
+        have = s->dctx_bytes;
+        ensure_backend(s->be, &s->dvctx, &have, need);
+        s->dctx_bytes = MG_MAX(s->dctx_bytes, need);
+        x->kctx = s->kctx[x->layer];
+        x->vctx = s->vctx[x->layer];
+        x->dkctx = s->dkctx;
+        x->dvctx = s->dvctx;
+        x->Lk = (s->cg->rank + 1) * x->L;
+    } else {
+        reduce_ctx_grad(s, x, s->dkctx, x->Dqk, x->dk);
+        reduce_ctx_grad(s, x, s->dvctx, x->Dv, x->dv);
+    }
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
 void mg_sp_finish(MgSp *s) {
     const double t0 = mg_now();
     mg_scan_work_flush(s->work[0]);
@@ -282,7 +405,7 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
     s->work[0] = mg_scan_work_create();
     s->work[1] = mg_scan_work_create();
     s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
-                              .dstate_done = h_ddone};
+                              .dstate_done = h_ddone, .attn_kv = h_attn_kv, .attn_kv_grad = h_attn_kv_grad};
     return s;
 }
 
@@ -291,6 +414,19 @@ void mg_sp_free(MgSp *s) {
     mg_sp_finish(s);
     mg_scan_work_free(s->work[0]);
     mg_scan_work_free(s->work[1]);
+    for (int i = 0; i < s->n_ctx; i++) {
+        if (s->kctx[i]) s->be->free(s->be, s->kctx[i]);
+        if (s->vctx[i]) s->be->free(s->be, s->vctx[i]);
+    }
+    free(s->kctx);
+    free(s->vctx);
+    free(s->ctx_bytes);
+    if (s->dkctx) s->be->free(s->be, s->dkctx);
+    if (s->dvctx) s->be->free(s->be, s->dvctx);
+    free(s->h_local);
+    free(s->h_all);
+    free(s->h_ctx);
+    if (s->cg) mg_tp_free(s->cg);
     free(s->elem);
     free(s->out);
     free(s->tmp);

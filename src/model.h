@@ -87,6 +87,28 @@ typedef struct {
                                           * parameters, e.g. to form the CEMA decay q^L of the slice */
 } MgStateExchange;
 
+/* Attention across ranks: when a rank's slice is shorter than an attention chunk, its queries also see the
+ * keys and values of the earlier slices of their chunk (held by other ranks).
+ *   attn_kv       forward, per layer: k and v hold this slice's keys (after RoPE) and values
+ *                 (B x L x H x Dqk / Dv); the hook points kctx and vctx at the chunk's keys and values from
+ *                 the chunk's start to the end of this slice (B x Lk x H x D, backend memory the hook owns
+ *                 and keeps until this layer's backward) and sets Lk.
+ *   attn_kv_grad  backward, per layer, twice: done = 0 before the attention backward: the hook sets kctx,
+ *                 vctx and Lk as in the forward and points dkctx, dvctx at buffers for their gradients;
+ *                 done = 1 after it: the hook writes into dk and dv (this slice's, B x L x H x D) the sum of
+ *                 the gradients of this slice's keys and values over the ranks of the chunk.
+ * The pass then runs the attention with Lq = L queries that are the last L of the Lk keys. */
+typedef struct {
+    int layer, B, L, H, Dqk, Dv;
+    int64_t pos0;             /* this slice's global position */
+    int64_t chunk;            /* the chunk's length: min(chunk_size, the sequences' global length) */
+    const void *k, *v;        /* this slice's keys and values */
+    const void *kctx, *vctx;  /* set by the hook */
+    void *dkctx, *dvctx;      /* set by the hook (backward, done = 0) */
+    void *dk, *dv;            /* written by the hook (backward, done = 1) */
+    int Lk;                   /* set by the hook */
+} MgAttnExchange;
+
 typedef struct {
     void *ctx;
     void (*state_begin)(void *ctx, const MgStateExchange *x);
@@ -95,6 +117,8 @@ typedef struct {
     void (*dstate_get)(void *ctx, const MgStateExchange *x);
     void (*dstate_done)(void *ctx, const MgStateExchange *x);
     void (*grads_ready)(void *ctx, int64_t offset, int64_t count);
+    void (*attn_kv)(void *ctx, MgAttnExchange *x);
+    void (*attn_kv_grad)(void *ctx, MgAttnExchange *x, int done);
 } MgModelHooks;
 
 /* ---- one pass ------------------------------------------------------------------------------------------- */

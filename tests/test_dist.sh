@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Distributed training under real MPI (docs/parallelism.md), oversubscribed on small machines:
 #   * build/tests/mpi_train_check: one step of DP x SP in {1x2, 1x4, 2x1, 2x2}, every scan algorithm,
-#     float32 and float64: loss, reduced gradients and the ZeRO-1 update against one process;
+#     and chunks over 2 and 4 ranks (1x2, 1x4, 2x2), float32 and float64: loss, reduced gradients and
+#     the ZeRO-1 update against one process;
 #   * `megalodon train` with P ranks tracks the one-process run of the same global batch for 12 steps
-#     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), and every
-#     other scan algorithm at SP 2;
+#     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), every
+#     other scan algorithm at SP 2, and an attention chunk over 2 and over 4 ranks;
 #   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
 #     the uninterrupted run does;
 #   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
@@ -48,9 +49,11 @@ MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 
 # ---- one step against one process ----------------------------------------------------------------------
 if [ $SAN = 0 ]; then
-    for layout in "2 2" "4 4" "2 1" "4 2"; do
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2" "4 4 4" "4 2 2"; do
         set -- $layout
-        out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" 2>&1)
+        span=()
+        [ $# = 3 ] && span=(--span "$3") # attention chunks over $3 ranks
+        out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" "${span[@]}" 2>&1)
         rc=$?
         echo "$out" | grep -E '^(PASS|FAIL) ' | sed "s/^\(PASS\|FAIL\) /\1 np$1_/"
         n_fail=$(echo "$out" | grep -c '^FAIL ')
@@ -108,6 +111,20 @@ if [ $SAN = 0 ]; then
         fi
     done
 fi
+# attention chunks longer than a rank's slice: one chunk of 128 tokens over 2 and over 4 ranks
+if [ $SAN = 0 ]; then
+    "$M" train "${RUN[@]}" --chunk_size 128 --out_dir "$T/ref_c128" >"$T/ref_c128.txt" 2>&1 ||
+        fail one_process_run_chunk128 "$(tail -3 "$T/ref_c128.txt")"
+    for P in 2 4; do
+        name="train_np${P}_sp${P}_chunk_over_${P}_ranks_tracks_one_process"
+        if "${MPIRUN[@]}" -np "$P" "$M" train "${RUN[@]}" --chunk_size 128 --sp "$P" --out_dir "$T/c128_$P" \
+            >"$T/c128_$P.txt" 2>&1; then
+            if msg=$(compare "$T/c128_$P" "$T/ref_c128" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
+        else
+            fail "$name" "exit status $?: $(tail -3 "$T/c128_$P.txt")"
+        fi
+    done
+fi
 if grep -q "^ranks: 4 = 2 data-parallel groups x sp 2" "$T/p4s2.txt" && [ "$(grep -c "^step " "$T/p4s2.txt")" -ge 2 ]; then
     pass train_np4_prints_once "rank 0 prints the header and the step lines, the others nothing"
 else
@@ -159,7 +176,7 @@ refuse() { # name expect np args...
 }
 refuse sp_not_dividing_P "does not divide the 4 ranks" 4 --sp 3
 if [ $SAN = 0 ]; then
-refuse slice_not_whole_chunks "not a whole number of attention chunks" 2 --sp 2 --seq_len 16
+refuse slice_not_whole_chunks "nor cuts one into equal parts" 2 --sp 2 --seq_len 48 --batch_tokens 0
 refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
 refuse sp_without_ranks "needs 2 or more processes" 1 --sp 2
 out=$(timeout -k 5 60 mpirun -np 1 "$M" train "${RUN[@]}" --out_dir "$T/bad_cfg" --lr 1e-3 : -np 1 "$M" train "${RUN[@]}" \

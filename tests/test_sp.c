@@ -2,7 +2,9 @@
  * transport, each run a slice of whole attention chunks of the same sequences with the state-scan hooks;
  * their losses and gradients summed must equal one process running the whole sequences. Every scan
  * algorithm, P = 2, 3, 4 (two chunks per rank), dropout on, in float64 (exactness) and float32 (the
- * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative). */
+ * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative);
+ * and attention across ranks: a chunk spanning 2, 3 or 4 ranks (each rank's queries see the earlier
+ * slices' keys and values, whose gradients go back to their ranks), with DropKey on. */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -102,10 +104,10 @@ static double grads_diff(const MgParamTable *t, const double *a, const double *b
     return w;
 }
 
-static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_loss, double tol_grad) {
+static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, double tol_loss, double tol_grad) {
     MgConfig cfg;
     tu_tiny_megalodon(&cfg, 512);
-    cfg.chunk_size = CHUNK;
+    cfg.chunk_size = chunk;
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
     const int L = P * PER_RANK;
     cfg.seq_len = L;
@@ -146,16 +148,19 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_los
         n += r[i].counted;
         for (int64_t j = 0; j < pt->total; j++) g_sum[j] += r[i].grads[j];
     }
-    char name[200];
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: loss = one process", backend, P, mg_scan_algo_name(algo));
+    char name[200], what[96];
+    if (chunk > PER_RANK)
+        snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks", backend, P, mg_scan_algo_name(algo),
+                 chunk / PER_RANK);
+    else
+        snprintf(what, sizeof what, "%s, SP %d, %s scan", backend, P, mg_scan_algo_name(algo));
+    snprintf(name, sizeof name, "%s: loss = one process", what);
     tu_check_err(name, fabs(loss - loss_ref) / fabs(loss_ref), tol_loss);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: targets counted = one process", backend, P,
-             mg_scan_algo_name(algo));
+    snprintf(name, sizeof name, "%s: targets counted = one process", what);
     tu_check(n == n_ref, name, "%lld vs %lld", (long long)n, (long long)n_ref);
     const char *worst = "?";
     const double e = grads_diff(pt, g_sum, g_ref, &worst);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: every gradient = one process (worst: %s)", backend, P,
-             mg_scan_algo_name(algo), worst);
+    snprintf(name, sizeof name, "%s: every gradient = one process (worst: %s)", what, worst);
     tu_check_err(name, e, tol_grad);
     /* traffic: every rank ran one scan per layer and group forward; all but rank 0 sent one gradient
      * message per layer and group backward */
@@ -163,8 +168,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_los
     int ok = 1;
     for (int i = 0; i < P; i++)
         ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 ? 0 : groups);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: one scan per layer and state group, one gradient message back",
-             backend, P, mg_scan_algo_name(algo));
+    snprintf(name, sizeof name, "%s: one scan per layer and state group, one gradient message back", what);
     tu_check(ok, name, "rank 1: %lld scans, %lld messages", (long long)r[1].st.fwd_scans,
              (long long)r[1].st.bwd_messages);
     for (int i = 0; i < P; i++) {
@@ -193,8 +197,14 @@ int main(void) {
     test_algo_names();
     for (int P = 2; P <= 4; P++)
         for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
-            run_case("cpu-f64", P, (MgScanAlgo)algo, 1e-12, 1e-12);
-            run_case("cpu-f32", P, (MgScanAlgo)algo, 1e-6, 1e-5);
+            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, 1e-6, 1e-5);
         }
+    /* attention across ranks: chunks of 2, 3 and 4 slices */
+    const int spans[][2] = {{2, 2}, {3, 3}, {4, 2}, {4, 4}};
+    for (int i = 0; i < 4; i++) {
+        run_case("cpu-f64", spans[i][0], MG_SCAN_CHAIN, spans[i][1] * PER_RANK, 1e-12, 1e-12);
+        run_case("cpu-f32", spans[i][0], MG_SCAN_CHAIN, spans[i][1] * PER_RANK, 1e-6, 1e-5);
+    }
     return tu_finish();
 }

@@ -103,6 +103,14 @@ void mg_dropout_fwd(const MgPass *ps, double p, int layer, int site, int64_t wid
 void mg_dropout_bwd(const MgPass *ps, double p, int layer, int site, int64_t width, const void *dy, void *dx);
 /* DropKey fields of an attention call (only while training with attention_dropout > 0). */
 void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs *at);
+/* Attention across ranks (MgModelHooks.attn_kv): with the hooks, point at's keys and values (and, in the
+ * backward, their gradient buffers) at the chunk's context and set Lk; after the backward hand the
+ * gradients back (into dk, dv: this slice's). No-ops without the hooks. RoPE positions of a pass start at
+ * mg_pass_rope_offset. */
+void mg_pass_attn_forward(MgPass *ps, int layer, MgAttentionArgs *at);
+void mg_pass_attn_backward_begin(MgPass *ps, int layer, MgAttentionArgs *at);
+void mg_pass_attn_backward_done(MgPass *ps, int layer, const MgAttentionArgs *at, void *dk, void *dv);
+int64_t mg_pass_rope_offset(const MgPass *ps);
 
 /* Shorthands over the backend. */
 void mg_linear_fwd(const MgPass *ps, int64_t T, int in, int out, const void *x, const void *w, const void *b,
@@ -126,8 +134,11 @@ typedef struct MgArch {
     /* Carried state: the tensors of every layer (the same list for each) and of the final norm. */
     void (*describe_state)(const MgConfig *c, MgStateSpec *layer, int *n_layer, MgStateSpec *final, int *n_final);
     /* Refuse a pass layout the graph cannot run: local length L at global position pos0 of sequences of
-     * global length Lg (Megalodon: pieces of whole attention chunks). 0 or -1 with err. */
-    int (*check_layout)(const MgConfig *c, int L, int64_t pos0, int64_t Lg, char *err, size_t errlen);
+     * global length Lg (Megalodon: pieces of whole attention chunks; with attention across ranks
+     * (attn_split: the hooks bring the chunk's earlier keys and values) also a piece that divides a chunk).
+     * 0 or -1 with err. */
+    int (*check_layout)(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
+                        size_t errlen);
 
     size_t act_size, final_size, scratch_size; /* bytes of the per-layer / final / scratch structs */
     void (*plan_layer)(const MgConfig *c, MgPlan *p, void *act, int64_t T, int B);

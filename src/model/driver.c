@@ -441,13 +441,58 @@ void mg_dropout_bwd(const MgPass *ps, double p, int layer, int site, int64_t wid
 
 void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs *at) {
     if (!dropping(ps, ps->c->attention_dropout) || ps->dec) return;
-    const int c = MG_MIN(at->chunk, at->Lq);
+    const int64_t c = MG_MIN((int64_t)at->chunk, global_len(ps));
     at->drop_p = ps->c->attention_dropout;
     at->drop_seed = site_seed(ps, layer, site);
     at->drop_seq0 = ps->opts->seq0;
     at->drop_seq_stride = seq_stride(ps);
     at->drop_chunk0 = ps->opts->pos0 / c;
     at->drop_chunks = global_len(ps) / c;
+    at->drop_chunk_len = at->Lq < c ? c : 0; /* this pass holds part of a chunk (attention across ranks) */
+}
+
+/* ---- attention across ranks -------------------------------------------------------------------------------- */
+int64_t mg_pass_rope_offset(const MgPass *ps) { return ps->opts ? ps->opts->pos0 : 0; }
+
+static int attn_split(const MgPass *ps) { return ps->hooks && ps->hooks->attn_kv && ps->hooks->attn_kv_grad; }
+
+static MgAttnExchange attn_desc(const MgPass *ps, int layer, const MgAttentionArgs *at) {
+    MgAttnExchange x = {.layer = layer, .B = at->B, .L = at->Lq, .H = at->H, .Dqk = at->Dqk, .Dv = at->Dv,
+                        .pos0 = ps->opts ? ps->opts->pos0 : 0, .k = at->k, .v = at->v};
+    x.chunk = MG_MIN((int64_t)at->chunk, global_len(ps));
+    return x;
+}
+
+void mg_pass_attn_forward(MgPass *ps, int layer, MgAttentionArgs *at) {
+    if (!attn_split(ps) || ps->dec) return;
+    MgAttnExchange x = attn_desc(ps, layer, at);
+    if (x.chunk <= x.L) return; /* whole chunks: nothing crosses ranks */
+    ps->hooks->attn_kv(ps->hooks->ctx, &x);
+    at->k = x.kctx;
+    at->v = x.vctx;
+    at->Lk = x.Lk;
+}
+
+void mg_pass_attn_backward_begin(MgPass *ps, int layer, MgAttentionArgs *at) {
+    if (!attn_split(ps)) return;
+    MgAttnExchange x = attn_desc(ps, layer, at);
+    if (x.chunk <= x.L) return;
+    ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 0);
+    at->k = x.kctx;
+    at->v = x.vctx;
+    at->Lk = x.Lk;
+    at->dk = x.dkctx;
+    at->dv = x.dvctx;
+}
+
+void mg_pass_attn_backward_done(MgPass *ps, int layer, const MgAttentionArgs *at, void *dk, void *dv) {
+    if (!attn_split(ps)) return;
+    MgAttnExchange x = attn_desc(ps, layer, at);
+    if (x.chunk <= x.L) return;
+    x.dk = dk;
+    x.dv = dv;
+    x.Lk = at->Lk;
+    ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 1);
 }
 
 /* ---- hooks ------------------------------------------------------------------------------------------------------ */
@@ -592,7 +637,9 @@ static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) 
     if (a->opts.pos0 < 0 || a->opts.seq0 < 0 || a->opts.pos0 + L > Lg)
         mg_fatal("model: pass at position %lld (sequence %lld) with %d tokens does not fit sequences of %lld",
                  (long long)a->opts.pos0, (long long)a->opts.seq0, L, (long long)Lg);
-    if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, err, sizeof err)) mg_fatal("%s", err);
+    const int split = a->hooks && a->hooks->attn_kv && a->hooks->attn_kv_grad;
+    if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, split, err, sizeof err))
+        mg_fatal("%s", err);
     const int64_t T = (int64_t)B * L;
     if (mg_check_ids(a->tokens, T, c->vocab_size, INT32_MIN, "token", err, sizeof err))
         mg_fatal("%s: the data does not match this model's vocab_size", err);

@@ -125,9 +125,19 @@ static void describe_state(const MgConfig *c, MgStateSpec *layer, int *n_layer, 
 
 /* Pieces of a sequence must hold whole attention chunks (attention never crosses a chunk boundary, so
  * chunks are independent); only then does carrying the state reproduce the whole sequence exactly. */
-static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, char *err, size_t errlen) {
+static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
+                        size_t errlen) {
     const int ch = c->chunk_size;
     if (pos0 == 0 && Lg == L) return 0;
+    const int64_t cg = MG_MIN((int64_t)ch, Lg); /* the chunk's length */
+    if (attn_split && L < cg) { /* a piece of a chunk, its earlier keys and values brought by the hooks */
+        if (cg % L || pos0 % L || Lg % cg)
+            return mg_errf(err, errlen,
+                           "a piece of %d tokens at position %lld of sequences of %lld does not divide the attention "
+                           "chunk of %lld tokens: pieces shorter than a chunk must cut it into equal parts",
+                           L, (long long)pos0, (long long)Lg, (long long)cg);
+        return 0;
+    }
     if (L % ch || pos0 % ch || Lg % ch)
         return mg_errf(err, errlen,
                        "a piece of %d tokens at position %lld of sequences of %lld is not made of whole attention "
@@ -363,8 +373,8 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
                        .beta = w->qk_beta, .q = a->q, .k = a->k, .saved_rstd = a->qk_rstd};
     be->qknorm_forward(be, &qk);
     MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size,
-                     .pos_offset = ps->dec ? ps->dec->pos % c->chunk_size : 0, .base = c->rope_base, .x = a->q,
-                     .y = a->q};
+                     .pos_offset = ps->dec ? ps->dec->pos % c->chunk_size : mg_pass_rope_offset(ps) % c->chunk_size,
+                     .base = c->rope_base, .x = a->q, .y = a->q};
     be->rope_forward(be, &rq);
     MgRopeArgs rk = rq;
     rk.x = rk.y = a->k;
@@ -379,6 +389,7 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse};
         mg_attention_dropout(ps, l, DROP_ATTN, &at);
+        mg_pass_attn_forward(ps, l, &at); /* a chunk longer than this slice: its earlier keys and values */
         be->attention_forward(be, &at);
     }
     mg_act_fwd(ps, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
@@ -453,9 +464,12 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
                           .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                           .saved_lse = a->lse, .dout = s->go, .dq = s->gq, .dk = s->gk, .dv = gv};
     mg_attention_dropout(ps, l, DROP_ATTN, &at);
+    mg_pass_attn_backward_begin(ps, l, &at);
     be->attention_backward(be, &at);
-    MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size, .pos_offset = 0,
-                     .base = c->rope_base, .dy = s->gq, .dx = s->gq};
+    mg_pass_attn_backward_done(ps, l, &at, s->gk, gv);
+    MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size,
+                     .pos_offset = mg_pass_rope_offset(ps) % c->chunk_size, .base = c->rope_base, .dy = s->gq,
+                     .dx = s->gq};
     be->rope_backward(be, &rq);
     MgRopeArgs rk = rq;
     rk.dy = rk.dx = s->gk;

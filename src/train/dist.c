@@ -65,14 +65,13 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
                            "seq_len %d cannot be cut into sp = %d equal slices: use a seq_len that is a multiple of "
                            "sp x chunk_size = %lld, or another sp",
                            L, S, (long long)S * ch);
-        const int Ls = L / S;
-        if (Ls % ch)
+        const int Ls = L / S, cg = L < ch ? L : ch; /* the slice; the chunk's length */
+        if (Ls >= cg ? Ls % cg != 0 : cg % Ls != 0)
             return mg_errf(err, n,
-                           "with sp = %d each rank holds %d tokens of every sequence, which is not a whole number of "
-                           "attention chunks of %d (chunk_size): every rank must hold whole chunks, so use an sp that "
-                           "divides seq_len / chunk_size = %d%s (a chunk longer than a rank's slice needs ring "
-                           "attention, which is not implemented yet)",
-                           S, Ls, ch, L / ch, L < ch ? " (here seq_len < chunk_size: one chunk, so sp = 1)" : "");
+                           "with sp = %d each rank holds %d tokens of every sequence, which neither is a whole number "
+                           "of attention chunks of %d nor cuts one into equal parts: use an sp for which seq_len / sp "
+                           "is a multiple or a divisor of %d",
+                           S, Ls, cg, cg);
     }
     const int64_t micro = (int64_t)c->batch_size * L;
     const int64_t global_micro = c->batch_tokens > 0 ? c->batch_tokens / micro : dp;

@@ -14,7 +14,9 @@
  *                is nearly sign(g), so gradients near 0 that differ in the last bits move far)
  * Results are combined with an all-reduce; rank 0 prints one PASS/FAIL line per check.
  *
- *   mpi_train_check --sp S */
+ *   mpi_train_check --sp S [--span K]
+ * --span K: attention chunks of K slices (K ranks share each chunk: the attention-across-ranks path);
+ * default: two chunks per rank. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,8 @@
 #include "../../src/hash.h"
 #include "../../src/train/dist.h"
 
-enum { B = 2, CHUNK = 16, CHUNKS_PER_RANK = 2, VOCAB = 512 };
+enum { B = 2, SLICE = 32, VOCAB = 512 };
+static int SPAN; /* 0: chunks of SLICE / 2 (two per rank); K: chunks of K slices */
 static MgTransport *W;
 static int n_pass, n_fail;
 
@@ -42,7 +45,7 @@ static void check(int ok, const char *name, const char *detail) {
     fflush(stdout);
 }
 
-static void tiny(MgConfig *c, int L) {
+static void tiny(MgConfig *c, int L, int chunk) {
     mg_config_defaults(c);
     c->vocab_size = VOCAB;
     c->n_layers = 2;
@@ -53,7 +56,7 @@ static void tiny(MgConfig *c, int L) {
     c->ffn_hidden_dim = 128;
     c->cema_ndim = 4;
     c->norm_num_groups = 4;
-    c->chunk_size = CHUNK;
+    c->chunk_size = chunk;
     c->swiglu = 1;
     c->seq_len = L;
     c->batch_size = B;
@@ -99,9 +102,9 @@ static double shard_diff(const MgParamTable *t, const double *got, const double 
 }
 
 static void run(const char *backend, int S, MgScanAlgo algo) {
-    const int P = W->size, DP = P / S, L = S * CHUNKS_PER_RANK * CHUNK, Bg = DP * B;
+    const int P = W->size, DP = P / S, L = S * SLICE, Bg = DP * B;
     MgConfig cfg;
-    tiny(&cfg, L);
+    tiny(&cfg, L, SPAN ? SPAN * SLICE : SLICE / 2);
     char err[512];
     MgBackendOptions bo = {.threads = 1};
     MgBackend *be = mg_backend_create(backend, 0, &bo, err, sizeof err);
@@ -161,7 +164,8 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     mg_tp_all_reduce_sum(W, &loss, 1);
 
     char name[200], detail[200];
-    const char *an = S > 1 ? mg_scan_algo_name(algo) : "no";
+    char an[64];
+    snprintf(an, sizeof an, "%s%s", S > 1 ? mg_scan_algo_name(algo) : "no", SPAN ? "_chunk_over_ranks" : "");
     snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_loss", backend, DP, S, an);
     const double el = fabs(loss - loss_ref) / fabs(loss_ref);
     snprintf(detail, sizeof detail, "relative error %.3e, tolerance %.0e", el, tol_loss);
@@ -242,8 +246,9 @@ int main(int argc, char **argv) {
     int S = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--sp") && i + 1 < argc) S = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--span") && i + 1 < argc) SPAN = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: mpi_train_check --sp S\n");
+            fprintf(stderr, "usage: mpi_train_check --sp S [--span K]\n");
             return 2;
         }
     }
@@ -254,9 +259,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (S < 1 || W->size % S) mg_fatal("--sp %d must divide the %d ranks", S, W->size);
+    if (SPAN < 0 || (SPAN && S % SPAN)) mg_fatal("--span %d must divide --sp %d", SPAN, S);
     const char *backends[] = {"cpu-f32", "cpu-f64"};
     for (int k = 0; k < 2; k++)
-        for (int algo = 0; algo < (S > 1 ? MG_SCAN_N_ALGOS : 1); algo++) run(backends[k], S, (MgScanAlgo)algo);
+        for (int algo = 0; algo < (S > 1 && !SPAN ? MG_SCAN_N_ALGOS : 1); algo++) run(backends[k], S, (MgScanAlgo)algo);
     if (W->rank == 0) printf("# mpi_train_check: %d passed, %d failed\n", n_pass, n_fail);
     const int rc = n_fail ? 1 : 0;
     mg_transport_mpi_finalize(W);
