@@ -117,6 +117,7 @@ typedef struct {
     void (*dstate_get)(void *ctx, const MgStateExchange *x);
     void (*dstate_done)(void *ctx, const MgStateExchange *x);
     void (*grads_ready)(void *ctx, int64_t offset, int64_t count);
+    void *grads_ctx; /* grads_ready's ctx when not NULL (a runtime that adds it to another's hooks) */
     void (*attn_kv)(void *ctx, MgAttnExchange *x);
     void (*attn_kv_grad)(void *ctx, MgAttnExchange *x, int done);
 } MgModelHooks;

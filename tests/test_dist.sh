@@ -195,7 +195,7 @@ fi
 # after odls_base_sigkill_timeout seconds SIGTERM, then after as many again SIGKILL; SIGUSR1 it forwards to
 # every rank at once. The tests use a timeout of 2 s.
 wait_log() { for _ in $(seq 600); do [ -s "$1/log.jsonl" ] && return 0; sleep 0.1; done; return 1; }
-LONG=(--config configs/tiny.conf --threads 1 --max_steps 1000000 --log_every 100000 --eval_every 0 --val_data "")
+LONG=(--config configs/tiny.conf --threads 1 --max_steps 1000000 --warmup_steps 1 --log_every 100000 --eval_every 0 --val_data "")
 KILLSEQ=(--mca odls_base_sigkill_timeout 2)
 ranks_left() { pgrep -f "^$M train .*--out_dir $1" | wc -l; }
 # wait_gone PID SECONDS: 0 once PID has exited (its status in $gone_rc), 1 if still running after SECONDS

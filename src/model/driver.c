@@ -127,7 +127,8 @@ int mg_model_grad_buckets(const MgModel *m, int64_t *offsets, int64_t *counts, i
 static void grads_ready(const MgPass *ps, int bucket) {
     const MgModel *m = ps->m;
     if (ps->hooks && ps->hooks->grads_ready && bucket >= 0 && bucket < m->n_buckets && m->bucket_len[bucket] > 0)
-        ps->hooks->grads_ready(ps->hooks->ctx, m->bucket_off[bucket], m->bucket_len[bucket]);
+        ps->hooks->grads_ready(ps->hooks->grads_ctx ? ps->hooks->grads_ctx : ps->hooks->ctx, m->bucket_off[bucket],
+                               m->bucket_len[bucket]);
 }
 
 /* ---- create / free ------------------------------------------------------------------------------------------ */

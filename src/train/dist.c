@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "../../parallel/shard.h"
+#include "../common.h"
 #include "../launch.h"
 #include "../params.h"
 
@@ -114,11 +115,14 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         mg_shard_range(total, d->P, d->rank, &d->shard_off, &d->shard_len);
         d->gshard = be->alloc(be, (size_t)MG_MAX(d->shard_len, 1) * es);
         d->host_grads = mg_malloc((size_t)total * es);
+        d->reducer = mg_shard_reducer_create(d->world, be->dtype, total);
+        d->be = be;
     }
     d->configured = 1;
 }
 
 void mg_dist_end(MgDist *d) {
+    mg_shard_reducer_free(d->reducer);
     mg_sp_free(d->sp);
     free(d->host_grads);
     if (d->configured) mg_grid_destroy(&d->grid);
@@ -143,6 +147,26 @@ MgForwardOpts mg_dist_opts(const MgDist *d, const MgConfig *c, uint64_t seed, in
 }
 
 const MgModelHooks *mg_dist_hooks(const MgDist *d) { return d->sp ? mg_sp_hooks(d->sp) : NULL; }
+
+/* A bucket of gradients is final: stage it to the host and start its part of the reduce-scatter. */
+static void on_grads_ready(void *ctx, int64_t off, int64_t count) {
+    MgDist *d = ctx;
+    const size_t es = mg_dtype_size(d->be->dtype);
+    d->be->to_host(d->be, (char *)d->host_grads + (size_t)off * es, (const char *)d->grads + (size_t)off * es,
+                   (size_t)count * es);
+    mg_shard_reducer_ready(d->reducer, d->host_grads, off, count);
+}
+
+const MgModelHooks *mg_dist_last_hooks(MgDist *d, void *grads) {
+    if (d->P == 1) return NULL;
+    d->last_hooks = d->sp ? *mg_sp_hooks(d->sp) : (MgModelHooks){0};
+    d->last_hooks.grads_ready = on_grads_ready;
+    d->last_hooks.grads_ctx = d;
+    d->grads = grads;
+    return &d->last_hooks;
+}
+
+void mg_dist_reduce_finish(MgDist *d, void *out) { mg_shard_reducer_finish(d->reducer, out); }
 
 void mg_dist_pass_done(MgDist *d) {
     if (d->sp) mg_sp_finish(d->sp);

@@ -8,6 +8,8 @@
  *   loss         sum over ranks = the one-process loss (f32 1e-6, f64 1e-12 relative)
  *   gradients    each rank's reduced shard = the one-process gradient, per tensor normwise (f32 1e-5,
  *                f64 1e-12)
+ *   bucketed     the reduce-scatter started bucket by bucket from the backward's grads_ready (what train
+ *                runs) = the reduce-scatter of the finished arena, bitwise
  *   ZeRO-1 step  the all-gathered weights after AdamW on each shard are bitwise those of one AdamW over
  *                the whole arena with the same reduced gradient (AdamW is element-wise; comparing with
  *                the one-process gradient instead would measure AdamW's conditioning: its first step
@@ -143,6 +145,7 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     if (mg_grid_create(W, S, &d.grid, err, sizeof err)) mg_fatal("%s", err);
     d.configured = 1;
     d.sp = S > 1 ? mg_sp_create(d.grid.sp_group, be, algo, 3) : NULL;
+    d.be = be;
 
     /* this rank's rows (every DP-th sequence) and columns (its slice) */
     const int Ls = L / S;
@@ -157,8 +160,11 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     MgModel *m = mg_model_create(&cfg, be);
     mg_model_init_weights(m, 11);
     mg_model_zero_grads(m);
+    const int64_t n_m = mg_model_params_table(m)->total;
+    d.reducer = mg_shard_reducer_create(W, be->dtype, n_m);
+    d.host_grads = malloc((size_t)n_m * mg_dtype_size(be->dtype));
     MgPassArgs a = {.tokens = lt, .targets = lg, .B = B, .L = Ls, .grad_scale = scale,
-                    .opts = mg_dist_opts(&d, &cfg, seed, 1, 0, B), .hooks = mg_dist_hooks(&d)};
+                    .opts = mg_dist_opts(&d, &cfg, seed, 1, 0, B), .hooks = mg_dist_last_hooks(&d, mg_model_grads(m))};
     double loss = mg_model_step(m, &a, NULL);
     mg_dist_pass_done(&d);
     mg_tp_all_reduce_sum(W, &loss, 1);
@@ -178,6 +184,13 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     void *host = malloc((size_t)n * es);
     memcpy(host, mg_model_grads(m), (size_t)n * es);
     mg_reduce_scatter_sum(W, be->dtype, host, n, host);
+    void *bucketed = malloc((size_t)MG_MAX(len, 1) * es);
+    mg_dist_reduce_finish(&d, bucketed);
+    snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_bucketed_reduction", backend, DP, S, an);
+    snprintf(detail, sizeof detail, "shard of %lld values bitwise equal to the reduce-scatter after the backward",
+             (long long)len);
+    check(!memcmp(bucketed, host, (size_t)len * es), name, detail);
+    free(bucketed);
     double *g = malloc(sizeof(double) * (size_t)MG_MAX(len, 1));
     to_double(be, host, len, g);
     const char *worst = "-";
@@ -236,6 +249,8 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     free(tok);
     free(tgt);
     mg_sp_free(d.sp);
+    mg_shard_reducer_free(d.reducer);
+    free(d.host_grads);
     mg_grid_destroy(&d.grid);
     mg_model_free(m);
     mg_model_free(ref);
