@@ -179,6 +179,11 @@ refuse sp_not_dividing_P "does not divide the 4 ranks" 4 --sp 3
 if [ $SAN = 0 ]; then
 refuse slice_not_whole_chunks "nor cuts one into equal parts" 2 --sp 2 --seq_len 48 --batch_tokens 0
 refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
+# the memory check counts a rank's share (1/P of the moments, its slice's activations) times the ranks
+# of the node: 4 ranks of 150 MiB do not fit in 300 MiB, 2 do
+export MG_MEMORY_LIMIT_BYTES=300M
+refuse memory_of_4_ranks "x 4 ranks on this node" 4 --sp 2
+unset MG_MEMORY_LIMIT_BYTES
 refuse sp_without_ranks "needs 2 or more processes" 1 --sp 2
 out=$(timeout -k 5 60 mpirun -np 1 "$M" train "${RUN[@]}" --out_dir "$T/bad_cfg" --lr 1e-3 : -np 1 "$M" train "${RUN[@]}" \
     --out_dir "$T/bad_cfg" --lr 2e-3 2>&1)

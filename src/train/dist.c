@@ -13,16 +13,16 @@
 #include "../params.h"
 
 /* A fatal error on one rank ends every rank. Before the run is configured, most errors (a bad key, a
- * missing file) are found by every rank alike: the other ranks wait a moment so that rank 0's abort,
+ * missing file) are found by every rank alike: the other ranks wait 5 s so that rank 0's abort,
  * which prints the message once, ends them first; an error only one rank sees is still printed by it. */
 static void dist_error_hook(const char *msg, const char *file, int line, void *ctx) {
     (void)file;
     (void)line;
     MgDist *d = ctx;
     fflush(stdout);
-    if (!d->is_root && !d->configured) {
-        struct timespec ts = {2, 0};
-        nanosleep(&ts, NULL);
+    if (!d->is_root && !d->configured) { /* 5 s, whatever signals mpirun's kill sequence sends meanwhile */
+        struct timespec ts = {5, 0}, rem;
+        while (nanosleep(&ts, &rem) != 0) ts = rem;
     }
     mg_tp_abort_all(d->world, "%s", msg);
 }
