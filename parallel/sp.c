@@ -42,6 +42,13 @@ struct MgSp {
     size_t dctx_bytes;
     void *h_local, *h_all, *h_ctx; /* host staging */
     size_t h_local_cap, h_all_cap, h_ctx_cap;
+    MgSpAttn attn_mode;
+    /* all-to-all path, per layer: the chunk's head-split q, k, v, o (B x c x H/k x D) and lse (B x H/k x c) */
+    void **hq, **hk, **hv, **ho, **hlse;
+    size_t *h_bytes; /* per layer, 5 sizes */
+    int n_heads_layers;
+    void *hdo, *hdq, *hdk, *hdv; /* backward scratch (one set) */
+    size_t hd_bytes[4];
 };
 
 static void *grow(void *p, size_t *cap, size_t need) {
@@ -379,6 +386,156 @@ static void h_attn_kv_grad(void *ctx, MgAttnExchange *x, int done) {
     s->st.bwd_seconds += mg_now() - t0;
 }
 
+/* ---- the all-to-all (Ulysses) path ---------------------------------------------------------------------------- */
+enum { TAG_A2A = 3100 };
+
+int mg_sp_attention_parse(const char *name, MgSpAttn *out) {
+    if (!strcmp(name, "auto")) *out = MG_SP_ATTN_AUTO;
+    else if (!strcmp(name, "gather")) *out = MG_SP_ATTN_GATHER;
+    else if (!strcmp(name, "alltoall")) *out = MG_SP_ATTN_ALLTOALL;
+    else return -1;
+    return 0;
+}
+
+void mg_sp_set_attention(MgSp *s, MgSpAttn mode) { s->attn_mode = mode; }
+
+static int use_alltoall(MgSp *s, const MgAttnExchange *x) {
+    const int k = (int)(x->chunk / x->L);
+    if (s->attn_mode == MG_SP_ATTN_GATHER) return 0;
+    if (x->H % k == 0) return 1;
+    if (s->attn_mode == MG_SP_ATTN_ALLTOALL)
+        mg_fatal("sp_attention alltoall needs the %d ranks of a chunk to divide the %d attention heads: use "
+                 "sp_attention gather (or auto), or another sp",
+                 k, x->H);
+    return 0;
+}
+
+/* seq -> heads: this slice's B x L x H x D (backend) becomes the chunk's B x (k L) x H/k x D for this
+ * rank's heads (backend). heads -> seq: the reverse. Staged through host memory, one message per peer. */
+static void alltoall(MgSp *s, const MgAttnExchange *x, int D, const void *src, void *dst, int to_heads) {
+    const MgBackend *be = s->be;
+    const int k = s->cg_k, j = s->cg->rank, L = x->L, H = x->H, Hk = H / k;
+    const size_t es = mg_dtype_size(be->dtype), piece = (size_t)x->B * L * Hk * D * es; /* one peer's share */
+    const size_t total = piece * (size_t)k;
+    s->h_local = grow(s->h_local, &s->h_local_cap, total); /* packed send buffers, peer after peer */
+    s->h_all = grow(s->h_all, &s->h_all_cap, total);       /* received, peer after peer */
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, total);       /* staging of src / dst */
+    char *send = s->h_local, *recv = s->h_all, *stage = s->h_ctx;
+    be->to_host(be, stage, src, total);
+    const size_t hrow = (size_t)Hk * D * es;
+    for (int r = 0; r < k; r++) /* the part for peer r */
+        for (int b = 0; b < x->B; b++)
+            for (int t = 0; t < L; t++) {
+                char *o = send + (size_t)r * piece + ((size_t)b * L + t) * hrow;
+                if (to_heads) /* my slice's token t, heads of r */
+                    memcpy(o, stage + (((size_t)b * L + t) * H + (size_t)r * Hk) * D * es, hrow);
+                else /* my heads of slice r's token t */
+                    memcpy(o, stage + (((size_t)b * k * L + (size_t)r * L + t) * Hk) * D * es, hrow);
+            }
+    MgTpRequest *req[2 * 1024];
+    int n = 0;
+    for (int r = 0; r < k; r++) {
+        if (r == j) {
+            memcpy(recv + (size_t)r * piece, send + (size_t)r * piece, piece);
+            continue;
+        }
+        req[n++] = mg_tp_irecv(s->cg, r, TAG_A2A, recv + (size_t)r * piece, piece);
+        req[n++] = mg_tp_isend(s->cg, r, TAG_A2A, send + (size_t)r * piece, piece);
+    }
+    for (int i = 0; i < n; i++) mg_tp_wait(s->cg, req[i]);
+    for (int r = 0; r < k; r++) /* what peer r sent */
+        for (int b = 0; b < x->B; b++)
+            for (int t = 0; t < L; t++) {
+                const char *in = recv + (size_t)r * piece + ((size_t)b * L + t) * hrow;
+                if (to_heads) /* slice r's token t, my heads */
+                    memcpy(stage + (((size_t)b * k * L + (size_t)r * L + t) * Hk) * D * es, in, hrow);
+                else /* my token t, r's heads */
+                    memcpy(stage + (((size_t)b * L + t) * H + (size_t)r * Hk) * D * es, in, hrow);
+            }
+    be->to_device(be, dst, stage, total);
+    s->st.bytes_sent += (int64_t)(piece * (size_t)(k - 1));
+}
+
+static void ensure_layer_heads(MgSp *s, const MgAttnExchange *x) {
+    if (x->layer >= s->n_heads_layers) {
+        const int n = x->layer + 1;
+        void ***arr[5] = {&s->hq, &s->hk, &s->hv, &s->ho, &s->hlse};
+        for (int a = 0; a < 5; a++) {
+            *arr[a] = mg_realloc(*arr[a], sizeof(void *) * (size_t)n);
+            for (int i = s->n_heads_layers; i < n; i++) (*arr[a])[i] = NULL;
+        }
+        s->h_bytes = mg_realloc(s->h_bytes, sizeof(size_t) * (size_t)(5 * n));
+        for (int i = 5 * s->n_heads_layers; i < 5 * n; i++) s->h_bytes[i] = 0;
+        s->n_heads_layers = n;
+    }
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * (x->H / s->cg_k);
+    const size_t need[5] = {tok * x->Dqk * es, tok * x->Dqk * es, tok * x->Dv * es, tok * x->Dv * es,
+                            (size_t)x->B * (x->H / s->cg_k) * (size_t)x->chunk * s->ss};
+    void **bufs[5] = {&s->hq[x->layer], &s->hk[x->layer], &s->hv[x->layer], &s->ho[x->layer], &s->hlse[x->layer]};
+    for (int a = 0; a < 5; a++) ensure_backend(s->be, bufs[a], &s->h_bytes[5 * x->layer + a], need[a]);
+}
+
+/* The op's arguments for this rank's heads over the whole chunk. */
+static MgAttentionArgs heads_args(const MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgAttentionArgs a = *at;
+    a.H = x->H / s->cg_k;
+    a.Lq = a.Lk = (int)x->chunk;
+    a.q = s->hq[x->layer];
+    a.k = s->hk[x->layer];
+    a.v = s->hv[x->layer];
+    a.o = s->ho[x->layer];
+    a.saved_lse = s->hlse[x->layer];
+    a.drop_chunk_len = 0; /* the whole chunk */
+    a.drop_heads = x->H;
+    a.drop_head0 = (int64_t)s->cg->rank * a.H;
+    return a;
+}
+
+static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgSp *s = ctx;
+    attn_group(s, x);
+    if (!use_alltoall(s, x)) return 0;
+    const double t0 = mg_now();
+    ensure_layer_heads(s, x);
+    alltoall(s, x, x->Dqk, at->q, s->hq[x->layer], 1);
+    alltoall(s, x, x->Dqk, at->k, s->hk[x->layer], 1);
+    alltoall(s, x, x->Dv, at->v, s->hv[x->layer], 1);
+    s->st.fwd_seconds += mg_now() - t0;
+    MgAttentionArgs a = heads_args(s, x, at);
+    s->be->attention_forward(s->be, &a);
+    const double t1 = mg_now();
+    alltoall(s, x, x->Dv, s->ho[x->layer], at->o, 0);
+    s->st.fwd_seconds += mg_now() - t1;
+    return 1;
+}
+
+static int h_attn_run_backward(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgSp *s = ctx;
+    if (!s->cg || !use_alltoall(s, x)) return 0;
+    MG_CHECK(x->layer < s->n_heads_layers && s->hq[x->layer],
+             "sequence parallel: attention backward of layer %d before its forward", x->layer);
+    const double t0 = mg_now();
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * (x->H / s->cg_k);
+    void **buf[4] = {&s->hdo, &s->hdq, &s->hdk, &s->hdv};
+    const int D[4] = {x->Dv, x->Dqk, x->Dqk, x->Dv};
+    for (int i = 0; i < 4; i++) ensure_backend(s->be, buf[i], &s->hd_bytes[i], tok * (size_t)D[i] * es);
+    alltoall(s, x, x->Dv, at->dout, s->hdo, 1);
+    s->st.bwd_seconds += mg_now() - t0;
+    MgAttentionArgs a = heads_args(s, x, at);
+    a.dout = s->hdo;
+    a.dq = s->hdq;
+    a.dk = s->hdk;
+    a.dv = s->hdv;
+    a.accumulate = 0;
+    s->be->attention_backward(s->be, &a);
+    const double t1 = mg_now();
+    alltoall(s, x, x->Dqk, s->hdq, at->dq, 0);
+    alltoall(s, x, x->Dqk, s->hdk, at->dk, 0);
+    alltoall(s, x, x->Dv, s->hdv, at->dv, 0);
+    s->st.bwd_seconds += mg_now() - t1;
+    return 1;
+}
+
 void mg_sp_finish(MgSp *s) {
     const double t0 = mg_now();
     mg_scan_work_flush(s->work[0]);
@@ -405,7 +562,8 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
     s->work[0] = mg_scan_work_create();
     s->work[1] = mg_scan_work_create();
     s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
-                              .dstate_done = h_ddone, .attn_kv = h_attn_kv, .attn_kv_grad = h_attn_kv_grad};
+                              .dstate_done = h_ddone, .attn_kv = h_attn_kv, .attn_kv_grad = h_attn_kv_grad,
+                              .attn_run = h_attn_run, .attn_run_backward = h_attn_run_backward};
     return s;
 }
 
@@ -423,6 +581,20 @@ void mg_sp_free(MgSp *s) {
     free(s->ctx_bytes);
     if (s->dkctx) s->be->free(s->be, s->dkctx);
     if (s->dvctx) s->be->free(s->be, s->dvctx);
+    for (int i = 0; i < s->n_heads_layers; i++) {
+        void *b[5] = {s->hq[i], s->hk[i], s->hv[i], s->ho[i], s->hlse[i]};
+        for (int a = 0; a < 5; a++)
+            if (b[a]) s->be->free(s->be, b[a]);
+    }
+    free(s->hq);
+    free(s->hk);
+    free(s->hv);
+    free(s->ho);
+    free(s->hlse);
+    free(s->h_bytes);
+    void *hd[4] = {s->hdo, s->hdq, s->hdk, s->hdv};
+    for (int i = 0; i < 4; i++)
+        if (hd[i]) s->be->free(s->be, hd[i]);
     free(s->h_local);
     free(s->h_all);
     free(s->h_ctx);

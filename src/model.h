@@ -120,6 +120,11 @@ typedef struct {
     void *grads_ctx; /* grads_ready's ctx when not NULL (a runtime that adds it to another's hooks) */
     void (*attn_kv)(void *ctx, MgAttnExchange *x);
     void (*attn_kv_grad)(void *ctx, MgAttnExchange *x, int done);
+    /* Or the whole attention of a pass that holds part of a chunk, run by the hook (e.g. all-to-all over
+     * heads): attn_run computes at->o (and keeps what its backward needs); attn_run_backward writes at->dq,
+     * at->dk, at->dv from at->dout. Each returns 1 when it ran, 0 to fall back to attn_kv / the op. */
+    int (*attn_run)(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at);
+    int (*attn_run_backward)(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at);
 } MgModelHooks;
 
 /* ---- one pass ------------------------------------------------------------------------------------------- */

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Distributed training under real MPI (docs/parallelism.md), oversubscribed on small machines:
 #   * build/tests/mpi_train_check: one step of DP x SP in {1x2, 1x4, 2x1, 2x2}, every scan algorithm,
-#     and chunks over 2 and 4 ranks (1x2, 1x4, 2x2), float32 and float64: loss, reduced gradients and
-#     the ZeRO-1 update against one process;
+#     and chunks over 2 and 4 ranks (1x2, 1x4, 2x2) by gathering keys and values and by all-to-all over
+#     heads, float32 and float64: loss, reduced gradients and the ZeRO-1 update against one process;
 #   * `megalodon train` with P ranks tracks the one-process run of the same global batch for 12 steps
 #     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), the
-#     pipelined scan at SP 2, and an attention chunk over 4 ranks;
+#     pipelined scan at SP 2, and an attention chunk over 2 ranks (all-to-all) and over 4 (gather);
 #   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
 #     the uninterrupted run does;
 #   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
@@ -49,10 +49,10 @@ MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 
 # ---- one step against one process ----------------------------------------------------------------------
 if [ $SAN = 0 ]; then
-    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2" "4 4 4" "4 2 2"; do
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "2 2 2 alltoall" "4 4 4 gather" "4 4 4 alltoall" "4 2 2 alltoall"; do
         set -- $layout
         span=()
-        [ $# = 3 ] && span=(--span "$3") # attention chunks over $3 ranks
+        [ $# = 4 ] && span=(--span "$3" --attention "$4") # attention chunks over $3 ranks
         out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" "${span[@]}" 2>&1)
         rc=$?
         echo "$out" | grep -E '^(PASS|FAIL) ' | sed "s/^\(PASS\|FAIL\) /\1 np$1_/"
@@ -112,11 +112,12 @@ if [ $SAN = 0 ]; then
         fi
     done
 fi
-# attention chunks longer than a rank's slice: one chunk of 128 tokens over 2 and over 4 ranks
+# attention chunks longer than a rank's slice: one chunk of 128 tokens over 2 ranks (sp_attention auto:
+# all-to-all over the 2 heads) and over 4 ranks (auto: gathering keys and values, 2 heads)
 if [ $SAN = 0 ]; then
     "$M" train "${RUN[@]}" --chunk_size 128 --out_dir "$T/ref_c128" >"$T/ref_c128.txt" 2>&1 ||
         fail one_process_run_chunk128 "$(tail -3 "$T/ref_c128.txt")"
-    for P in 4; do
+    for P in 2 4; do
         name="train_np${P}_sp${P}_chunk_over_${P}_ranks_tracks_one_process"
         if "${MPIRUN[@]}" -np "$P" "$M" train "${RUN[@]}" --chunk_size 128 --sp "$P" --out_dir "$T/c128_$P" \
             >"$T/c128_$P.txt" 2>&1; then
@@ -179,6 +180,7 @@ refuse sp_not_dividing_P "does not divide the 4 ranks" 4 --sp 3
 if [ $SAN = 0 ]; then
 refuse slice_not_whole_chunks "nor cuts one into equal parts" 2 --sp 2 --seq_len 48 --batch_tokens 0
 refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
+refuse alltoall_heads "do not divide them" 4 --sp 4 --chunk_size 128 --sp_attention alltoall
 # the memory check counts a rank's share (1/P of the moments, its slice's activations) times the ranks
 # of the node: 4 ranks of 150 MiB do not fit in 300 MiB, 2 do
 export MG_MEMORY_LIMIT_BYTES=300M

@@ -21,6 +21,7 @@ typedef struct {
     const char *backend;
     MgTransport *tp;
     MgScanAlgo algo;
+    MgSpAttn attn;
     int pieces, P, L, train;
     const int32_t *tok, *tgt;
     double scale;
@@ -70,6 +71,7 @@ static void *rank_main(void *v) {
     const int rank = r->tp->rank, Ls = r->L / r->P;
     int32_t *tok = slice_cols(r->tok, r->L, rank * Ls, Ls), *tgt = slice_cols(r->tgt, r->L, rank * Ls, Ls);
     MgSp *sp = mg_sp_create(r->tp, be, r->algo, r->pieces);
+    mg_sp_set_attention(sp, r->attn);
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = Ls, .grad_scale = r->scale,
                     .opts = opts_for(r, rank * Ls), .hooks = mg_sp_hooks(sp)};
@@ -104,10 +106,12 @@ static double grads_diff(const MgParamTable *t, const double *a, const double *b
     return w;
 }
 
-static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, double tol_loss, double tol_grad) {
+static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgSpAttn attn, int heads, double tol_loss,
+                     double tol_grad) {
     MgConfig cfg;
     tu_tiny_megalodon(&cfg, 512);
     cfg.chunk_size = chunk;
+    cfg.num_heads = heads;
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
     const int L = P * PER_RANK;
     cfg.seq_len = L;
@@ -122,7 +126,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, dou
     MgModel *m = make_model(&cfg, backend, &be);
     const MgParamTable *pt = mg_model_params_table(m);
     double *g_ref = malloc(sizeof(double) * (size_t)pt->total), *g_sum = calloc((size_t)pt->total, sizeof(double));
-    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
+    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .attn = attn, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
                   .tgt = tgt, .scale = scale};
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = L, .grad_scale = scale, .opts = opts_for(&proto, 0)};
@@ -150,8 +154,9 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, dou
     }
     char name[200], what[96];
     if (chunk > PER_RANK)
-        snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks", backend, P, mg_scan_algo_name(algo),
-                 chunk / PER_RANK);
+        snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks (%s, %d heads)", backend, P,
+                 mg_scan_algo_name(algo), chunk / PER_RANK, attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : "gather",
+                 heads);
     else
         snprintf(what, sizeof what, "%s, SP %d, %s scan", backend, P, mg_scan_algo_name(algo));
     snprintf(name, sizeof name, "%s: loss = one process", what);
@@ -197,14 +202,22 @@ int main(void) {
     test_algo_names();
     for (int P = 2; P <= 4; P++)
         for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
-            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, 1e-12, 1e-12);
-            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, 1e-6, 1e-5);
+            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
         }
-    /* attention across ranks: chunks of 2, 3 and 4 slices */
-    const int spans[][2] = {{2, 2}, {3, 3}, {4, 2}, {4, 4}};
-    for (int i = 0; i < 4; i++) {
-        run_case("cpu-f64", spans[i][0], MG_SCAN_CHAIN, spans[i][1] * PER_RANK, 1e-12, 1e-12);
-        run_case("cpu-f32", spans[i][0], MG_SCAN_CHAIN, spans[i][1] * PER_RANK, 1e-6, 1e-5);
+    /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values or all-to-all over
+     * heads (P, ranks per chunk, path, heads) */
+    const struct {
+        int P, span;
+        MgSpAttn attn;
+        int heads;
+    } spans[] = {{2, 2, MG_SP_ATTN_GATHER, 2},   {2, 2, MG_SP_ATTN_ALLTOALL, 2}, {3, 3, MG_SP_ATTN_GATHER, 2},
+                 {4, 2, MG_SP_ATTN_ALLTOALL, 2}, {4, 4, MG_SP_ATTN_GATHER, 2},   {4, 4, MG_SP_ATTN_ALLTOALL, 4}};
+    for (size_t i = 0; i < sizeof spans / sizeof spans[0]; i++) {
+        run_case("cpu-f64", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-12,
+                 1e-12);
+        run_case("cpu-f32", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-6,
+                 1e-5);
     }
     return tu_finish();
 }

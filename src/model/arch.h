@@ -107,9 +107,10 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
  * backward, their gradient buffers) at the chunk's context and set Lk; after the backward hand the
  * gradients back (into dk, dv: this slice's). No-ops without the hooks. RoPE positions of a pass start at
  * mg_pass_rope_offset. */
-void mg_pass_attn_forward(MgPass *ps, int layer, MgAttentionArgs *at);
-void mg_pass_attn_backward_begin(MgPass *ps, int layer, MgAttentionArgs *at);
-void mg_pass_attn_backward_done(MgPass *ps, int layer, const MgAttentionArgs *at, void *dk, void *dv);
+/* The attention of a layer: the op, or, when this pass holds part of a chunk, the hooks' path
+ * (attn_run, or attn_kv + the op). */
+void mg_pass_attention_forward(MgPass *ps, int layer, MgAttentionArgs *at);
+void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at);
 int64_t mg_pass_rope_offset(const MgPass *ps);
 
 /* Shorthands over the backend. */

@@ -455,7 +455,10 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
 /* ---- attention across ranks -------------------------------------------------------------------------------- */
 int64_t mg_pass_rope_offset(const MgPass *ps) { return ps->opts ? ps->opts->pos0 : 0; }
 
-static int attn_split(const MgPass *ps) { return ps->hooks && ps->hooks->attn_kv && ps->hooks->attn_kv_grad; }
+static int attn_split(const MgPass *ps) {
+    return ps->hooks && ((ps->hooks->attn_kv && ps->hooks->attn_kv_grad) ||
+                         (ps->hooks->attn_run && ps->hooks->attn_run_backward));
+}
 
 static MgAttnExchange attn_desc(const MgPass *ps, int layer, const MgAttentionArgs *at) {
     MgAttnExchange x = {.layer = layer, .B = at->B, .L = at->Lq, .H = at->H, .Dqk = at->Dqk, .Dv = at->Dv,
@@ -464,35 +467,44 @@ static MgAttnExchange attn_desc(const MgPass *ps, int layer, const MgAttentionAr
     return x;
 }
 
-void mg_pass_attn_forward(MgPass *ps, int layer, MgAttentionArgs *at) {
-    if (!attn_split(ps) || ps->dec) return;
+void mg_pass_attention_forward(MgPass *ps, int layer, MgAttentionArgs *at) {
+    const MgBackend *be = ps->be;
+    if (!attn_split(ps) || ps->dec) {
+        be->attention_forward(be, at);
+        return;
+    }
     MgAttnExchange x = attn_desc(ps, layer, at);
-    if (x.chunk <= x.L) return; /* whole chunks: nothing crosses ranks */
-    ps->hooks->attn_kv(ps->hooks->ctx, &x);
-    at->k = x.kctx;
-    at->v = x.vctx;
-    at->Lk = x.Lk;
+    if (x.chunk <= x.L) { /* whole chunks: nothing crosses ranks */
+        be->attention_forward(be, at);
+        return;
+    }
+    if (ps->hooks->attn_run && ps->hooks->attn_run(ps->hooks->ctx, &x, at)) return;
+    ps->hooks->attn_kv(ps->hooks->ctx, &x); /* the chunk's earlier keys and values */
+    MgAttentionArgs a = *at;
+    a.k = x.kctx;
+    a.v = x.vctx;
+    a.Lk = x.Lk;
+    be->attention_forward(be, &a);
 }
 
-void mg_pass_attn_backward_begin(MgPass *ps, int layer, MgAttentionArgs *at) {
-    if (!attn_split(ps)) return;
+void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at) {
+    const MgBackend *be = ps->be;
     MgAttnExchange x = attn_desc(ps, layer, at);
-    if (x.chunk <= x.L) return;
+    if (!attn_split(ps) || x.chunk <= x.L) {
+        be->attention_backward(be, at);
+        return;
+    }
+    if (ps->hooks->attn_run_backward && ps->hooks->attn_run_backward(ps->hooks->ctx, &x, at)) return;
     ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 0);
-    at->k = x.kctx;
-    at->v = x.vctx;
-    at->Lk = x.Lk;
-    at->dk = x.dkctx;
-    at->dv = x.dvctx;
-}
-
-void mg_pass_attn_backward_done(MgPass *ps, int layer, const MgAttentionArgs *at, void *dk, void *dv) {
-    if (!attn_split(ps)) return;
-    MgAttnExchange x = attn_desc(ps, layer, at);
-    if (x.chunk <= x.L) return;
-    x.dk = dk;
-    x.dv = dv;
-    x.Lk = at->Lk;
+    MgAttentionArgs a = *at;
+    a.k = x.kctx;
+    a.v = x.vctx;
+    a.Lk = x.Lk;
+    a.dk = x.dkctx;
+    a.dv = x.dvctx;
+    be->attention_backward(be, &a);
+    x.dk = at->dk;
+    x.dv = at->dv;
     ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 1);
 }
 
@@ -638,7 +650,8 @@ static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) 
     if (a->opts.pos0 < 0 || a->opts.seq0 < 0 || a->opts.pos0 + L > Lg)
         mg_fatal("model: pass at position %lld (sequence %lld) with %d tokens does not fit sequences of %lld",
                  (long long)a->opts.pos0, (long long)a->opts.seq0, L, (long long)Lg);
-    const int split = a->hooks && a->hooks->attn_kv && a->hooks->attn_kv_grad;
+    const int split = a->hooks && ((a->hooks->attn_kv && a->hooks->attn_kv_grad) ||
+                                   (a->hooks->attn_run && a->hooks->attn_run_backward));
     if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, split, err, sizeof err))
         mg_fatal("%s", err);
     const int64_t T = (int64_t)B * L;

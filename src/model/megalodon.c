@@ -389,8 +389,7 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse};
         mg_attention_dropout(ps, l, DROP_ATTN, &at);
-        mg_pass_attn_forward(ps, l, &at); /* a chunk longer than this slice: its earlier keys and values */
-        be->attention_forward(be, &at);
+        mg_pass_attention_forward(ps, l, &at); /* a chunk longer than this slice: across ranks */
     }
     mg_act_fwd(ps, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
     mg_dropout_fwd(ps, c->hidden_dropout, l, DROP_OG, v, a->og);
@@ -464,9 +463,7 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
                           .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                           .saved_lse = a->lse, .dout = s->go, .dq = s->gq, .dk = s->gk, .dv = gv};
     mg_attention_dropout(ps, l, DROP_ATTN, &at);
-    mg_pass_attn_backward_begin(ps, l, &at);
-    be->attention_backward(be, &at);
-    mg_pass_attn_backward_done(ps, l, &at, s->gk, gv);
+    mg_pass_attention_backward(ps, l, &at);
     MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size,
                      .pos_offset = mg_pass_rope_offset(ps) % c->chunk_size, .base = c->rope_base, .dy = s->gq,
                      .dx = s->gq};

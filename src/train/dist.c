@@ -73,6 +73,12 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
                            "of attention chunks of %d nor cuts one into equal parts: use an sp for which seq_len / sp "
                            "is a multiple or a divisor of %d",
                            S, Ls, cg, cg);
+        if (Ls < cg && !strcmp(c->sp_attention, "alltoall") && c->num_heads % (cg / Ls))
+            return mg_errf(err, n,
+                           "sp_attention alltoall splits the %d attention heads over the %d ranks that share each "
+                           "chunk, which do not divide them: use sp_attention gather (or auto), or an sp with "
+                           "%d / (seq_len / sp) dividing %d",
+                           c->num_heads, cg / Ls, cg, c->num_heads);
     }
     const int64_t micro = (int64_t)c->batch_size * L;
     const int64_t global_micro = c->batch_tokens > 0 ? c->batch_tokens / micro : dp;
@@ -108,6 +114,9 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         MgScanAlgo algo;
         if (mg_scan_algo_parse(c->sp_scan, &algo)) mg_fatal("unknown sp_scan '%s'", c->sp_scan);
         d->sp = mg_sp_create(d->grid.sp_group, be, algo, c->sp_scan_pieces);
+        MgSpAttn attn;
+        if (mg_sp_attention_parse(c->sp_attention, &attn)) mg_fatal("unknown sp_attention '%s'", c->sp_attention);
+        mg_sp_set_attention(d->sp, attn);
     }
     if (d->P > 1) {
         const int64_t total = n_params;

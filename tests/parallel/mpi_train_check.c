@@ -16,7 +16,7 @@
  *                is nearly sign(g), so gradients near 0 that differ in the last bits move far)
  * Results are combined with an all-reduce; rank 0 prints one PASS/FAIL line per check.
  *
- *   mpi_train_check --sp S [--span K]
+ *   mpi_train_check --sp S [--span K] [--attention gather|alltoall]
  * --span K: attention chunks of K slices (K ranks share each chunk: the attention-across-ranks path);
  * default: two chunks per rank. */
 #include <math.h>
@@ -31,6 +31,7 @@
 
 enum { B = 2, SLICE = 32, VOCAB = 512 };
 static int SPAN; /* 0: chunks of SLICE / 2 (two per rank); K: chunks of K slices */
+static MgSpAttn ATTN = MG_SP_ATTN_AUTO;
 static MgTransport *W;
 static int n_pass, n_fail;
 
@@ -107,6 +108,7 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     const int P = W->size, DP = P / S, L = S * SLICE, Bg = DP * B;
     MgConfig cfg;
     tiny(&cfg, L, SPAN ? SPAN * SLICE : SLICE / 2);
+    if (SPAN == 4) cfg.num_heads = 4; /* the all-to-all path needs the chunk's ranks to divide the heads */
     char err[512];
     MgBackendOptions bo = {.threads = 1};
     MgBackend *be = mg_backend_create(backend, 0, &bo, err, sizeof err);
@@ -145,6 +147,7 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     if (mg_grid_create(W, S, &d.grid, err, sizeof err)) mg_fatal("%s", err);
     d.configured = 1;
     d.sp = S > 1 ? mg_sp_create(d.grid.sp_group, be, algo, 3) : NULL;
+    if (d.sp) mg_sp_set_attention(d.sp, ATTN);
     d.be = be;
 
     /* this rank's rows (every DP-th sequence) and columns (its slice) */
@@ -171,7 +174,8 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
 
     char name[200], detail[200];
     char an[64];
-    snprintf(an, sizeof an, "%s%s", S > 1 ? mg_scan_algo_name(algo) : "no", SPAN ? "_chunk_over_ranks" : "");
+    snprintf(an, sizeof an, "%s%s", S > 1 ? mg_scan_algo_name(algo) : "no",
+             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : "_chunk_gather");
     snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_loss", backend, DP, S, an);
     const double el = fabs(loss - loss_ref) / fabs(loss_ref);
     snprintf(detail, sizeof detail, "relative error %.3e, tolerance %.0e", el, tol_loss);
@@ -262,6 +266,12 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--sp") && i + 1 < argc) S = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--span") && i + 1 < argc) SPAN = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--attention") && i + 1 < argc) {
+            if (mg_sp_attention_parse(argv[++i], &ATTN)) {
+                fprintf(stderr, "--attention: auto, gather or alltoall\n");
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "usage: mpi_train_check --sp S [--span K]\n");
             return 2;
