@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* Message tags: each scan uses up to 1024 tags from its base (pipelined pieces). */
-enum { TAG_TSN = 0, TAG_CEMA = 1024, TAG_BWD = 2048 };
+enum { TAG_TSN = 0, TAG_CEMA = 1024, TAG_BWD = 2048, TAG_BWD_TSN = 4096, TAG_BWD_CEMA = 5120 };
 
 typedef struct {
     MgTpRequest *req;
@@ -28,7 +28,8 @@ struct MgSp {
     size_t elem_cap, out_cap, tmp_cap;
     double *param;
     size_t param_cap;
-    MgScanWork *work[2]; /* per group (TimestepNorm, CEMA): scratch and deferred chain sends */
+    MgScanWork *work[4]; /* per group (TimestepNorm, CEMA) and direction: scratch and deferred chain sends */
+    int scan_backward;   /* the backward by reverse scans (else the reverse chain) */
     Pending *pend;
     int n_pend, cap_pend;
     MgSpStats st;
@@ -155,7 +156,12 @@ static void tsn_incoming(MgSp *s, const MgStateExchange *x) {
 
 /* CEMA: per (sequence, channel, order) the affine map h -> q^L h + h_local of the slice. q = r e^{i th}
  * with r = 1 - sigmoid(alpha) sigmoid(delta), th = (n + 1) (2 pi / N) sigmoid(theta) (kernels/ops.h). */
-static int64_t cema_elems(MgSp *s, const MgStateExchange *x) {
+static int64_t cema_elems_from(MgSp *s, const MgStateExchange *x, const void *second);
+
+static int64_t cema_elems(MgSp *s, const MgStateExchange *x) { return cema_elems_from(s, x, x->local[find(x, "h")]); }
+
+/* (q^L, second) per channel; second: B x D x N x 2 (backend memory, state dtype) */
+static int64_t cema_elems_from(MgSp *s, const MgStateExchange *x, const void *second) {
     const MgCemaArgs *a = x->op_args;
     MG_CHECK(a, "sequence parallel: the CEMA exchange needs the op's arguments");
     const int ih = find(x, "h");
@@ -169,7 +175,7 @@ static int64_t cema_elems(MgSp *s, const MgStateExchange *x) {
     params_to_host(s, a->delta, DN, delta);
     params_to_host(s, a->theta, D, theta);
     s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(2 * C) * s->ss);
-    s->be->to_host(s->be, s->tmp, x->local[ih], (size_t)(2 * C) * s->ss);
+    s->be->to_host(s->be, s->tmp, second, (size_t)(2 * C) * s->ss);
     s->elem = grow(s->elem, &s->elem_cap, (size_t)(4 * C) * s->ss);
     const double base = 2.0 * M_PI / N, L = (double)x->L;
     for (int64_t jn = 0; jn < DN; jn++) {
@@ -223,6 +229,76 @@ static void h_end(void *ctx, const MgStateExchange *x) {
     s->st.fwd_seconds += mg_now() - t0;
 }
 
+/* Backward by reverse scans: the slice's gradient map g_in = A g_out + c per channel (CEMA: A = conj(q^L),
+ * the scan conjugates; TimestepNorm: A = [[a, b], [0, a]] on (dmean, dvar) with a = n_in / n and
+ * b = 2 a (1 - a) (mean_in - mean_slice)), c = this slice's own part (din from the model); the reverse
+ * scan over the later slices gives dout = their fold applied to 0. */
+static void h_dscan(void *ctx, const MgStateExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const MgBackend *be = s->be;
+    const int cema = !strcmp(x->name, "cema");
+    int64_t C;
+    if (cema) {
+        C = cema_elems_from(s, x, x->din[find(x, "h")]);
+    } else {
+        const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
+        const int B = x->B;
+        const int64_t BG = x->numel[im], G = BG / B;
+        const size_t bytes = 2 * (size_t)B * sizeof(int64_t) + 4 * (size_t)BG * s->ss;
+        s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
+        int64_t *n_in = s->tmp, *n_s = n_in + B;
+        char *m_in = (char *)(n_s + B), *m_s = m_in + (size_t)BG * s->ss, *c_m = m_s + (size_t)BG * s->ss,
+             *c_v = c_m + (size_t)BG * s->ss;
+        be->to_host(be, n_in, x->in[ic], (size_t)B * sizeof(int64_t));
+        be->to_host(be, n_s, x->local[ic], (size_t)B * sizeof(int64_t));
+        be->to_host(be, m_in, x->in[im], (size_t)BG * s->ss);
+        be->to_host(be, m_s, x->local[im], (size_t)BG * s->ss);
+        be->to_host(be, c_m, x->din[im], (size_t)BG * s->ss);
+        be->to_host(be, c_v, x->din[iv], (size_t)BG * s->ss);
+        s->elem = grow(s->elem, &s->elem_cap, (size_t)BG * 4 * s->ss);
+        for (int64_t c = 0; c < BG; c++) {
+            const double ni = (double)MG_MAX(n_in[c / G], 0), ns = (double)n_s[c / G], n = ni + ns;
+            const double a = n > 0 ? ni / n : 0.0;
+            put(s, s->elem, 4 * c, a);
+            put(s, s->elem, 4 * c + 1, 2.0 * a * (1.0 - a) * (get(s, m_in, c) - get(s, m_s, c)));
+            put(s, s->elem, 4 * c + 2, get(s, c_m, c));
+            put(s, s->elem, 4 * c + 3, get(s, c_v, c));
+        }
+        C = BG;
+    }
+    MgScanSpec spec = {.op = cema ? MG_SCAN_CEMA : MG_SCAN_NORM_ADJOINT, .dtype = s->sdt, .dir = MG_SCAN_REVERSE,
+                       .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
+                       .tag = cema ? TAG_BWD_CEMA : TAG_BWD_TSN};
+    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
+    mg_state_scan_ws(s->t, &spec, s->elem, NULL, s->out, s->work[2 + cema]);
+    /* dout = the fold's constant part (its map applied to the last slice's zero gradient) */
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(4 * C) * s->ss); /* the pairs, then (TimestepNorm) two tensors */
+    for (int64_t c = 0; c < C; c++) {
+        put(s, s->tmp, 2 * c, get(s, s->out, 4 * c + 2));
+        put(s, s->tmp, 2 * c + 1, get(s, s->out, 4 * c + 3));
+    }
+    if (cema) {
+        be->to_device(be, x->dout[find(x, "h")], s->tmp, (size_t)(2 * C) * s->ss);
+    } else { /* (dmean, dvar) interleaved -> two tensors */
+        char *dm = (char *)s->tmp + (size_t)(2 * C) * s->ss, *dv = dm + (size_t)C * s->ss;
+        for (int64_t c = 0; c < C; c++) {
+            put(s, dm, c, get(s, s->tmp, 2 * c));
+            put(s, dv, c, get(s, s->tmp, 2 * c + 1));
+        }
+        be->to_device(be, x->dout[find(x, "mean")], dm, (size_t)C * s->ss);
+        be->to_device(be, x->dout[find(x, "var")], dv, (size_t)C * s->ss);
+    }
+    s->st.bwd_messages++;
+    s->st.bytes_sent += (int64_t)mg_scan_bytes(&spec);
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+void mg_sp_set_scan_backward(MgSp *s, int on) {
+    s->scan_backward = on;
+    s->hooks.dstate_scan = on ? h_dscan : NULL;
+}
+
 /* Bytes of a group's gradient message: its tensors that have a gradient (counts do not). */
 static size_t grad_bytes(const MgSp *s, const MgStateExchange *x, int use_din) {
     size_t n = 0;
@@ -254,6 +330,7 @@ static void h_dget(void *ctx, const MgStateExchange *x) {
 
 static void h_ddone(void *ctx, const MgStateExchange *x) {
     MgSp *s = ctx;
+    if (s->scan_backward) return; /* the scan carried it */
     if (s->t->rank == 0) return; /* the first slice's incoming state is the fresh one */
     const double t0 = mg_now();
     const MgBackend *be = s->be;
@@ -538,8 +615,7 @@ static int h_attn_run_backward(void *ctx, const MgAttnExchange *x, const MgAtten
 
 void mg_sp_finish(MgSp *s) {
     const double t0 = mg_now();
-    mg_scan_work_flush(s->work[0]);
-    mg_scan_work_flush(s->work[1]);
+    for (int i = 0; i < 4; i++) mg_scan_work_flush(s->work[i]);
     for (int i = 0; i < s->n_pend; i++) {
         mg_tp_wait(s->t, s->pend[i].req);
         free(s->pend[i].buf);
@@ -559,8 +635,7 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
     s->pieces = MG_MAX(1, MG_MIN(pieces, 1024));
     s->sdt = be->state_dtype == MG_F64 ? MG_SCAN_F64 : MG_SCAN_F32;
     s->ss = mg_dtype_size(be->state_dtype);
-    s->work[0] = mg_scan_work_create();
-    s->work[1] = mg_scan_work_create();
+    for (int i = 0; i < 4; i++) s->work[i] = mg_scan_work_create();
     s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
                               .dstate_done = h_ddone, .attn_kv = h_attn_kv, .attn_kv_grad = h_attn_kv_grad,
                               .attn_run = h_attn_run, .attn_run_backward = h_attn_run_backward};
@@ -570,8 +645,7 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
 void mg_sp_free(MgSp *s) {
     if (!s) return;
     mg_sp_finish(s);
-    mg_scan_work_free(s->work[0]);
-    mg_scan_work_free(s->work[1]);
+    for (int i = 0; i < 4; i++) mg_scan_work_free(s->work[i]);
     for (int i = 0; i < s->n_ctx; i++) {
         if (s->kctx[i]) s->be->free(s->be, s->kctx[i]);
         if (s->vctx[i]) s->be->free(s->be, s->vctx[i]);

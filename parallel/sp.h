@@ -52,6 +52,9 @@ const MgModelHooks *mg_sp_hooks(MgSp *s);
  *   AUTO      ALLTOALL when the heads divide, else GATHER (the default) */
 typedef enum { MG_SP_ATTN_AUTO = 0, MG_SP_ATTN_GATHER, MG_SP_ATTN_ALLTOALL } MgSpAttn;
 void mg_sp_set_attention(MgSp *s, MgSpAttn mode);
+/* Backward by reverse scans with the forward's algorithm (on), instead of the reverse chain (off, the
+ * default): each layer's op backward then runs twice (its own part, then the part of the later slices). */
+void mg_sp_set_scan_backward(MgSp *s, int on);
 int mg_sp_attention_parse(const char *name, MgSpAttn *out); /* "auto", "gather", "alltoall"; 0 or -1 */
 
 /* Complete the nonblocking sends of the last backward pass (call after every mg_model_step). */

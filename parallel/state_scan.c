@@ -29,7 +29,9 @@ const char *mg_scan_algo_name(MgScanAlgo a) {
     return "?";
 }
 
-const char *mg_scan_op_name(MgScanOp op) { return op == MG_SCAN_WELFORD ? "welford" : op == MG_SCAN_CEMA ? "cema" : "?"; }
+const char *mg_scan_op_name(MgScanOp op) {
+    return op == MG_SCAN_WELFORD ? "welford" : op == MG_SCAN_CEMA ? "cema" : op == MG_SCAN_NORM_ADJOINT ? "norm-adjoint" : "?";
+}
 
 int mg_scan_elem_scalars(MgScanOp op) { return op == MG_SCAN_WELFORD ? 3 : 4; }
 
@@ -40,7 +42,7 @@ static size_t elem_bytes(const MgScanSpec *s) { return (size_t)mg_scan_elem_scal
 size_t mg_scan_bytes(const MgScanSpec *s) { return (size_t)s->channels * elem_bytes(s); }
 
 int mg_scan_check(const MgScanSpec *s, char *err, size_t errlen) {
-    if (s->op != MG_SCAN_WELFORD && s->op != MG_SCAN_CEMA) return mg_errf(err, errlen, "state scan: unknown op %d", (int)s->op);
+    if ((int)s->op < 0 || (int)s->op >= MG_SCAN_N_OPS) return mg_errf(err, errlen, "state scan: unknown op %d", (int)s->op);
     if (s->dtype != MG_SCAN_F32 && s->dtype != MG_SCAN_F64)
         return mg_errf(err, errlen, "state scan: unknown dtype %d", (int)s->dtype);
     if (s->dir != MG_SCAN_FORWARD && s->dir != MG_SCAN_REVERSE)
@@ -85,6 +87,17 @@ int mg_scan_check(const MgScanSpec *s, char *err, size_t errlen) {
             o[4 * c + 2] = (a2r * b1r - a2i * b1i) + b2r;                                                   \
             o[4 * c + 3] = (a2r * b1i + a2i * b1r) + b2i;                                                   \
         }                                                                                                   \
+    }                                                                                                       \
+    /* g -> A1 g + c1 then A2: A2 A1 g + (A2 c1 + c2), A = [[a, b], [0, a]] */                             \
+    static void normadj_##SUF(const T *x, const T *y, T *o, int64_t c0, int64_t c1) {                      \
+        for (int64_t c = c0; c < c1; c++) {                                                                 \
+            T a1 = x[4 * c], b1 = x[4 * c + 1], m1 = x[4 * c + 2], v1 = x[4 * c + 3];                       \
+            T a2 = y[4 * c], b2 = y[4 * c + 1], m2 = y[4 * c + 2], v2 = y[4 * c + 3];                       \
+            o[4 * c] = a2 * a1;                                                                             \
+            o[4 * c + 1] = a2 * b1 + b2 * a1;                                                               \
+            o[4 * c + 2] = (a2 * m1 + b2 * v1) + m2;                                                        \
+            o[4 * c + 3] = a2 * v1 + v2;                                                                    \
+        }                                                                                                   \
     }
 DEFINE_COMBINE(float, f32)
 DEFINE_COMBINE(double, f64)
@@ -94,13 +107,17 @@ void mg_scan_combine(const MgScanSpec *s, const void *first, const void *second,
     if (s->dtype == MG_SCAN_F64) {
         if (s->op == MG_SCAN_WELFORD)
             welford_f64(first, second, out, c0, c1);
-        else
+        else if (s->op == MG_SCAN_CEMA)
             cema_f64(first, second, out, c0, c1);
+        else
+            normadj_f64(first, second, out, c0, c1);
     } else {
         if (s->op == MG_SCAN_WELFORD)
             welford_f32(first, second, out, c0, c1);
-        else
+        else if (s->op == MG_SCAN_CEMA)
             cema_f32(first, second, out, c0, c1);
+        else
+            normadj_f32(first, second, out, c0, c1);
     }
 }
 
@@ -116,8 +133,8 @@ void mg_scan_to_fold_form(const MgScanSpec *s, const void *src, void *dst) {
 }
 
 void mg_scan_identity(const MgScanSpec *s, void *out) {
-    memset(out, 0, mg_scan_bytes(s)); /* Welford: count 0; CEMA: b = 0 */
-    if (s->op != MG_SCAN_CEMA) return;
+    memset(out, 0, mg_scan_bytes(s)); /* Welford: count 0; CEMA, norm adjoint: b = 0, c = 0 */
+    if (s->op == MG_SCAN_WELFORD) return;
     for (int64_t c = 0; c < s->channels; c++) {
         if (s->dtype == MG_SCAN_F64)
             ((double *)out)[4 * c] = 1.0;

@@ -116,6 +116,12 @@ typedef struct {
     void (*state_done)(void *ctx, const MgStateExchange *x);
     void (*dstate_get)(void *ctx, const MgStateExchange *x);
     void (*dstate_done)(void *ctx, const MgStateExchange *x);
+    /* Backward by a scan instead of dstate_get (optional; with state_begin/end and dstate_done): per layer
+     * and group, `din` holds this slice's own part of its incoming-state gradient (the op's backward run
+     * with a zero outgoing-state gradient), `in` the incoming state and `local` the slice's summary of the
+     * forward; the hook writes the gradient of the outgoing state into `dout`. The op's backward then runs
+     * once more for `dout` alone (zero output gradient), adding its share to every gradient and to din. */
+    void (*dstate_scan)(void *ctx, const MgStateExchange *x);
     void (*grads_ready)(void *ctx, int64_t offset, int64_t count);
     void *grads_ctx; /* grads_ready's ctx when not NULL (a runtime that adds it to another's hooks) */
     void (*attn_kv)(void *ctx, MgAttnExchange *x);

@@ -2,10 +2,11 @@
 # Distributed training under real MPI (docs/parallelism.md), oversubscribed on small machines:
 #   * build/tests/mpi_train_check: one step of DP x SP in {1x2, 1x4, 2x1, 2x2}, every scan algorithm,
 #     and chunks over 2 and 4 ranks (1x2, 1x4, 2x2) by gathering keys and values and by all-to-all over
-#     heads, float32 and float64: loss, reduced gradients and the ZeRO-1 update against one process;
+#     heads, and the backward by reverse scans (1x4, 2x2, every algorithm), float32 and float64: loss,
+#     reduced gradients and the ZeRO-1 update against one process;
 #   * `megalodon train` with P ranks tracks the one-process run of the same global batch for 12 steps
 #     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), the
-#     pipelined scan at SP 2, and an attention chunk over 2 ranks (all-to-all) and over 4 (gather);
+#     pipelined scan forward and backward at SP 2, and an attention chunk over 2 ranks (all-to-all) and over 4 (gather);
 #   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
 #     the uninterrupted run does;
 #   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
@@ -49,10 +50,12 @@ MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 
 # ---- one step against one process ----------------------------------------------------------------------
 if [ $SAN = 0 ]; then
-    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "2 2 2 alltoall" "4 4 4 gather" "4 4 4 alltoall" "4 2 2 alltoall"; do
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "2 2 2 alltoall" "4 4 4 gather" "4 4 4 alltoall" "4 2 2 alltoall" \
+        "4 4 bwd" "4 2 bwd"; do
         set -- $layout
         span=()
         [ $# = 4 ] && span=(--span "$3" --attention "$4") # attention chunks over $3 ranks
+        [ $# = 3 ] && span=(--scan-backward)                # state gradients by reverse scans
         out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" "${span[@]}" 2>&1)
         rc=$?
         echo "$out" | grep -E '^(PASS|FAIL) ' | sed "s/^\(PASS\|FAIL\) /\1 np$1_/"
@@ -104,8 +107,9 @@ done
 if [ $SAN = 0 ]; then
     # chain is the default (the layouts above); the other scans' step parity is mpi_train_check's
     for algo in pipelined; do
-        name="train_np2_sp2_${algo}_scan_tracks_one_process"
-        if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --out_dir "$T/$algo" >"$T/$algo.txt" 2>&1; then
+        name="train_np2_sp2_${algo}_scan_forward_and_backward_tracks_one_process"
+        if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --sp_backward scan --out_dir "$T/$algo" \
+            >"$T/$algo.txt" 2>&1; then
             if msg=$(compare "$T/$algo" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
         else
             fail "$name" "exit status $?: $(tail -3 "$T/$algo.txt")"

@@ -22,6 +22,7 @@ typedef struct {
     MgTransport *tp;
     MgScanAlgo algo;
     MgSpAttn attn;
+    int scan_bwd;
     int pieces, P, L, train;
     const int32_t *tok, *tgt;
     double scale;
@@ -72,6 +73,7 @@ static void *rank_main(void *v) {
     int32_t *tok = slice_cols(r->tok, r->L, rank * Ls, Ls), *tgt = slice_cols(r->tgt, r->L, rank * Ls, Ls);
     MgSp *sp = mg_sp_create(r->tp, be, r->algo, r->pieces);
     mg_sp_set_attention(sp, r->attn);
+    mg_sp_set_scan_backward(sp, r->scan_bwd);
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = Ls, .grad_scale = r->scale,
                     .opts = opts_for(r, rank * Ls), .hooks = mg_sp_hooks(sp)};
@@ -106,6 +108,8 @@ static double grads_diff(const MgParamTable *t, const double *a, const double *b
     return w;
 }
 
+static int g_scan_bwd; /* the backward by reverse scans instead of the reverse chain */
+
 static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgSpAttn attn, int heads, double tol_loss,
                      double tol_grad) {
     MgConfig cfg;
@@ -126,7 +130,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     MgModel *m = make_model(&cfg, backend, &be);
     const MgParamTable *pt = mg_model_params_table(m);
     double *g_ref = malloc(sizeof(double) * (size_t)pt->total), *g_sum = calloc((size_t)pt->total, sizeof(double));
-    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .attn = attn, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
+    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .attn = attn, .scan_bwd = g_scan_bwd, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
                   .tgt = tgt, .scale = scale};
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = L, .grad_scale = scale, .opts = opts_for(&proto, 0)};
@@ -158,7 +162,8 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
                  mg_scan_algo_name(algo), chunk / PER_RANK, attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : "gather",
                  heads);
     else
-        snprintf(what, sizeof what, "%s, SP %d, %s scan", backend, P, mg_scan_algo_name(algo));
+        snprintf(what, sizeof what, "%s, SP %d, %s scan%s", backend, P, mg_scan_algo_name(algo),
+                 g_scan_bwd ? " forward and backward" : "");
     snprintf(name, sizeof name, "%s: loss = one process", what);
     tu_check_err(name, fabs(loss - loss_ref) / fabs(loss_ref), tol_loss);
     snprintf(name, sizeof name, "%s: targets counted = one process", what);
@@ -172,7 +177,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     const int groups = 2 * cfg.n_layers + 1;
     int ok = 1;
     for (int i = 0; i < P; i++)
-        ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 ? 0 : groups);
+        ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 && !g_scan_bwd ? 0 : groups);
     snprintf(name, sizeof name, "%s: one scan per layer and state group, one gradient message back", what);
     tu_check(ok, name, "rank 1: %lld scans, %lld messages", (long long)r[1].st.fwd_scans,
              (long long)r[1].st.bwd_messages);
@@ -205,6 +210,14 @@ int main(void) {
             run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-12, 1e-12);
             run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
         }
+    /* the backward by reverse scans (CEMA adjoint, TimestepNorm statistics' adjoint), every algorithm */
+    g_scan_bwd = 1;
+    for (int P = 2; P <= 4; P++)
+        for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
+            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
+        }
+    g_scan_bwd = 0;
     /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values or all-to-all over
      * heads (P, ranks per chunk, path, heads) */
     const struct {

@@ -93,6 +93,16 @@ void mg_pass_state_begin(MgPass *ps, int layer, int group, const MgLayerState *s
 void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
 void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
 void mg_pass_dstate_get(MgPass *ps, int layer, int group, MgLayerState *st);
+/* Backward by scan (MgModelHooks.dstate_scan): 1 when the pass runs it. mg_pass_dstate_scan hands the
+ * slice's own din over and gets dout into st->dout; mg_pass_din_extra is where the second backward (for
+ * dout alone) writes its share of din (k: the state entry), mg_pass_zeros a zero T x width buffer (compute
+ * dtype) for its output gradient. */
+int mg_pass_scan_backward(const MgPass *ps);
+void mg_pass_dstate_scan(MgPass *ps, int layer, int group, MgLayerState *st, const void *op_args);
+void *mg_pass_din_extra(MgPass *ps, int layer, int k);
+void *mg_pass_zeros(MgPass *ps, int64_t elems);
+/* y += x over n elements of the state dtype (backend memory). */
+void mg_state_axpy(MgPass *ps, int64_t n, const void *x, void *y);
 void mg_pass_dstate_done(MgPass *ps, int layer, int group, const MgLayerState *st);
 /* The buffer a local pass writes entry k of layer `layer`'s summary to. */
 void *mg_pass_local(MgPass *ps, int layer, int k);
@@ -202,7 +212,9 @@ struct MgModel {
     int n_lstate, n_fstate;
     int n_state;      /* tensors in an MgModelState: n_layers * n_lstate + n_fstate */
     /* hooks: buffers for exchanged state (allocated for the batch size on first use) */
-    MgModelState *x_in, *x_local, *x_dout, *x_din;
+    MgModelState *x_in, *x_local, *x_dout, *x_din, *x_din2;
+    void *zeros;            /* backward by scan: a zero buffer (compute dtype) */
+    int64_t zeros_elems;
 };
 
 struct MgModelState {

@@ -191,6 +191,8 @@ void mg_model_free(MgModel *m) {
     mg_model_state_free(m, m->x_local);
     mg_model_state_free(m, m->x_dout);
     mg_model_state_free(m, m->x_din);
+    mg_model_state_free(m, m->x_din2);
+    if (m->zeros) m->be->free(m->be, m->zeros);
     free(m->w);
     free(m->gw);
     free(m->bucket_off);
@@ -583,6 +585,55 @@ void mg_pass_dstate_get(MgPass *ps, int layer, int group, MgLayerState *st) {
     ps->hooks->dstate_get(ps->hooks->ctx, &x);
 }
 
+int mg_pass_scan_backward(const MgPass *ps) {
+    return mg_pass_exchanges(ps) && ps->hooks->dstate_scan && ps->hooks->dstate_done;
+}
+
+void mg_pass_dstate_scan(MgPass *ps, int layer, int group, MgLayerState *st, const void *op_args) {
+    MgModel *m = ps->m;
+    MgStateExchange x;
+    int ks[MG_STATE_GROUP_MAX];
+    exchange_desc(ps, layer, group, &x, ks);
+    for (int i = 0; i < x.n; i++) {
+        const MgStateSpec *s = mg_state_spec(m, layer, ks[i]);
+        x.local[i] = mg_pass_local(ps, layer, ks[i]);
+        x.in[i] = (void *)st->in[ks[i]];
+        x.din[i] = st->din[ks[i]];
+        x.dout[i] = s->is_count ? NULL : m->x_dout->ptr[mg_state_index(m, layer, ks[i])];
+        st->dout[ks[i]] = x.dout[i];
+    }
+    x.op_args = op_args;
+    ps->hooks->dstate_scan(ps->hooks->ctx, &x);
+}
+
+void *mg_pass_din_extra(MgPass *ps, int layer, int k) { return ps->m->x_din2->ptr[mg_state_index(ps->m, layer, k)]; }
+
+void *mg_pass_zeros(MgPass *ps, int64_t elems) {
+    MgModel *m = ps->m;
+    if (m->zeros_elems < elems) {
+        if (m->zeros) m->be->free(m->be, m->zeros);
+        m->zeros = m->be->alloc(m->be, (size_t)elems * m->es); /* zero-filled, and never written */
+        m->zeros_elems = elems;
+    }
+    return m->zeros;
+}
+
+void mg_state_axpy(MgPass *ps, int64_t n, const void *x, void *y) {
+    const MgBackend *be = ps->be;
+    if (be->state_dtype == be->dtype) {
+        be->axpy(be, n, 1.0, x, y);
+        return;
+    }
+    MG_CHECK(be->state_dtype == MG_F32, "model: state dtype %s is not supported here", mg_dtype_name(be->state_dtype));
+    float *hx = mg_malloc(sizeof(float) * (size_t)n), *hy = mg_malloc(sizeof(float) * (size_t)n);
+    be->to_host(be, hx, x, sizeof(float) * (size_t)n);
+    be->to_host(be, hy, y, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) hy[i] += hx[i];
+    be->to_device(be, y, hy, sizeof(float) * (size_t)n);
+    free(hx);
+    free(hy);
+}
+
 void mg_pass_dstate_done(MgPass *ps, int layer, int group, const MgLayerState *st) {
     if (!ps->hooks || !ps->hooks->dstate_done) return;
     MgStateExchange x;
@@ -606,6 +657,10 @@ static void ensure_exchange_buffers(MgModel *m, const MgModelHooks *h, int B) {
         mg_model_state_free(m, m->x_dout);
         m->x_dout = mg_model_state_create(m, B);
         mg_model_state_zero(m, m->x_dout);
+    }
+    if (h->dstate_scan && (!m->x_din2 || m->x_din2->B != B)) {
+        mg_model_state_free(m, m->x_din2);
+        m->x_din2 = mg_model_state_create(m, B);
     }
     if (h->dstate_done && (!m->x_din || m->x_din->B != B)) {
         mg_model_state_free(m, m->x_din);

@@ -314,15 +314,34 @@ static void tsn_forward(MgPass *ps, int l, MgTimestepNormArgs *a, const MgLayerS
 }
 
 static void tsn_backward(MgPass *ps, int l, MgTimestepNormArgs *a, MgLayerState *st) {
-    mg_pass_dstate_get(ps, l, G_TSN, st);
+    const MgBackend *be = ps->be;
     a->count_in = st->in[S_COUNT];
     a->mean_in = st->in[S_MEAN];
     a->var_in = st->in[S_VAR];
-    a->dmean_out = st->dout[S_MEAN];
-    a->dvar_out = st->dout[S_VAR];
     a->dmean_in = st->din[S_MEAN];
     a->dvar_in = st->din[S_VAR];
-    ps->be->timestep_norm_backward(ps->be, a);
+    if (mg_pass_scan_backward(ps)) {
+        /* this slice's own part (zero outgoing-state gradient), the scan, then the outgoing part alone */
+        a->dmean_out = a->dvar_out = NULL;
+        be->timestep_norm_backward(be, a);
+        mg_pass_dstate_scan(ps, l, G_TSN, st, a);
+        MgTimestepNormArgs b = *a;
+        b.dy = mg_pass_zeros(ps, (int64_t)ps->B * ps->L * a->D);
+        b.dmean_out = st->dout[S_MEAN];
+        b.dvar_out = st->dout[S_VAR];
+        b.dmean_in = mg_pass_din_extra(ps, l, S_MEAN);
+        b.dvar_in = mg_pass_din_extra(ps, l, S_VAR);
+        b.accumulate = 1;
+        be->timestep_norm_backward(be, &b);
+        const int64_t n = (int64_t)ps->B * a->G;
+        mg_state_axpy(ps, n, b.dmean_in, st->din[S_MEAN]);
+        mg_state_axpy(ps, n, b.dvar_in, st->din[S_VAR]);
+    } else {
+        mg_pass_dstate_get(ps, l, G_TSN, st);
+        a->dmean_out = st->dout[S_MEAN];
+        a->dvar_out = st->dout[S_VAR];
+        be->timestep_norm_backward(be, a);
+    }
     mg_pass_dstate_done(ps, l, G_TSN, st);
 }
 
@@ -486,13 +505,26 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
     MgRMSNormArgs rms = {.T = T, .D = d, .eps = c->norm_eps, .x = a->cema, .weight = w->rms_w,
                          .saved_rstd = a->rms_rstd, .dy = s->gm, .dx = s->gB, .dweight = gw->rms_w};
     be->rmsnorm_backward(be, &rms);
-    mg_pass_dstate_get(ps, l, G_CEMA, st);
     MgCemaArgs cema = {.B = ps->B, .L = ps->L, .D = d, .N = c->cema_ndim, .x = a->xn, .alpha = w->alpha,
                        .delta = w->delta, .theta = w->theta, .gamma = w->gamma, .omega = w->omega,
-                       .h_in = st->in[S_H], .dy = s->gB, .dh_out = st->dout[S_H], .dx = s->gxn,
-                       .dalpha = gw->alpha, .ddelta = gw->delta, .dtheta = gw->theta, .dgamma = gw->gamma,
-                       .domega = gw->omega, .dh_in = st->din[S_H], .accumulate = 1};
-    be->cema_backward(be, &cema);
+                       .h_in = st->in[S_H], .dy = s->gB, .dx = s->gxn, .dalpha = gw->alpha, .ddelta = gw->delta,
+                       .dtheta = gw->theta, .dgamma = gw->gamma, .domega = gw->omega, .dh_in = st->din[S_H],
+                       .accumulate = 1};
+    if (mg_pass_scan_backward(ps)) {
+        /* this slice's own part (zero outgoing-state gradient), the scan, then the outgoing part alone */
+        be->cema_backward(be, &cema);
+        mg_pass_dstate_scan(ps, l, G_CEMA, st, &cema);
+        MgCemaArgs b = cema;
+        b.dy = mg_pass_zeros(ps, T * d);
+        b.dh_out = st->dout[S_H];
+        b.dh_in = mg_pass_din_extra(ps, l, S_H);
+        be->cema_backward(be, &b);
+        mg_state_axpy(ps, (int64_t)ps->B * d * c->cema_ndim * 2, b.dh_in, st->din[S_H]);
+    } else {
+        mg_pass_dstate_get(ps, l, G_CEMA, st);
+        cema.dh_out = st->dout[S_H];
+        be->cema_backward(be, &cema);
+    }
     mg_pass_dstate_done(ps, l, G_CEMA, st);
 
     MgTimestepNormArgs tsn;

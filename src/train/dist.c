@@ -117,6 +117,7 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         MgSpAttn attn;
         if (mg_sp_attention_parse(c->sp_attention, &attn)) mg_fatal("unknown sp_attention '%s'", c->sp_attention);
         mg_sp_set_attention(d->sp, attn);
+        mg_sp_set_scan_backward(d->sp, !strcmp(c->sp_backward, "scan"));
     }
     if (d->P > 1) {
         const int64_t total = n_params;

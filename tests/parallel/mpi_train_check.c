@@ -16,7 +16,7 @@
  *                is nearly sign(g), so gradients near 0 that differ in the last bits move far)
  * Results are combined with an all-reduce; rank 0 prints one PASS/FAIL line per check.
  *
- *   mpi_train_check --sp S [--span K] [--attention gather|alltoall]
+ *   mpi_train_check --sp S [--span K] [--attention gather|alltoall] [--scan-backward]
  * --span K: attention chunks of K slices (K ranks share each chunk: the attention-across-ranks path);
  * default: two chunks per rank. */
 #include <math.h>
@@ -32,6 +32,7 @@
 enum { B = 2, SLICE = 32, VOCAB = 512 };
 static int SPAN; /* 0: chunks of SLICE / 2 (two per rank); K: chunks of K slices */
 static MgSpAttn ATTN = MG_SP_ATTN_AUTO;
+static int SCAN_BWD; /* --scan-backward: state gradients by reverse scans */
 static MgTransport *W;
 static int n_pass, n_fail;
 
@@ -148,6 +149,7 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     d.configured = 1;
     d.sp = S > 1 ? mg_sp_create(d.grid.sp_group, be, algo, 3) : NULL;
     if (d.sp) mg_sp_set_attention(d.sp, ATTN);
+    if (d.sp) mg_sp_set_scan_backward(d.sp, SCAN_BWD);
     d.be = be;
 
     /* this rank's rows (every DP-th sequence) and columns (its slice) */
@@ -174,8 +176,8 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
 
     char name[200], detail[200];
     char an[64];
-    snprintf(an, sizeof an, "%s%s", S > 1 ? mg_scan_algo_name(algo) : "no",
-             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : "_chunk_gather");
+    snprintf(an, sizeof an, "%s%s%s", S > 1 ? mg_scan_algo_name(algo) : "no",
+             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : "_chunk_gather", SCAN_BWD ? "_fwd_bwd" : "");
     snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_loss", backend, DP, S, an);
     const double el = fabs(loss - loss_ref) / fabs(loss_ref);
     snprintf(detail, sizeof detail, "relative error %.3e, tolerance %.0e", el, tol_loss);
@@ -266,6 +268,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--sp") && i + 1 < argc) S = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--span") && i + 1 < argc) SPAN = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--scan-backward")) SCAN_BWD = 1;
         else if (!strcmp(argv[i], "--attention") && i + 1 < argc) {
             if (mg_sp_attention_parse(argv[++i], &ATTN)) {
                 fprintf(stderr, "--attention: auto, gather or alltoall\n");
