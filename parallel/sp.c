@@ -206,9 +206,24 @@ static void cema_incoming(MgSp *s, const MgStateExchange *x, int64_t C) {
 }
 
 /* ---- hooks ------------------------------------------------------------------------------------------------ */
+/* The forward scan of a group: its spec from the tensor sizes alone (so that state_begin can post it). */
+static MgScanSpec fwd_spec(const MgSp *s, const MgStateExchange *x, int cema) {
+    const int64_t C = cema ? x->numel[find(x, "h")] / 2 : x->numel[find(x, "mean")];
+    return (MgScanSpec){.op = cema ? MG_SCAN_CEMA : MG_SCAN_WELFORD, .dtype = s->sdt, .dir = MG_SCAN_FORWARD,
+                        .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
+                        .tag = cema ? TAG_CEMA : TAG_TSN};
+}
+
+/* state_begin: post the part of the scan that does not need this slice's summary (the chain's receive),
+ * so the prefix can arrive while the work between begin and end runs (the value projection for CEMA). */
 static void h_begin(void *ctx, const MgStateExchange *x) {
-    (void)ctx;
-    (void)x; /* the scan runs in state_end, after the work that does not need the incoming state */
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const int cema = !strcmp(x->name, "cema");
+    const MgScanSpec spec = fwd_spec(s, x, cema);
+    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
+    mg_state_scan_begin(s->t, &spec, s->out, s->work[cema]);
+    s->st.fwd_seconds += mg_now() - t0;
 }
 
 static void h_end(void *ctx, const MgStateExchange *x) {
@@ -217,11 +232,10 @@ static void h_end(void *ctx, const MgStateExchange *x) {
     const int cema = !strcmp(x->name, "cema");
     MG_CHECK(cema || !strcmp(x->name, "timestep_norm"), "sequence parallel: unknown state group '%s'", x->name);
     const int64_t C = cema ? cema_elems(s, x) : tsn_elems(s, x);
-    MgScanSpec spec = {.op = cema ? MG_SCAN_CEMA : MG_SCAN_WELFORD, .dtype = s->sdt, .dir = MG_SCAN_FORWARD,
-                       .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
-                       .tag = cema ? TAG_CEMA : TAG_TSN};
-    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
-    mg_state_scan_ws(s->t, &spec, s->elem, NULL, s->out, s->work[cema]);
+    const MgScanSpec spec = fwd_spec(s, x, cema);
+    MG_CHECK(spec.channels == C, "sequence parallel: %lld summary channels, expected %lld", (long long)C,
+             (long long)spec.channels);
+    mg_state_scan_finish(s->t, &spec, s->elem, NULL, s->out, s->work[cema]);
     if (cema) cema_incoming(s, x, C);
     else tsn_incoming(s, x);
     s->st.fwd_scans++;

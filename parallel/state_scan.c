@@ -191,6 +191,8 @@ struct MgScanWork {
     MgTpRequest *pending[1024];  /* deferred sends out of incl */
     int n_pending;
     MgTransport *pending_t;
+    MgTpRequest *early_recv;     /* mg_state_scan_begin's receive of the chain's prefix */
+    MgTransport *early_t;
 };
 
 MgScanWork *mg_scan_work_create(void) {
@@ -208,6 +210,7 @@ void mg_scan_work_flush(MgScanWork *w) {
 void mg_scan_work_free(MgScanWork *w) {
     if (!w) return;
     mg_scan_work_flush(w);
+    if (w->early_recv) mg_tp_wait(w->early_t, w->early_recv); /* a begin without its finish */
     free(w->el);
     free(w->incl);
     free(w->sendb);
@@ -257,7 +260,12 @@ static void scan_chain(const Ctx *x, const void *el, const void *init, void *out
     size_t S = mg_scan_bytes(s);
     int have = 0;
     if (x->v > 0) {
-        mg_tp_recv(x->t, real_rank(x, x->v - 1), s->tag, out, S);
+        if (x->w->early_recv) { /* posted by mg_state_scan_begin */
+            mg_tp_wait(x->t, x->w->early_recv);
+            x->w->early_recv = NULL;
+        } else {
+            mg_tp_recv(x->t, real_rank(x, x->v - 1), s->tag, out, S);
+        }
         have = 1;
     } else if (init) {
         memcpy(out, init, S);
@@ -351,6 +359,24 @@ static void scan_doubling(const Ctx *x, const void *el, const void *init, void *
         have = 1;
     }
     if (!have) mg_scan_identity(s, out);
+}
+
+void mg_state_scan_begin(MgTransport *t, const MgScanSpec *s, void *out, MgScanWork *w) {
+    char err[256];
+    if (mg_scan_check(s, err, sizeof err)) mg_fatal("%s", err);
+    MG_CHECK(!w->early_recv, "state scan: mg_state_scan_begin twice without finish");
+    mg_scan_work_flush(w);
+    const int v = s->dir == MG_SCAN_FORWARD ? t->rank : t->size - 1 - t->rank;
+    if (s->algo == MG_SCAN_CHAIN && v > 0) {
+        const int from = s->dir == MG_SCAN_FORWARD ? v - 1 : t->size - v; /* real rank of v - 1 */
+        w->early_recv = mg_tp_irecv(t, from, s->tag, out, mg_scan_bytes(s));
+        w->early_t = t;
+    }
+}
+
+void mg_state_scan_finish(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                          MgScanWork *w) {
+    mg_state_scan_ws(t, s, local, init, out, w);
 }
 
 void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,

@@ -91,6 +91,12 @@ MgScanWork *mg_scan_work_create(void);
 void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
                       MgScanWork *w);
 void mg_scan_work_flush(MgScanWork *w); /* complete the deferred sends */
+/* The same scan in two halves, so that work can run while the data is on its way: begin posts what does
+ * not need this rank's summary (the chain's receive of the prefix, into out), finish completes the scan
+ * (for the other algorithms all of it). Same spec, out and w in both; nothing else with w in between. */
+void mg_state_scan_begin(MgTransport *t, const MgScanSpec *s, void *out, MgScanWork *w);
+void mg_state_scan_finish(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                          MgScanWork *w);
 void mg_scan_work_free(MgScanWork *w);  /* flushes first */
 
 /* The same result for all P ranks at once in one process: the serial left-to-right fold (the reference).
