@@ -13,6 +13,23 @@ void mg_shard_range(int64_t n, int P, int r, int64_t *off, int64_t *len) {
     *len = e - o;
 }
 
+/* out[i] = recv[0][i] + recv[1][i] + ... + recv[P-1][i], added in that order (P blocks of len). */
+static void sum_in_rank_order(MgDtype dtype, const char *recv, int P, int64_t len, void *out) {
+    if (dtype == MG_F32) {
+        float *o = out;
+        const float *s = (const float *)recv;
+        for (int64_t i = 0; i < len; i++) o[i] = s[i];
+        for (int q = 1; q < P; q++)
+            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
+    } else {
+        double *o = out;
+        const double *s = (const double *)recv;
+        for (int64_t i = 0; i < len; i++) o[i] = s[i];
+        for (int q = 1; q < P; q++)
+            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
+    }
+}
+
 void mg_reduce_scatter_sum(MgTransport *t, MgDtype dtype, const void *in, int64_t n, void *out) {
     MG_CHECK(dtype == MG_F32 || dtype == MG_F64, "reduce-scatter: dtype %s is not supported", mg_dtype_name(dtype));
     const int P = t->size, r = t->rank;
@@ -35,19 +52,7 @@ void mg_reduce_scatter_sum(MgTransport *t, MgDtype dtype, const void *in, int64_
     }
     memcpy(recv + (size_t)r * (size_t)len * es, (const char *)in + (size_t)off * es, (size_t)len * es);
     for (int i = 0; i < nr; i++) mg_tp_wait(t, req[i]);
-    if (dtype == MG_F32) {
-        float *o = out;
-        const float *s = (const float *)recv;
-        for (int64_t i = 0; i < len; i++) o[i] = s[i];
-        for (int q = 1; q < P; q++)
-            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
-    } else {
-        double *o = out;
-        const double *s = (const double *)recv;
-        for (int64_t i = 0; i < len; i++) o[i] = s[i];
-        for (int q = 1; q < P; q++)
-            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
-    }
+    sum_in_rank_order(dtype, recv, P, len, out);
     free(req);
     free(recv);
 }
@@ -154,19 +159,7 @@ void mg_shard_reducer_finish(MgShardReducer *r, void *out) {
     r->reported = 0;
     const int P = r->t->size;
     const int64_t len = r->len;
-    if (r->dtype == MG_F32) {
-        float *o = out;
-        const float *s = (const float *)r->recv;
-        for (int64_t i = 0; i < len; i++) o[i] = s[i];
-        for (int q = 1; q < P; q++)
-            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
-    } else {
-        double *o = out;
-        const double *s = (const double *)r->recv;
-        for (int64_t i = 0; i < len; i++) o[i] = s[i];
-        for (int q = 1; q < P; q++)
-            for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
-    }
+    sum_in_rank_order(r->dtype, r->recv, P, len, out);
 }
 
 void mg_shard_reducer_free(MgShardReducer *r) {

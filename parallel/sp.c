@@ -111,16 +111,33 @@ static void params_to_host(MgSp *s, const void *p, int64_t n, double *d) {
     }
 }
 
+/* TimestepNorm statistics staged in s->tmp: counts (B), means and variances (B x G, state dtype). */
+typedef struct {
+    int ic, im, iv, B;
+    int64_t BG, G;
+    int64_t *cnt;
+    char *mean, *var;
+} TsnHost;
+
+static TsnHost tsn_host(MgSp *s, const MgStateExchange *x) {
+    TsnHost h = {.ic = find(x, "count"), .im = find(x, "mean"), .iv = find(x, "var"), .B = x->B};
+    h.BG = x->numel[h.im];
+    h.G = h.BG / h.B;
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)h.B * sizeof(int64_t) + 2 * (size_t)h.BG * s->ss);
+    h.cnt = s->tmp;
+    h.mean = (char *)s->tmp + (size_t)h.B * sizeof(int64_t);
+    h.var = h.mean + (size_t)h.BG * s->ss;
+    return h;
+}
+
 /* TimestepNorm: (count, mean, var) per (sequence, group) -> Welford (count, mean, M2 = var * count). */
 static int64_t tsn_elems(MgSp *s, const MgStateExchange *x) {
     const MgBackend *be = s->be;
-    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
-    const int B = x->B;
-    const int64_t BG = x->numel[im], G = BG / B;
-    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
-    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
-    int64_t *cnt = s->tmp;
-    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    const TsnHost h = tsn_host(s, x);
+    const int ic = h.ic, im = h.im, iv = h.iv, B = h.B;
+    const int64_t BG = h.BG, G = h.G;
+    int64_t *cnt = h.cnt;
+    char *mean = h.mean, *var = h.var;
     be->to_host(be, cnt, x->local[ic], (size_t)B * sizeof(int64_t));
     be->to_host(be, mean, x->local[im], (size_t)BG * s->ss);
     be->to_host(be, var, x->local[iv], (size_t)BG * s->ss);
@@ -136,13 +153,11 @@ static int64_t tsn_elems(MgSp *s, const MgStateExchange *x) {
 
 static void tsn_incoming(MgSp *s, const MgStateExchange *x) {
     const MgBackend *be = s->be;
-    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
-    const int B = x->B;
-    const int64_t BG = x->numel[im], G = BG / B;
-    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
-    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
-    int64_t *cnt = s->tmp;
-    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    const TsnHost h = tsn_host(s, x);
+    const int ic = h.ic, im = h.im, iv = h.iv, B = h.B;
+    const int64_t BG = h.BG, G = h.G;
+    int64_t *cnt = h.cnt;
+    char *mean = h.mean, *var = h.var;
     for (int64_t c = 0; c < BG; c++) {
         const double n = get(s, s->out, 3 * c);
         if (c % G == 0) cnt[c / G] = (int64_t)llround(n);
