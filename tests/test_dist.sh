@@ -43,8 +43,8 @@ if ! "$M" features | grep -q '^HDF5: *yes'; then
     exit 0
 fi
 if [ ! -d data/corpus/train ] || [ ! -d data/corpus/val ]; then
-    echo "SKIP dist_train (no data/corpus: run scripts/prepare_data.sh or make test, which prepares it)"
-    exit 0
+    echo "# preparing the default corpus (scripts/prepare_data.sh)"
+    scripts/prepare_data.sh >"$T/prepare.log" 2>&1 || { fail "prepare default corpus" "$(tail -n 5 "$T/prepare.log")"; exit 1; }
 fi
 MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 
