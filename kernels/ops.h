@@ -201,6 +201,17 @@ typedef struct {
     double drop_p;
     uint64_t drop_seed;
     int64_t drop_seq0, drop_chunk0, drop_chunks, drop_seq_stride, drop_chunk_len, drop_heads, drop_head0;
+    /* Block mode (ring attention across ranks): block = 1: each of the B rows holds queries q_row0 ..
+     * q_row0 + Lq - 1 and keys k_row0 .. k_row0 + Lk - 1 of one chunk (chunk rows, k_row0 <= q_row0, any Lq and
+     * Lk); query i sees key j iff k_row0 + j <= q_row0 + i (a block of keys wholly before the queries is
+     * seen whole). With drop_p > 0, drop_chunk_len must be the chunk's length C: the DropKey index is
+     * (task * C + q_row0 + i) * C + k_row0 + j, the one a whole-chunk call gives that query and key, and
+     * only the query's own key (k_row0 + j == q_row0 + i) is never dropped. The forward writes o and lse of
+     * this block alone (a row whose keys are all dropped: o = 0, lse = -inf); attention_merge combines the
+     * blocks of a row. The backward reads saved_lse and o of the whole row (merged over every block) and
+     * adds this block's share: dq (+= when accumulate), and dk, dv of this block's keys. */
+    int block;
+    int64_t q_row0, k_row0;
     const void *q;              /* [in] B x Lq x H x Dqk */
     const void *k;              /* [in] B x Lk x H x Dqk */
     const void *v;              /* [in] B x Lk x H x Dv */
@@ -211,6 +222,17 @@ typedef struct {
     void *dq, *dk, *dv;         /* [out]; += when accumulate */
     int accumulate;
 } MgAttentionArgs;
+
+/* Merge of two partial attentions over disjoint key blocks of the same query rows (online softmax):
+ *   lse' = log(exp(lse) + exp(lse_b)),  o' = o * exp(lse - lse') + o_b * exp(lse_b - lse')
+ * written over o and lse. A row with lse = -inf (no visible key yet) takes the other side as is. */
+typedef struct {
+    int B, Lq, H, Dv;
+    void *o;           /* [in/out] B x Lq x H x Dv */
+    void *lse;         /* [in/out] B x H x Lq, state dtype (like MgAttentionArgs.saved_lse) */
+    const void *o_b;   /* [in] B x Lq x H x Dv */
+    const void *lse_b; /* [in] B x H x Lq */
+} MgAttnMergeArgs;
 
 /* Elementwise activations on n elements.
  *   SILU:   y = silu(a)
@@ -310,6 +332,7 @@ typedef struct {
     X(rope_backward, MgRopeArgs)                                                                       \
     X(attention_forward, MgAttentionArgs)                                                              \
     X(attention_backward, MgAttentionArgs)                                                             \
+    X(attention_merge, MgAttnMergeArgs)                                                                \
     X(act_forward, MgActArgs)                                                                          \
     X(act_backward, MgActArgs)                                                                         \
     X(dropout_forward, MgDropoutArgs)                                                                  \

@@ -50,6 +50,12 @@ struct MgSp {
     int n_heads_layers;
     void *hdo, *hdq, *hdk, *hdv; /* backward scratch (one set) */
     size_t hd_bytes[4];
+    /* ring path (one set, reused by every layer): backend k, v, o, lse of a received block, the block's key
+     * gradients and a received partial sum of them; host messages (two k|v, two dk|dv, one own partial) */
+    void *rk, *rv, *ro, *rlse, *rdk, *rdv, *rtmp, *rlse_acc;
+    size_t r_bytes[8];
+    void *rh[5];
+    size_t rh_cap[5];
 };
 
 static void *grow(void *p, size_t *cap, size_t need) {
@@ -498,6 +504,7 @@ enum { TAG_A2A = 3100 };
 int mg_sp_attention_parse(const char *name, MgSpAttn *out) {
     if (!strcmp(name, "auto")) *out = MG_SP_ATTN_AUTO;
     else if (!strcmp(name, "gather")) *out = MG_SP_ATTN_GATHER;
+    else if (!strcmp(name, "ring")) *out = MG_SP_ATTN_RING;
     else if (!strcmp(name, "alltoall")) *out = MG_SP_ATTN_ALLTOALL;
     else return -1;
     return 0;
@@ -507,7 +514,7 @@ void mg_sp_set_attention(MgSp *s, MgSpAttn mode) { s->attn_mode = mode; }
 
 static int use_alltoall(MgSp *s, const MgAttnExchange *x) {
     const int k = (int)(x->chunk / x->L);
-    if (s->attn_mode == MG_SP_ATTN_GATHER) return 0;
+    if (s->attn_mode == MG_SP_ATTN_GATHER || s->attn_mode == MG_SP_ATTN_RING) return 0;
     if (x->H % k == 0) return 1;
     if (s->attn_mode == MG_SP_ATTN_ALLTOALL)
         mg_fatal("sp_attention alltoall needs the %d ranks of a chunk to divide the %d attention heads: use "
@@ -597,9 +604,183 @@ static MgAttentionArgs heads_args(const MgSp *s, const MgAttnExchange *x, const 
     return a;
 }
 
+
+/* ---- the ring path ------------------------------------------------------------------------------------------- */
+/* The k ranks of a chunk hold its query, key and value blocks 0 .. k - 1 in order. Causally, block j's
+ * queries see key blocks 0 .. j, so of the ring only the forward edges carry anything: key/value blocks
+ * travel j -> j + 1, each rank forwarding what it receives before attending to it (a pipeline; the
+ * closing edge k - 1 -> 0 would carry blocks nobody needs). Rank j attends to its own block, then to
+ * j - 1, ..., 0, merging the partial softmaxes (attention_merge) into the output and the log-sum-exp.
+ * Backward: the blocks travel the same way again; rank j adds each block's share to dq, and the key and
+ * value gradients of block b travel back k - 1 -> ... -> b, each rank adding its share (a fixed order,
+ * so every run gives the same bits). Memory: two blocks in flight, nothing kept per layer beyond the
+ * output and log-sum-exp the op keeps anyway. */
+enum { TAG_RING_KV = 3200, TAG_RING_DKV = 3300, RING_MAX_K = 1000 };
+
+static void ring_buffers(MgSp *s, const MgAttnExchange *x, int backward) {
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * x->L * x->H;
+    const size_t nk = tok * x->Dqk * es, nv = tok * x->Dv * es, nl = tok * s->ss;
+    const size_t need[8] = {nk, nv, nv, nl, backward ? nk : 0, backward ? nv : 0, backward ? MG_MAX(nk, nv) : 0, nl};
+    void **b[8] = {&s->rk, &s->rv, &s->ro, &s->rlse, &s->rdk, &s->rdv, &s->rtmp, &s->rlse_acc};
+    for (int i = 0; i < 8; i++)
+        if (need[i]) ensure_backend(s->be, b[i], &s->r_bytes[i], need[i]);
+    for (int i = 0; i < (backward ? 5 : 2); i++) s->rh[i] = grow(s->rh[i], &s->rh_cap[i], nk + nv);
+}
+
+/* Host message <-> backend k and v (or their gradients). */
+static void ring_pack(MgSp *s, void *msg, const void *k, const void *v, size_t nk, size_t nv) {
+    s->be->to_host(s->be, msg, k, nk);
+    s->be->to_host(s->be, (char *)msg + nk, v, nv);
+}
+static void ring_unpack(MgSp *s, const void *msg, void *k, void *v, size_t nk, size_t nv) {
+    s->be->to_device(s->be, k, msg, nk);
+    s->be->to_device(s->be, v, (const char *)msg + nk, nv);
+}
+
+static MgAttentionArgs ring_args(const MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgAttentionArgs a = *at;
+    a.block = 1;
+    a.q_row0 = (int64_t)s->cg->rank * x->L;
+    a.k_row0 = a.q_row0;
+    a.drop_chunk_len = a.drop_p > 0 ? x->chunk : 0;
+    return a;
+}
+
+static void ring_forward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    const MgBackend *be = s->be;
+    const int k = s->cg_k, j = s->cg->rank;
+    MG_CHECK(k <= RING_MAX_K, "sequence parallel: ring attention over %d ranks of a chunk (at most %d)", k, RING_MAX_K);
+    ring_buffers(s, x, 0);
+    const size_t es = mg_dtype_size(be->dtype), tok = (size_t)x->B * x->L * x->H;
+    const size_t nk = tok * x->Dqk * es, nv = tok * x->Dv * es, msg = nk + nv;
+    double tc = mg_now();
+    MgTpRequest *sreq = NULL, *rreq = NULL;
+    if (j + 1 < k) {
+        ring_pack(s, s->rh[0], at->k, at->v, nk, nv);
+        sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[0], msg);
+    }
+    if (j > 0) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1], msg);
+    s->st.fwd_seconds += mg_now() - tc;
+    MgAttentionArgs a = ring_args(s, x, at);
+    void *lse = at->saved_lse ? at->saved_lse : s->rlse_acc; /* the merge needs it even without a backward */
+    a.saved_lse = lse;
+    be->attention_forward(be, &a); /* own block: causal */
+    for (int st = 1; st <= j; st++) {
+        const int cur = st % 2;
+        tc = mg_now();
+        mg_tp_wait(s->cg, rreq); /* block j - st */
+        rreq = NULL;
+        if (j + 1 < k) {
+            mg_tp_wait(s->cg, sreq); /* the other buffer is free again */
+            sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[cur], msg);
+            s->st.bytes_sent += (int64_t)msg;
+        }
+        if (st < j) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1 - cur], msg);
+        ring_unpack(s, s->rh[cur], s->rk, s->rv, nk, nv);
+        s->st.fwd_seconds += mg_now() - tc;
+        a.k = s->rk;
+        a.v = s->rv;
+        a.k_row0 = (int64_t)(j - st) * x->L;
+        a.o = s->ro;
+        a.saved_lse = s->rlse;
+        be->attention_forward(be, &a);
+        s->st.ring_blocks++;
+        MgAttnMergeArgs m = {.B = x->B, .Lq = x->L, .H = x->H, .Dv = x->Dv, .o = at->o, .lse = lse, .o_b = s->ro,
+                             .lse_b = s->rlse};
+        be->attention_merge(be, &m);
+    }
+    tc = mg_now();
+    if (sreq) mg_tp_wait(s->cg, sreq);
+    if (j + 1 < k) s->st.bytes_sent += (int64_t)msg;
+    s->st.fwd_seconds += mg_now() - tc;
+}
+
+static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    const MgBackend *be = s->be;
+    const int k = s->cg_k, j = s->cg->rank;
+    ring_buffers(s, x, 1);
+    const size_t es = mg_dtype_size(be->dtype), tok = (size_t)x->B * x->L * x->H;
+    const size_t nk = tok * x->Dqk * es, nv = tok * x->Dv * es, msg = nk + nv;
+    const int64_t ek = (int64_t)(tok * x->Dqk), ev = (int64_t)(tok * x->Dv);
+    MG_CHECK(at->saved_lse && at->o && at->dq && at->dk && at->dv,
+             "sequence parallel: ring attention backward needs the forward's lse and output and every gradient");
+    double tc = mg_now();
+    MgTpRequest *sreq = NULL, *rreq = NULL, *own = NULL, *dsend[2] = {NULL, NULL};
+    if (j + 1 < k) {
+        ring_pack(s, s->rh[0], at->k, at->v, nk, nv);
+        sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[0], msg);
+        own = mg_tp_irecv(s->cg, j + 1, TAG_RING_DKV + j, s->rh[4], msg); /* the later ranks' share of my block */
+    }
+    if (j > 0) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1], msg);
+    s->st.bwd_seconds += mg_now() - tc;
+    MgAttentionArgs a = ring_args(s, x, at);
+    be->attention_backward(be, &a); /* own block: dq, dk, dv (+= when at->accumulate) */
+    a.dk = s->rdk;
+    a.dv = s->rdv;
+    a.accumulate = 1; /* dq sums over the blocks; rdk and rdv are zeroed per block */
+    for (int st = 1; st <= j; st++) {
+        const int cur = st % 2, blk = j - st;
+        tc = mg_now();
+        mg_tp_wait(s->cg, rreq);
+        rreq = NULL;
+        if (j + 1 < k) {
+            mg_tp_wait(s->cg, sreq);
+            sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[cur], msg);
+            s->st.bytes_sent += (int64_t)msg;
+        }
+        if (st < j) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1 - cur], msg);
+        ring_unpack(s, s->rh[cur], s->rk, s->rv, nk, nv);
+        s->st.bwd_seconds += mg_now() - tc;
+        a.k = s->rk;
+        a.v = s->rv;
+        a.k_row0 = (int64_t)blk * x->L;
+        be->memset0(be, s->rdk, nk);
+        be->memset0(be, s->rdv, nv);
+        be->attention_backward(be, &a);
+        s->st.ring_blocks++;
+        tc = mg_now();
+        if (dsend[cur]) mg_tp_wait(s->cg, dsend[cur]); /* its buffer is reused below */
+        dsend[cur] = NULL;
+        if (j + 1 < k) { /* add the share of ranks j + 1 .. k - 1 */
+            mg_tp_recv(s->cg, j + 1, TAG_RING_DKV + blk, s->rh[2 + cur], msg);
+            be->to_device(be, s->rtmp, s->rh[2 + cur], nk);
+            be->axpy(be, ek, 1.0, s->rtmp, s->rdk);
+            be->to_device(be, s->rtmp, (char *)s->rh[2 + cur] + nk, nv);
+            be->axpy(be, ev, 1.0, s->rtmp, s->rdv);
+        }
+        ring_pack(s, s->rh[2 + cur], s->rdk, s->rdv, nk, nv);
+        dsend[cur] = mg_tp_isend(s->cg, j - 1, TAG_RING_DKV + blk, s->rh[2 + cur], msg);
+        s->st.bytes_sent += (int64_t)msg;
+        s->st.bwd_seconds += mg_now() - tc;
+    }
+    tc = mg_now();
+    if (own) { /* my block's key and value gradients from the later ranks */
+        mg_tp_wait(s->cg, own);
+        be->to_device(be, s->rtmp, s->rh[4], nk);
+        be->axpy(be, ek, 1.0, s->rtmp, at->dk);
+        be->to_device(be, s->rtmp, (char *)s->rh[4] + nk, nv);
+        be->axpy(be, ev, 1.0, s->rtmp, at->dv);
+    }
+    if (sreq) mg_tp_wait(s->cg, sreq);
+    if (j + 1 < k) s->st.bytes_sent += (int64_t)msg;
+    for (int i = 0; i < 2; i++)
+        if (dsend[i]) mg_tp_wait(s->cg, dsend[i]);
+    s->st.bwd_seconds += mg_now() - tc;
+}
+
+static int use_ring(const MgSp *s, const MgAttnExchange *x) {
+    if (s->attn_mode == MG_SP_ATTN_RING) return 1;
+    /* auto: all-to-all when the heads divide (balanced, two exchanges), else the ring (O(slice) memory) */
+    return s->attn_mode == MG_SP_ATTN_AUTO && x->H % (int)(x->chunk / x->L) != 0;
+}
+
 static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
     MgSp *s = ctx;
     attn_group(s, x);
+    if (use_ring(s, x)) {
+        ring_forward(s, x, at);
+        return 1;
+    }
     if (!use_alltoall(s, x)) return 0;
     const double t0 = mg_now();
     ensure_layer_heads(s, x);
@@ -617,6 +798,10 @@ static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs 
 
 static int h_attn_run_backward(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
     MgSp *s = ctx;
+    if (s->cg && use_ring(s, x)) {
+        ring_backward(s, x, at);
+        return 1;
+    }
     if (!s->cg || !use_alltoall(s, x)) return 0;
     MG_CHECK(x->layer < s->n_heads_layers && s->hq[x->layer],
              "sequence parallel: attention backward of layer %d before its forward", x->layer);
@@ -698,6 +883,10 @@ void mg_sp_free(MgSp *s) {
     void *hd[4] = {s->hdo, s->hdq, s->hdk, s->hdv};
     for (int i = 0; i < 4; i++)
         if (hd[i]) s->be->free(s->be, hd[i]);
+    void *rb[8] = {s->rk, s->rv, s->ro, s->rlse, s->rdk, s->rdv, s->rtmp, s->rlse_acc};
+    for (int i = 0; i < 8; i++)
+        if (rb[i]) s->be->free(s->be, rb[i]);
+    for (int i = 0; i < 5; i++) free(s->rh[i]);
     free(s->h_local);
     free(s->h_all);
     free(s->h_ctx);

@@ -34,6 +34,7 @@ typedef struct {
     int64_t fwd_scans;    /* scans run */
     int64_t bwd_messages; /* state-gradient messages sent */
     int64_t bytes_sent;   /* estimate: scan summaries (once per scan and rank) + gradient messages */
+    int64_t ring_blocks;  /* key/value blocks this rank attended to by the ring path (forward and backward) */
 } MgSpStats;
 
 /* sp_group: the SP ranks of this DP group (rank = position in the sequence); borrowed. be: the model's
@@ -49,13 +50,16 @@ const MgModelHooks *mg_sp_hooks(MgSp *s);
  *   ALLTOALL  (Ulysses) an all-to-all turns the chunk's sequence-split q, k, v into head-split ones, each
  *             rank attends over the whole chunk for H / k heads, and an all-to-all brings the output back;
  *             needs the k ranks of a chunk to divide the head count
- *   AUTO      ALLTOALL when the heads divide, else GATHER (the default) */
-typedef enum { MG_SP_ATTN_AUTO = 0, MG_SP_ATTN_GATHER, MG_SP_ATTN_ALLTOALL } MgSpAttn;
+ *   RING      key/value blocks pass from rank to rank along the chunk; each rank attends to every block
+ *             that reaches it and merges the partial softmaxes (online softmax); the backward sends the
+ *             blocks again and passes their key/value gradients back; memory: two blocks in flight
+ *   AUTO      ALLTOALL when the heads divide, else RING (the default) */
+typedef enum { MG_SP_ATTN_AUTO = 0, MG_SP_ATTN_GATHER, MG_SP_ATTN_ALLTOALL, MG_SP_ATTN_RING } MgSpAttn;
 void mg_sp_set_attention(MgSp *s, MgSpAttn mode);
 /* Backward by reverse scans with the forward's algorithm (on), instead of the reverse chain (off, the
  * default): each layer's op backward then runs twice (its own part, then the part of the later slices). */
 void mg_sp_set_scan_backward(MgSp *s, int on);
-int mg_sp_attention_parse(const char *name, MgSpAttn *out); /* "auto", "gather", "alltoall"; 0 or -1 */
+int mg_sp_attention_parse(const char *name, MgSpAttn *out); /* "auto", "gather", "alltoall", "ring"; 0 or -1 */
 
 /* Complete the nonblocking sends of the last backward pass (call after every mg_model_step). */
 void mg_sp_finish(MgSp *s);

@@ -2,7 +2,8 @@
  * decoding); forward, log-sum-exp and backward against a naive full-softmax implementation with a
  * block-diagonal causal mask; chunked attention equals L/c independent causal attentions; decoding equals
  * the last rows of the full chunk; invalid lengths are refused with a clear error; float32 vs float64;
- * accumulate / NULL-gradient / no-saved-lse paths; bitwise identical results for 1 and 2 threads. */
+ * accumulate / NULL-gradient / no-saved-lse paths; bitwise identical results for 1 and 2 threads; block mode
+ * (ring attention) merged over key blocks equals the whole chunk, forward and backward, with DropKey. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -405,6 +406,93 @@ static void test_dropkey(void) {
     att_free(&t);
 }
 
+
+/* Block mode (ring attention): a chunk of C = k * Lb rows cut into k query blocks and k key blocks, as k
+ * ranks hold it. Each query block attends to its own key block (causal) and to every earlier one (whole),
+ * the partial results merged by attention_merge in the ring's order (own block, then j - 1 .. 0); the
+ * backward adds each block's share with the merged lse and output. Everything must equal the whole-chunk
+ * op (itself checked against finite differences and the naive attention above), DropKey masks included. */
+static void test_blocks(double drop_p, const char *tag) {
+    const int B = 2, H = 3, Dqk = 5, Dv = 4, k = 4, Lb = 6, C = k * Lb;
+    Att t = att_new(B, H, Dqk, Dv, C, C, C, 0.9, 1.5);
+    t.drop_p = drop_p;
+    t.drop_seed = 4242;
+    att_fwd(&t);
+    att_bwd(&t);
+    const size_t nqb = (size_t)B * Lb * H * Dqk, nvb = (size_t)B * Lb * H * Dv, nlb = (size_t)B * H * Lb;
+    double *qb = tu_dalloc(nqb), *kb = tu_dalloc(nqb), *vb = tu_dalloc(nvb), *dob = tu_dalloc(nvb);
+    double *o = tu_dalloc(nvb), *lse = tu_dalloc(nlb), *ob = tu_dalloc(nvb), *lseb = tu_dalloc(nlb);
+    double *dq = tu_dalloc(nqb), *dkb = tu_dalloc(nqb), *dvb = tu_dalloc(nvb);
+    double *O = tu_dalloc(t.no), *LSE = tu_dalloc(t.nl), *DQ = tu_dalloc(t.nq), *DK = tu_dalloc(t.nk),
+           *DV = tu_dalloc(t.nv);
+    int empty_rows = 0;
+    for (int j = 0; j < k; j++) {
+        rows_copy(qb, t.q, B, Lb, C, 0, j * Lb, Lb, H * Dqk);
+        rows_copy(dob, t.dout, B, Lb, C, 0, j * Lb, Lb, H * Dv);
+        MgAttentionArgs a = {.B = B, .H = H, .Dqk = Dqk, .Dv = Dv, .Lq = Lb, .Lk = Lb, .chunk = C, .scale = t.scale,
+                             .drop_p = drop_p, .drop_seed = t.drop_seed, .drop_chunk_len = C, .block = 1,
+                             .q_row0 = (int64_t)j * Lb, .q = qb, .k = kb, .v = vb};
+        for (int s = 0; s <= j; s++) { /* forward: own block, then j - 1 .. 0 */
+            const int blk = j - s;
+            rows_copy(kb, t.k, B, Lb, C, 0, blk * Lb, Lb, H * Dqk);
+            rows_copy(vb, t.v, B, Lb, C, 0, blk * Lb, Lb, H * Dv);
+            a.k_row0 = (int64_t)blk * Lb;
+            a.o = s == 0 ? o : ob;
+            a.saved_lse = s == 0 ? lse : lseb;
+            cpu_attention_forward_f64(BE64, &a);
+            for (size_t i = 0; i < nlb && s > 0; i++) empty_rows += lseb[i] == -INFINITY;
+            if (s > 0) {
+                MgAttnMergeArgs m = {.B = B, .Lq = Lb, .H = H, .Dv = Dv, .o = o, .lse = lse, .o_b = ob, .lse_b = lseb};
+                cpu_attention_merge_f64(BE64, &m);
+            }
+        }
+        rows_copy(O, o, B, C, Lb, j * Lb, 0, Lb, H * Dv);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                memcpy(LSE + ((size_t)b * H + h) * C + (size_t)j * Lb, lse + ((size_t)b * H + h) * Lb, sizeof(double) * Lb);
+        memset(dq, 0, sizeof(double) * nqb);
+        a.o = o;
+        a.saved_lse = lse;
+        a.dout = dob;
+        a.dq = dq;
+        a.dk = dkb;
+        a.dv = dvb;
+        a.accumulate = 1;
+        for (int s = 0; s <= j; s++) { /* backward: dq summed here, dk and dv added to their block's rows */
+            const int blk = j - s;
+            rows_copy(kb, t.k, B, Lb, C, 0, blk * Lb, Lb, H * Dqk);
+            rows_copy(vb, t.v, B, Lb, C, 0, blk * Lb, Lb, H * Dv);
+            a.k_row0 = (int64_t)blk * Lb;
+            memset(dkb, 0, sizeof(double) * nqb);
+            memset(dvb, 0, sizeof(double) * nvb);
+            cpu_attention_backward_f64(BE64, &a);
+            for (int b = 0; b < B; b++) {
+                for (size_t e = 0; e < (size_t)Lb * H * Dqk; e++)
+                    DK[((size_t)b * C + (size_t)blk * Lb) * H * Dqk + e] += dkb[(size_t)b * Lb * H * Dqk + e];
+                for (size_t e = 0; e < (size_t)Lb * H * Dv; e++)
+                    DV[((size_t)b * C + (size_t)blk * Lb) * H * Dv + e] += dvb[(size_t)b * Lb * H * Dv + e];
+            }
+        }
+        rows_copy(DQ, dq, B, C, Lb, j * Lb, 0, Lb, H * Dqk);
+    }
+    char name[128];
+    snprintf(name, sizeof name, "attention_blocks_%s_o", tag);
+    tu_check_err(name, rel(O, t.o, t.no), 1e-13);
+    snprintf(name, sizeof name, "attention_blocks_%s_lse", tag);
+    tu_check_err(name, rel(LSE, t.lse, t.nl), 1e-13);
+    snprintf(name, sizeof name, "attention_blocks_%s_dq", tag);
+    tu_check_err(name, rel(DQ, t.dq, t.nq), 1e-12);
+    snprintf(name, sizeof name, "attention_blocks_%s_dk", tag);
+    tu_check_err(name, rel(DK, t.dk, t.nk), 1e-12);
+    snprintf(name, sizeof name, "attention_blocks_%s_dv", tag);
+    tu_check_err(name, rel(DV, t.dv, t.nv), 1e-12);
+    if (drop_p >= 0.5) /* the merge of a block whose keys were all dropped (lse -inf, o 0) is exercised */
+        tu_check(empty_rows > 0, "attention_blocks_dropkey_has_empty_block_rows", "%d rows", empty_rows);
+    free(qb); free(kb); free(vb); free(dob); free(o); free(lse); free(ob); free(lseb); free(dq); free(dkb); free(dvb);
+    free(O); free(LSE); free(DQ); free(DK); free(DV);
+    att_free(&t);
+}
+
 static void test_errors(void) {
     tu_check(refused(10, 10, 4, "not a multiple of the attention chunk size"), "attention_refuses_L_not_multiple",
              "L=10 chunk=4");
@@ -502,6 +590,8 @@ int main(void) {
     test_decode(10, 4, 16); /* partial chunk */
     test_decode(9, 1, 16);  /* token by token */
     test_dropkey();
+    test_blocks(0.0, "plain");
+    test_blocks(0.7, "dropkey");
     test_errors();
     test_f32_and_threads();
     return tu_finish();

@@ -51,7 +51,7 @@ MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 # ---- one step against one process ----------------------------------------------------------------------
 if [ $SAN = 0 ]; then
     # (the threads of test_sp cover every combination; here each path once under real MPI)
-    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "4 4 4 alltoall" "4 2 bwd"; do
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "4 4 4 alltoall" "3 3 3 ring" "4 2 bwd"; do
         set -- $layout
         span=()
         [ $# = 4 ] && span=(--span "$3" --attention "$4") # attention chunks over $3 ranks
@@ -216,7 +216,7 @@ wait_gone() {
 }
 elapsed() { python3 -c "import time; print('%.1f' % (time.time() - $1))"; }
 
-# a rank killed: every rank ends, mpirun non-zero, within 2 x 2 s of the kill sequence (+ 2 s slack)
+# a rank killed: every rank ends, mpirun non-zero, within the kill sequence (2 x 2 s) plus slack for a loaded machine
 if [ $SAN = 0 ]; then
 mpirun "${KILLSEQ[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --out_dir "$T/kill" >"$T/kill.txt" 2>&1 &
 job=$!
@@ -225,8 +225,8 @@ if wait_log "$T/kill"; then
     kill -KILL "$(pgrep -f "^$M train .*--out_dir $T/kill" | tail -1)" # a rank, not mpirun
     if wait_gone $job 30; then
         dt=$(elapsed "$t0")
-        if [ "$gone_rc" != 0 ] && [ "$(ranks_left "$T/kill")" = 0 ] && python3 -c "import sys; sys.exit(0 if $dt <= 6 else 1)"; then
-            pass rank_sigkill_ends_job "mpirun exit $gone_rc ${dt} s after SIGKILL of one rank (bound 2 x 2 s + 2 s), no rank left"
+        if [ "$gone_rc" != 0 ] && [ "$(ranks_left "$T/kill")" = 0 ] && python3 -c "import sys; sys.exit(0 if $dt <= 15 else 1)"; then
+            pass rank_sigkill_ends_job "mpirun exit $gone_rc ${dt} s after SIGKILL of one rank (the kill sequence takes 2 x 2 s; bound 15 s, loose for a loaded machine, a hang is 30 s), no rank left"
         else
             fail rank_sigkill_ends_job "mpirun exit $gone_rc after ${dt} s, $(ranks_left "$T/kill") ranks left"
         fi

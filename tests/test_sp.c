@@ -4,7 +4,8 @@
  * algorithm, P = 2, 3, 4 (two chunks per rank), dropout on, in float64 (exactness) and float32 (the
  * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative);
  * and attention across ranks: a chunk spanning 2, 3 or 4 ranks (each rank's queries see the earlier
- * slices' keys and values, whose gradients go back to their ranks), with DropKey on. */
+ * slices' keys and values, whose gradients go back to their ranks) by each path (gather, all-to-all,
+ * ring), with DropKey on. */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -159,7 +160,8 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     char name[200], what[96];
     if (chunk > PER_RANK)
         snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks (%s, %d heads)", backend, P,
-                 mg_scan_algo_name(algo), chunk / PER_RANK, attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : "gather",
+                 mg_scan_algo_name(algo), chunk / PER_RANK,
+                 attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : attn == MG_SP_ATTN_RING ? "ring" : attn == MG_SP_ATTN_AUTO ? "auto: ring" : "gather",
                  heads);
     else
         snprintf(what, sizeof what, "%s, SP %d, %s scan%s", backend, P, mg_scan_algo_name(algo),
@@ -181,6 +183,15 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     snprintf(name, sizeof name, "%s: one scan per layer and state group, one gradient message back", what);
     tu_check(ok, name, "rank 1: %lld scans, %lld messages", (long long)r[1].st.fwd_scans,
              (long long)r[1].st.bwd_messages);
+    /* the ring path ran: the j-th rank of a chunk attended to the j earlier blocks per layer, forward and
+     * backward (and no other path did) */
+    if (chunk > PER_RANK) {
+        const int span = chunk / PER_RANK, ring = attn == MG_SP_ATTN_RING || (attn == MG_SP_ATTN_AUTO && heads % span);
+        ok = 1;
+        for (int i = 0; i < P; i++) ok &= r[i].st.ring_blocks == (ring ? 2 * cfg.n_layers * (i % span) : 0);
+        snprintf(name, sizeof name, "%s: ring blocks attended as expected", what);
+        tu_check(ok, name, "last rank: %lld blocks (%s)", (long long)r[P - 1].st.ring_blocks, ring ? "ring" : "no ring");
+    }
     for (int i = 0; i < P; i++) {
         free(r[i].grads);
         mg_tp_free(tp[i]);
@@ -218,14 +229,16 @@ int main(void) {
             run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
         }
     g_scan_bwd = 0;
-    /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values or all-to-all over
-     * heads (P, ranks per chunk, path, heads) */
+    /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values, all-to-all over
+     * heads, or the ring (auto with 2 heads over 3 ranks: the ring) (P, ranks per chunk, path, heads) */
     const struct {
         int P, span;
         MgSpAttn attn;
         int heads;
     } spans[] = {{2, 2, MG_SP_ATTN_GATHER, 2},   {2, 2, MG_SP_ATTN_ALLTOALL, 2}, {3, 3, MG_SP_ATTN_GATHER, 2},
-                 {4, 2, MG_SP_ATTN_ALLTOALL, 2}, {4, 4, MG_SP_ATTN_GATHER, 2},   {4, 4, MG_SP_ATTN_ALLTOALL, 4}};
+                 {4, 2, MG_SP_ATTN_ALLTOALL, 2}, {4, 4, MG_SP_ATTN_GATHER, 2},   {4, 4, MG_SP_ATTN_ALLTOALL, 4},
+                 {2, 2, MG_SP_ATTN_RING, 2},     {3, 3, MG_SP_ATTN_RING, 2},     {4, 2, MG_SP_ATTN_RING, 2},
+                 {4, 4, MG_SP_ATTN_RING, 2},     {3, 3, MG_SP_ATTN_AUTO, 2}};
     for (size_t i = 0; i < sizeof spans / sizeof spans[0]; i++) {
         run_case("cpu-f64", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-12,
                  1e-12);

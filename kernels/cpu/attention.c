@@ -17,7 +17,12 @@
  *   dS           = P * (dP - Di) * scale
  *   dQ_rows      = dS K[0:kend]
  *   dK[0:kend]  += dS^T Q_rows
- * The key-side gradients of a task are summed over its row blocks in a fixed order. */
+ * The key-side gradients of a task are summed over its row blocks in a fixed order.
+ *
+ * Block mode (ring attention): the call holds one block of a chunk's queries and one block of its keys;
+ * the causal limit is set by their chunk rows (off = q_row0 - k_row0), the forward returns the block's own
+ * softmax (merged by attention_merge), and the backward uses the whole row's lse and
+ * Di = rowsum(dO * O) of the merged output instead of the block's own sum. */
 #include <string.h>
 
 #include "cpu_real.h"
@@ -47,6 +52,23 @@ static AttGeom attention_geometry(const MgAttentionArgs *a, const char *who) {
              "%s: drop_chunk_len=%lld must be 0 or hold the Lk=%d keys", who, (long long)a->drop_chunk_len, a->Lk);
     MG_CHECK(a->q && a->k && a->v, "%s: q, k and v must not be NULL", who);
     AttGeom g;
+    if (a->block) {
+        MG_CHECK(a->k_row0 >= 0 && a->q_row0 >= a->k_row0,
+                 "%s: block mode needs 0 <= k_row0 <= q_row0 (got q_row0=%lld, k_row0=%lld): a key block after the "
+                 "queries has no visible key",
+                 who, (long long)a->q_row0, (long long)a->k_row0);
+        MG_CHECK(a->drop_p == 0.0 ||
+                     (a->drop_chunk_len > 0 && a->q_row0 + a->Lq <= a->drop_chunk_len && a->k_row0 + a->Lk <= a->drop_chunk_len),
+                 "%s: block mode with DropKey needs drop_chunk_len = the chunk's length, holding rows q_row0 + Lq "
+                 "and k_row0 + Lk (got %lld, %lld, %lld)",
+                 who, (long long)a->drop_chunk_len, (long long)(a->q_row0 + a->Lq), (long long)(a->k_row0 + a->Lk));
+        MG_CHECK(a->q_row0 - a->k_row0 <= (int64_t)1 << 30, "%s: q_row0 - k_row0 too large", who);
+        g.nchunks = 1;
+        g.nq = a->Lq;
+        g.nk = a->Lk;
+        g.off = (int)(a->q_row0 - a->k_row0);
+        return g;
+    }
     if (a->Lq == a->Lk) {
         const int L = a->Lq, c = MG_MIN(a->chunk, L);
         MG_CHECK(L % c == 0,
@@ -74,6 +96,7 @@ typedef struct {
     const real *q, *k, *v, *dout;
     real *o, *dq, *dk, *dv;
     real *lse; /* nq entries, contiguous */
+    real *delta; /* block-mode backward: nq entries, rowsum(dO * O) */
 } AttTask;
 
 static AttTask attention_task(const MgAttentionArgs *a, const AttGeom *g, int64_t task, int for_backward) {
@@ -110,12 +133,16 @@ static void scores(const MgAttentionArgs *a, const AttTask *t, int i0, int rb, i
 /* DropKey mask of one task (see MgAttentionArgs): dropped scores become -inf before the softmax. */
 typedef struct {
     uint64_t key, threshold, base; /* base = task * nq * nk (task * C * C with drop_chunk_len = C) */
-    int nk, qoff, active;          /* row length of the index, and the global row of local query 0 */
+    int nk, qoff, koff, active;    /* row length of the index, and the global rows of local query 0, key 0 */
 } DropMask;
 
 static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t task) {
     const int64_t C = a->drop_chunk_len;
-    DropMask d = {0, 0, 0, C > 0 ? (int)C : g->nk, C > 0 ? g->off : 0, a->drop_p > 0.0};
+    DropMask d = {0, 0, 0, C > 0 ? (int)C : g->nk, C > 0 ? g->off : 0, 0, a->drop_p > 0.0};
+    if (a->block) {
+        d.qoff = (int)a->q_row0;
+        d.koff = (int)a->k_row0;
+    }
     if (d.active) {
         d.key = mg_fmix64(a->drop_seed);
         d.threshold = mg_keep_threshold(a->drop_p);
@@ -136,16 +163,17 @@ static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t ta
 /* Turns the score rows into probabilities in place (zeros above the causal limit, up to kend).
  * With lse_in the probabilities are exp(S - lse) (backward); otherwise the row max is subtracted, the
  * sum is taken in double, and lse_out (if any) receives max + log(sum). Dropped keys get probability 0
- * (the diagonal key i + off is never dropped). */
+ * (the diagonal key i + off is never dropped). A row whose visible keys are all dropped (block mode
+ * only: a block without the diagonal) gets probabilities 0 and lse -inf. */
 static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, const real *lse_in,
                          real *lse_out, const DropMask *dm) {
     for (int r = 0; r < rb; r++) {
         real *s = S + (size_t)r * ldS;
-        const int vis = MG_MIN(kend, i0 + r + off + 1); /* keys [0, vis) are visible */
+        const int diag = i0 + r + off, vis = MG_MIN(kend, diag + 1); /* keys [0, vis) are visible */
         if (dm && dm->active) {
-            const uint64_t row = dm->base + (uint64_t)(dm->qoff + i0 + r) * (uint64_t)dm->nk;
-            for (int j = 0; j < vis - 1; j++)
-                if (!mg_mask_keep(dm->key, row + (uint64_t)j, dm->threshold)) s[j] = -INFINITY;
+            const uint64_t row = dm->base + (uint64_t)(dm->qoff + i0 + r) * (uint64_t)dm->nk + (uint64_t)dm->koff;
+            for (int j = 0; j < vis; j++)
+                if (j != diag && !mg_mask_keep(dm->key, row + (uint64_t)j, dm->threshold)) s[j] = -INFINITY;
         }
         if (lse_in) {
             const real l = lse_in[i0 + r];
@@ -153,6 +181,11 @@ static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, co
         } else {
             real m = s[0];
             for (int j = 1; j < vis; j++) m = s[j] > m ? s[j] : m;
+            if (m == -INFINITY) { /* every visible key dropped */
+                for (int j = 0; j < kend; j++) s[j] = 0;
+                if (lse_out) lse_out[i0 + r] = -INFINITY;
+                continue;
+            }
             acc_t sum = 0;
             for (int j = 0; j < vis; j++) {
                 s[j] = s[j] == -INFINITY ? (real)0 : mg_exp(s[j] - m);
@@ -204,9 +237,14 @@ static void attention_backward_task(const MgAttentionArgs *a, const AttGeom *g, 
             const real *p = P + (size_t)r * ldS;
             real *d = dP + (size_t)r * ldS;
             const int vis = MG_MIN(kend, i0 + r + g->off + 1);
-            acc_t Di = 0;
-            for (int j = 0; j < vis; j++) Di += (acc_t)p[j] * d[j];
-            const real di = (real)Di;
+            real di;
+            if (t->delta) {
+                di = t->delta[i0 + r];
+            } else {
+                acc_t Di = 0;
+                for (int j = 0; j < vis; j++) Di += (acc_t)p[j] * d[j];
+                di = (real)Di;
+            }
             for (int j = 0; j < vis; j++) d[j] = p[j] * (d[j] - di) * scale;
             for (int j = vis; j < kend; j++) d[j] = 0;
         }
@@ -244,6 +282,8 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
     const int64_t ntasks = (int64_t)a->B * g.nchunks * a->H;
     if (ntasks == 0 || (!a->dq && !a->dk && !a->dv)) return;
     MG_CHECK(a->dout, "attention_backward: dout is NULL");
+    MG_CHECK(!a->block || (a->saved_lse && a->o),
+             "attention_backward: block mode needs saved_lse and o of the whole rows (merged over every block)");
     /* Without a saved log-sum-exp, recompute it into a scratch buffer with a forward-style pass. */
     real *lse_tmp = NULL;
     MgAttentionArgs aa = *a;
@@ -252,13 +292,24 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
         aa.saved_lse = lse_tmp;
     }
     const size_t blk = (size_t)MG_MIN(ATT_RB, g.nq) * g.nk;
-    cpu_ws_reserve(be, 0, sizeof(real) * 2 * blk);
+    cpu_ws_reserve(be, 0, sizeof(real) * (2 * blk + (a->block ? (size_t)g.nq : 0)));
 #pragma omp parallel
     {
         real *P = cpu_ws_thread(be, 0), *dP = P + blk;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
-            const AttTask t = attention_task(&aa, &g, task, 1);
+            AttTask t = attention_task(&aa, &g, task, 1);
+            if (a->block) { /* Di = rowsum(dO * O) of the merged output */
+                const int ldv = a->H * a->Dv;
+                const int64_t b = task / a->H, h = task % a->H;
+                const real *o = (const real *)a->o + ((size_t)b * a->Lq * a->H + (size_t)h) * a->Dv;
+                t.delta = dP + blk;
+                for (int i = 0; i < g.nq; i++) {
+                    acc_t d = 0;
+                    for (int e = 0; e < a->Dv; e++) d += (acc_t)t.dout[(size_t)i * ldv + e] * o[(size_t)i * ldv + e];
+                    t.delta[i] = (real)d;
+                }
+            }
             const DropMask dm = drop_mask(&aa, &g, task);
             if (lse_tmp)
                 for (int i0 = 0; i0 < g.nq; i0 += ATT_RB) {
@@ -268,5 +319,32 @@ void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
                 }
             attention_backward_task(&aa, &g, &t, P, dP, &dm);
         }
+    }
+}
+
+void CPU_FN(attention_merge)(const MgBackend *be, const MgAttnMergeArgs *a) {
+    (void)be;
+    MG_CHECK(a->B >= 0 && a->Lq >= 0 && a->H >= 1 && a->Dv >= 1, "attention_merge: bad shape B=%d Lq=%d H=%d Dv=%d",
+             a->B, a->Lq, a->H, a->Dv);
+    MG_CHECK(a->o && a->lse && a->o_b && a->lse_b, "attention_merge: o, lse, o_b and lse_b must not be NULL");
+    const int64_t rows = (int64_t)a->B * a->Lq * a->H;
+    const int H = a->H, Lq = a->Lq, Dv = a->Dv;
+#pragma omp parallel for schedule(static) if (rows * Dv > 65536)
+    for (int64_t r = 0; r < rows; r++) { /* r = (b * Lq + i) * H + h, the layout of o */
+        const int64_t h = r % H, bi = r / H, i = bi % Lq, b = bi / Lq;
+        real *lse = (real *)a->lse + ((size_t)b * H + (size_t)h) * Lq + (size_t)i;
+        const real lb = ((const real *)a->lse_b)[((size_t)b * H + (size_t)h) * Lq + (size_t)i];
+        real *o = (real *)a->o + (size_t)r * Dv;
+        const real *ob = (const real *)a->o_b + (size_t)r * Dv;
+        if (lb == -INFINITY) continue; /* the block adds nothing */
+        if (*lse == -INFINITY) {
+            memcpy(o, ob, sizeof(real) * (size_t)Dv);
+            *lse = lb;
+            continue;
+        }
+        const real m = *lse > lb ? *lse : lb;
+        const real wa = mg_exp(*lse - m), wb = mg_exp(lb - m), inv = (real)1 / (wa + wb);
+        for (int e = 0; e < Dv; e++) o[e] = (o[e] * wa + ob[e] * wb) * inv;
+        *lse = (real)(m + log(wa + wb));
     }
 }

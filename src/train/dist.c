@@ -76,7 +76,7 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
         if (Ls < cg && !strcmp(c->sp_attention, "alltoall") && c->num_heads % (cg / Ls))
             return mg_errf(err, n,
                            "sp_attention alltoall splits the %d attention heads over the %d ranks that share each "
-                           "chunk, which do not divide them: use sp_attention gather (or auto), or an sp with "
+                           "chunk, which do not divide them: use sp_attention ring (or auto), or an sp with "
                            "%d / (seq_len / sp) dividing %d",
                            c->num_heads, cg / Ls, cg, c->num_heads);
     }

@@ -16,7 +16,7 @@
  *                is nearly sign(g), so gradients near 0 that differ in the last bits move far)
  * Results are combined with an all-reduce; rank 0 prints one PASS/FAIL line per check.
  *
- *   mpi_train_check --sp S [--span K] [--attention gather|alltoall] [--scan-backward]
+ *   mpi_train_check --sp S [--span K] [--attention ring|gather|alltoall] [--scan-backward]
  * --span K: attention chunks of K slices (K ranks share each chunk: the attention-across-ranks path);
  * default: two chunks per rank. */
 #include <math.h>
@@ -177,7 +177,7 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     char name[200], detail[200];
     char an[64];
     snprintf(an, sizeof an, "%s%s%s", S > 1 ? mg_scan_algo_name(algo) : "no",
-             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : "_chunk_gather", SCAN_BWD ? "_fwd_bwd" : "");
+             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : ATTN == MG_SP_ATTN_RING ? "_chunk_ring" : "_chunk_gather", SCAN_BWD ? "_fwd_bwd" : "");
     snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_loss", backend, DP, S, an);
     const double el = fabs(loss - loss_ref) / fabs(loss_ref);
     snprintf(detail, sizeof detail, "relative error %.3e, tolerance %.0e", el, tol_loss);
@@ -271,7 +271,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--scan-backward")) SCAN_BWD = 1;
         else if (!strcmp(argv[i], "--attention") && i + 1 < argc) {
             if (mg_sp_attention_parse(argv[++i], &ATTN)) {
-                fprintf(stderr, "--attention: auto, gather or alltoall\n");
+                fprintf(stderr, "--attention: auto, ring, gather or alltoall\n");
                 return 2;
             }
         }
