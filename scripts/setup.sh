@@ -17,6 +17,7 @@ PACKAGES=(
     zlib1g-dev                                       # checkpoints' CRC32
     python3 python3-numpy python3-torch python3-h5py # PyTorch reference implementation and tests
     python3-sentencepiece python3-protobuf           # building/verifying the Llama-2 tokenizer model
+    python3-matplotlib                               # scripts/plot_runs.py: PNG curves of runs' log.jsonl
     clang libclang-rt-dev                            # fuzz harnesses (tests/fuzz/): libFuzzer, ASan/UBSan runtimes
 )
 

@@ -9,6 +9,7 @@ typedef struct {
 } MgCommand;
 
 int cmd_features(int argc, char **argv);
+int cmd_plot(int argc, char **argv);     /* main.c: runs scripts/plot_runs.py */
 int cmd_info(int argc, char **argv); /* info.c */
 int cmd_prepare(int argc, char **argv);  /* src/cmd_prepare.c */
 int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */

@@ -1,6 +1,9 @@
 /* build/megalodon: the one command-line tool. `megalodon <subcommand> [--key value ...]`. */
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/cpu/cpu_ops.h"
 #include "../kernels/ops.h"
@@ -18,6 +21,7 @@ static const MgCommand COMMANDS[] = {
     {"tokenize", cmd_tokenize, "encode text to token ids, or decode ids to text"},
     {"bench", cmd_bench, "training-step throughput (tokens/s, MFU) and peak memory on random tokens"},
     {"ckpt", cmd_ckpt, "inspect checkpoints: info FILE, diff A B (and bench: save/load MB/s)"},
+    {"plot", cmd_plot, "PNG curves of runs' log.jsonl: RUN_DIR... (runs scripts/plot_runs.py)"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 
@@ -48,6 +52,43 @@ int cmd_features(int argc, char **argv) {
 #endif
     printf("CUDA:   not yet (CPU backends: %s, %s)\n", mg_cpu_backend_f32.name, mg_cpu_backend_f64.name);
     return 0;
+}
+
+/* `megalodon plot ARGS`: runs scripts/plot_runs.py ARGS of the source tree this binary sits in
+ * (BUILD_DIR/megalodon -> BUILD_DIR/../scripts/plot_runs.py) with Debian's /usr/bin/python3 (which has
+ * python3-matplotlib), or the python3 on PATH where there is none. */
+int cmd_plot(int argc, char **argv) {
+    char root[4096], script[4200];
+    ssize_t n = readlink("/proc/self/exe", root, sizeof root - 1);
+    if (n <= 0 || n >= (ssize_t)sizeof root - 1) {
+        fprintf(stderr, "error: plot: cannot find this binary's path (/proc/self/exe); run scripts/plot_runs.py\n");
+        return 1;
+    }
+    root[n] = 0;
+    for (int up = 0; up < 2; up++) { /* .../build/megalodon -> ... */
+        char *slash = strrchr(root, '/');
+        if (slash) *slash = 0;
+    }
+    snprintf(script, sizeof script, "%s/scripts/plot_runs.py", root[0] ? root : "");
+    if (access(script, R_OK)) {
+        fprintf(stderr, "error: plot: cannot read %s (%s): `megalodon plot` runs the script of the source tree "
+                "whose build directory holds this binary; run scripts/plot_runs.py from the repository\n",
+                script, strerror(errno));
+        return 1;
+    }
+    const char *python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+    char **args = malloc(((size_t)argc + 2) * sizeof *args);
+    if (!args) return 1;
+    args[0] = (char *)python;
+    args[1] = script;
+    for (int i = 1; i < argc; i++) args[i + 1] = argv[i];
+    args[argc + 1] = NULL;
+    fflush(NULL);
+    execvp(python, args);
+    fprintf(stderr, "error: plot: cannot run %s: %s (install python3 and python3-matplotlib: make deps)\n", python,
+            strerror(errno));
+    free(args);
+    return 1;
 }
 
 int main(int argc, char **argv) {
