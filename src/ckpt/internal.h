@@ -14,8 +14,9 @@
 
 #define NO_HDF5_MSG "this build has no HDF5; install libhdf5-dev and rebuild"
 
-/* util.c: the timing of the current / last save or load (mg_ckpt_last_stats), and the test hook. */
-extern MgCkptStats ckpt_stats;
+/* util.c: the timing of the current / last save or load of the calling thread (mg_ckpt_last_stats), and
+ * the test hook. */
+extern _Thread_local MgCkptStats ckpt_stats;
 void ckpt_hook(const char *stage, int index);
 
 /* util.c: file-system helpers. Strings returned are malloc'ed. */

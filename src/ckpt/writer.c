@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common.h"
@@ -347,6 +348,15 @@ static int preflight(const char *path, const MgParamTable *t, int ngroups, const
 
 /* ---- whole checkpoints through a tensor I/O ---- */
 
+/* Test aid (checkpoint.h): MG_CKPT_TEST_WRITE_DELAY_MS=N holds every save N ms with its temp file open. */
+static void test_write_delay(void) {
+    const char *s = getenv("MG_CKPT_TEST_WRITE_DELAY_MS");
+    long ms = s && *s ? strtol(s, NULL, 10) : 0;
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
 /* get() elements [start, start + count) of tensor P into dst; the message names the file and tensor. */
 static int stage_get(const MgCkptTensorIO *io, const char *path, int gi, const MgParam *P, int64_t start,
                      int64_t count, float *dst, char *err, size_t errlen) {
@@ -424,6 +434,7 @@ int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorI
     int64_t cap = mg_ckpt_stage_elems(t, io);
     MgCkptWriter *w = mg_ckpt_writer_begin(path, meta, err, errlen);
     if (!w) return -1;
+    test_write_delay();
     float *stage = mg_malloc(sizeof(float) * (size_t)cap);
     int k = 0;
     for (int gi = 0; gi < ngroups; gi++)
