@@ -9,10 +9,16 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "checkpoint.h"
 #include "model.h"
 
 #define MARGIN_FIXED (64.0 * 1024 * 1024) /* op workspace, allocator, OpenMP and BLAS runtime */
 #define MARGIN_SHARE 0.05
+
+int mg_train_ckpt_snapshot(const MgConfig *c) {
+    const int64_t last = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;
+    return c->ckpt_async && c->ckpt_every > 0 && c->ckpt_every < last && mg_ckpt_available();
+}
 
 void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, MgMemUse use, MgRunMemory *m) {
     memset(m, 0, sizeof *m);
@@ -22,6 +28,7 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
     m->grads = n * es; /* the model holds a gradient arena whatever the command */
     m->masters = compute == MG_F32 ? 0.0 : n * 4.0;
     if (use == MG_MEM_TRAIN) m->moments = 2.0 * n * 4.0;
+    if (use == MG_MEM_TRAIN && mg_train_ckpt_snapshot(c)) m->snapshot = 3.0 * n * 4.0; /* masters, m, v */
     if (use == MG_MEM_SAMPLE) {
         /* the decoder (sample's batch of one): the caches and work buffers it allocates on the backend, and
          * its host copies of the logits (float and float64) */
@@ -30,7 +37,7 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
         m->activations = (double)mg_activation_plan_bytes(c, compute, MG_F32, c->batch_size, c->seq_len);
         m->data = 2.0 * B * L * sizeof(int32_t) * (use == MG_MEM_TRAIN && c->val_data[0] ? 2 : 1);
     }
-    double sum = m->params + m->grads + m->masters + m->moments + m->activations + m->data;
+    double sum = m->params + m->grads + m->masters + m->moments + m->snapshot + m->activations + m->data;
     m->margin = MARGIN_FIXED + MARGIN_SHARE * sum;
     m->total = sum + m->margin;
 }
@@ -166,6 +173,8 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
     fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->grads, a, sizeof a));
     if (m->masters > 0) fprintf(f, "%s%-34s %12s\n", indent, "master weights (fp32)", mg_format_bytes(m->masters, a, sizeof a));
     if (m->moments > 0) fprintf(f, "%s%-34s %12s\n", indent, "AdamW moments (fp32, 2 x)", mg_format_bytes(m->moments, a, sizeof a));
+    if (m->snapshot > 0)
+        fprintf(f, "%s%-34s %12s\n", indent, "checkpoint snapshot (ckpt_async)", mg_format_bytes(m->snapshot, a, sizeof a));
     if (use == MG_MEM_SAMPLE)
         snprintf(lbl, sizeof lbl, "decoder (attention cache, chunk %d)", c->chunk_size);
     else
@@ -188,17 +197,18 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     mg_run_memory(c, &t, compute, use, &m);
     mg_param_table_free(&t);
     if (m.total <= avail) return 0;
-    char need[32], have[32], p[32], g[32], ms[32], mo[32], ac[32], da[32], mg[32];
+    char need[32], have[32], p[32], g[32], ms[32], mo[32], sn[32], ac[32], da[32], mg[32];
     mg_format_bytes(m.total, need, sizeof need);
     mg_format_bytes(avail, have, sizeof have);
     mg_format_bytes(m.params, p, sizeof p);
     mg_format_bytes(m.grads, g, sizeof g);
     mg_format_bytes(m.masters, ms, sizeof ms);
     mg_format_bytes(m.moments, mo, sizeof mo);
+    mg_format_bytes(m.snapshot, sn, sizeof sn);
     mg_format_bytes(m.activations, ac, sizeof ac);
     mg_format_bytes(m.data, da, sizeof da);
     mg_format_bytes(m.margin, mg, sizeof mg);
-    const double model = m.params + m.grads + m.masters + m.moments;
+    const double model = m.params + m.grads + m.masters + m.moments + m.snapshot;
     const char *keys;
     if (use == MG_MEM_SAMPLE)
         keys = "the model itself is too large here: it needs a machine with more memory (or a smaller model: "
@@ -210,12 +220,19 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     else
         keys = "most of it is the model and its optimizer state: lower model_dim, n_layers, ffn_hidden_dim, "
                "value_dim or vocab_size (batch_size and seq_len only change the activations)";
+    char snap_note[256] = "";
+    if (m.snapshot > 0)
+        snprintf(snap_note, sizeof snap_note,
+                 " ckpt_async = false saves the checkpoint snapshot (%s), at the price of a step loop that waits for "
+                 "each checkpoint write.",
+                 sn);
     return mg_errf(err, errlen,
                    "not enough memory for this %s: it needs about %s per device but %s is available (%s): "
-                   "parameters %s, gradients %s%s%s%s%s, %s %s, token buffers %s, workspace margin %s; %s. "
+                   "parameters %s, gradients %s%s%s%s%s%s%s, %s %s, token buffers %s, workspace margin %s; %s.%s "
                    "(MG_MEMORY_CHECK=0 skips this check.)",
                    use == MG_MEM_TRAIN ? "training run" : use == MG_MEM_EVAL ? "evaluation" : "sampling", need, have,
                    src, p, g, m.masters > 0 ? ", fp32 masters " : "", m.masters > 0 ? ms : "",
                    m.moments > 0 ? ", AdamW moments " : "", m.moments > 0 ? mo : "",
-                   use == MG_MEM_SAMPLE ? "decoder" : "activations", ac, da, mg, keys);
+                   m.snapshot > 0 ? ", checkpoint snapshot " : "", m.snapshot > 0 ? sn : "",
+                   use == MG_MEM_SAMPLE ? "decoder" : "activations", ac, da, mg, keys, snap_note);
 }
