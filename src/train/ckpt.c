@@ -47,13 +47,13 @@ static void fill_meta(Trainer *t, MgCkptMeta *meta) {
 }
 
 static void save_file(Trainer *t, const char *why);
-static void save_background(Trainer *t, const char *why, double t0, int moments_gathered);
+static void save_background(Trainer *t, const char *why, double t0, int moments_gathered, double waited);
 
 /* A distributed run writes the one-process layout: rank 0 gathers the AdamW moment shards (ZeRO-1) and
  * writes the file with its full weights (every rank holds the same weights); the others send their shards
  * and go on. So a checkpoint of P ranks loads on any P and sp. In the background (bg, rank 0 only), the
  * shards are gathered straight into the snapshot, and the writer thread writes it. */
-static void save_distributed(Trainer *t, const char *why, int bg) {
+static void save_distributed(Trainer *t, const char *why, int bg, double waited) {
     MgDist *d = &t->dist;
     const MgBackend *be = t->be;
     const int64_t n = mg_model_params_table(t->model)->total;
@@ -71,7 +71,7 @@ static void save_distributed(Trainer *t, const char *why, int bg) {
     mg_gather_shards_to_root(d->world, sizeof(float), t->v, full_v, n);
     if (!d->is_root) return;
     if (bg) {
-        save_background(t, why, t0, 1);
+        save_background(t, why, t0, 1, waited);
         return;
     }
     float *m = t->m, *v = t->v;
@@ -121,7 +121,8 @@ static void save_file(Trainer *t, const char *why) {
 /* ---- background saves ------------------------------------------------------------------------------ */
 
 /* The writer thread, when the file is published (or the write failed: the main thread reports that when it
- * collects the write, after the step in progress). Only fields set before the writer started are read. */
+ * collects the write, after the step in progress). It reads only the ckpt_why / ckpt_wait_s / ckpt_snap_s
+ * of its own save: the main thread sets them just before it starts a writer, never while one is pending. */
 static void on_written(const MgCkptAsyncResult *r, void *ctx) {
     const Trainer *t = ctx;
     if (r->rc) return;
@@ -165,8 +166,9 @@ static void snapshot_copy(const MgBackend *be, float *dst, const float *src, int
 }
 
 /* Rank 0 with a writer: the masters (and, unless the caller gathered them there, the moments) into the
- * snapshot, the meta, and the writer started; t0 is when the step loop stopped for this save. */
-static void save_background(Trainer *t, const char *why, double t0, int moments_gathered) {
+ * snapshot, the meta, and the writer started; t0 is when the step loop stopped for this save (after waiting
+ * `waited` seconds for the previous write). */
+static void save_background(Trainer *t, const char *why, double t0, int moments_gathered, double waited) {
     const MgParamTable *pt = mg_model_params_table(t->model);
     const int64_t n = pt->total;
     float *snap = t->ckpt_snap;
@@ -179,6 +181,7 @@ static void save_background(Trainer *t, const char *why, double t0, int moments_
     }
     snprintf(t->ckpt_why, sizeof t->ckpt_why, "%s", why);
     t->ckpt_snap_s = mg_now() - t0;
+    t->ckpt_wait_s = waited;
     char err[4096];
     if (mg_ckpt_async_start(t->ckpt_writer, t->cfg.out_dir, pt, snap, snap + n, snap + 2 * n, &meta, t->cfg.ckpt_keep,
                             err, sizeof err) == 0)
@@ -198,15 +201,15 @@ static void save_background(Trainer *t, const char *why, double t0, int moments_
 }
 
 void trainer_save(Trainer *t, const char *why, int background) {
-    t->ckpt_wait_s = 0;
+    double waited = 0;
     if (t->ckpt_writer && mg_ckpt_async_pending(t->ckpt_writer)) { /* never two writers */
         const double w0 = mg_now();
         collect_write(t, 1);
-        t->ckpt_wait_s = mg_now() - w0;
+        waited = mg_now() - w0;
     }
     const int bg = background && t->ckpt_writer; /* rank 0 only: the other ranks just send their shards */
-    if (t->dist.P > 1) save_distributed(t, why, bg);
-    else if (bg) save_background(t, why, mg_now(), 0);
+    if (t->dist.P > 1) save_distributed(t, why, bg, waited);
+    else if (bg) save_background(t, why, mg_now(), 0, waited);
     else save_file(t, why);
 }
 

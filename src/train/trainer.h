@@ -44,9 +44,10 @@ typedef struct {
     /* checkpoints written in the background (ckpt.c; docs/checkpoint.md, "Background saves") */
     MgCkptAsync *ckpt_writer; /* rank 0 with a snapshot: periodic saves go to it; NULL: every save is synchronous */
     float *ckpt_snap;        /* the host snapshot: fp32 masters, m, v (3 x parameters), owned */
-    char ckpt_why[16];       /* the occasion of the write in flight ("periodic") */
-    double ckpt_wait_s;      /* that save: seconds the step loop waited for the write before it */
-    double ckpt_snap_s;      /* that save: seconds the step loop was blocked for the snapshot (and the gather) */
+    /* the write in flight (set just before its writer starts; the writer prints them) */
+    char ckpt_why[16];       /* its occasion ("periodic") */
+    double ckpt_wait_s;      /* seconds the step loop waited for the write before it */
+    double ckpt_snap_s;      /* seconds the step loop was blocked for its snapshot (and the gather) */
 } Trainer;
 
 /* What one optimizer step measured. */
