@@ -248,7 +248,7 @@ static void test_no_hdf5(void) {
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_load", "%s", err);
     rc = mg_ckpt_dir_check_writable(g_dir, 0, err, sizeof(err));
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_dir_check", "%s", err);
-    MgCkptTensorIO io = {NULL, no_hdf5_get, no_hdf5_put, 0};
+    MgCkptTensorIO io = {NULL, no_hdf5_get, no_hdf5_put, 0, NULL};
     int rc1 = mg_ckpt_save_io(tmp_path("x.h5"), &s.t, &io, 1, &meta, err, sizeof(err));
     int ok1 = rc1 == -1 && strstr(err, "no HDF5");
     int rc2 = mg_ckpt_load_io(tmp_path("x.h5"), &s.t, &io, 1, NULL, err, sizeof(err));
@@ -775,7 +775,7 @@ static int dev_put(void *ctx, int group, const MgParam *p, int64_t start, int64_
 }
 
 static MgCkptTensorIO dev_io(Dev *d, int64_t stage_elems) {
-    MgCkptTensorIO io = {d, dev_get, dev_put, stage_elems};
+    MgCkptTensorIO io = {d, dev_get, dev_put, stage_elems, NULL}; /* no view: every tensor through get */
     return io;
 }
 
@@ -1127,6 +1127,30 @@ static void test_async_save(const State *s) {
                  strstr(r.err, "not a directory") && seen.calls == 1 && seen.rc == -1 &&
                  latest_step(bg_dir, path, sizeof(path)) == 20,
              "async_failure_reported", "rc %d, result %d: %s", rc, r.rc, r.err);
+
+    /* the snapshot is read in place: a NaN in it is still refused (the file is not written), and a
+     * weights-only save (m = v = NULL) works */
+    State bad;
+    state_zero_like(&bad, s);
+    memcpy(bad.p, s->p, (size_t)s->t.total * 4);
+    bad.p[s->t.total / 2] = NAN;
+    fill_meta(&meta, 35);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, bad.p, s->m, s->v, &meta, 3, err, sizeof(err));
+    got = mg_ckpt_async_wait(a, &r);
+    int nan_refused = rc == 0 && got == 1 && r.rc == -1 && strstr(r.err, "NaN/Inf") &&
+                      latest_step(bg_dir, path, sizeof(path)) == 20;
+    char nan_msg[300];
+    snprintf(nan_msg, sizeof(nan_msg), "%.299s", r.err);
+    state_free_arrays(&bad);
+    fill_meta(&meta, 36);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, NULL, NULL, &meta, 3, err, sizeof(err));
+    got = mg_ckpt_async_wait(a, &r);
+    MgCkptMeta wm;
+    int weights_only = rc == 0 && got == 1 && r.rc == 0 && mg_ckpt_read_meta(r.path, &wm, err, sizeof(err)) == 0 &&
+                       !wm.has_optimizer && wm.step == 36;
+    if (rc == 0 && got == 1 && r.rc == 0) mg_ckpt_meta_free(&wm);
+    tu_check(nan_refused && weights_only, "async_in_place_refuses_nan_and_writes_weights_only",
+             "NaN: %s; weights only: %d", nan_msg, weights_only);
 
     /* freeing with a write in flight waits for it */
     fill_meta(&meta, 40);

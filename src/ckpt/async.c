@@ -1,5 +1,5 @@
 /* Background saves (checkpoint.h, "background saves"): one writer thread at a time runs mg_ckpt_dir_save
- * on a snapshot the caller keeps unchanged. The thread is created per save and joined when the save is
+ * on a snapshot the caller keeps unchanged (read in place: no staging copy). The thread is created per save and joined when the save is
  * collected; `finished` (set by the writer as its last act) lets the caller poll without blocking. */
 #include <pthread.h>
 #include <signal.h>
@@ -37,8 +37,16 @@ static void *writer_main(void *arg) {
 #endif
     MgCkptAsyncResult *r = &a->result;
     double t0 = mg_now();
-    r->rc = mg_ckpt_dir_save(a->out_dir, a->table, a->params, a->m, a->v, &a->meta, a->keep, r->path,
-                             sizeof r->path, r->err, sizeof r->err);
+    /* mg_ckpt_dir_save, reading the snapshot in place (it does not change until collected) */
+    CkptHostArrays h = {{a->params, a->m, a->v}, {NULL, NULL, NULL}};
+    MgCkptTensorIO io = ckpt_host_io_in_place(&h);
+    if ((a->m == NULL) != (a->v == NULL)) {
+        r->rc = mg_errf(r->err, sizeof r->err, "mg_ckpt_async_start('%s'): pass both optimizer moments m and v, or neither",
+                        a->out_dir);
+    } else {
+        r->rc = mg_ckpt_dir_save_io(a->out_dir, a->table, &io, a->m != NULL, &a->meta, a->keep, r->path,
+                                    sizeof r->path, r->err, sizeof r->err);
+    }
     r->seconds = mg_now() - t0;
     r->stats = mg_ckpt_last_stats();
     if (r->rc == 0) r->err[0] = 0;

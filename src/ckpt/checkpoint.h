@@ -160,6 +160,11 @@ typedef struct {
     int (*put)(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src, char *err,
                size_t errlen);
     int64_t stage_elems; /* the staging bound in elements; 0: MG_CKPT_STAGE_DEFAULT */
+    /* Optional (save; NULL = none): the whole tensor p of `group` as host float32 values (numel, row-major)
+     * that stay unchanged until the save returns, or NULL for this tensor. A tensor offered so is scanned and
+     * written in place, in one pass, without get and without the staging copy; the others go through get.
+     * The I/O over host arrays of mg_ckpt_save / mg_ckpt_dir_save offers every tensor. */
+    const float *(*view)(void *ctx, int group, const MgParam *p);
 } MgCkptTensorIO;
 
 /* The staging buffer's size in elements for table t and io (see above); never more than io->stage_elems
