@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1025,7 +1026,7 @@ static void test_rotation_and_latest(const State *s) {
 /* ---- background saves (mg_ckpt_async_*) ---- */
 
 typedef struct {
-    int calls, rc, other_thread, published, stop_signals_blocked;
+    int calls, rc, other_thread, published, stop_signals_blocked, nice;
     int64_t step;
     char path[sizeof(((MgCkptAsyncResult *)0)->path)], err[sizeof(((MgCkptAsyncResult *)0)->err)];
 } AsyncSeen;
@@ -1048,6 +1049,11 @@ static void async_done(const MgCkptAsyncResult *r, void *ctx) {
     sigset_t cur;
     pthread_sigmask(SIG_BLOCK, NULL, &cur);
     a->stop_signals_blocked = sigismember(&cur, SIGINT) && sigismember(&cur, SIGTERM) && sigismember(&cur, SIGUSR1);
+#ifdef __linux__
+    a->nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+#else
+    a->nice = 19;
+#endif
 }
 
 static void test_async_save(const State *s) {
@@ -1078,14 +1084,15 @@ static void test_async_save(const State *s) {
     MgCkptAsyncResult r;
     memset(&r, 0, sizeof(r));
     int got = mg_ckpt_async_wait(a, &r);
+    const int main_nice = getpriority(PRIO_PROCESS, 0);
     tu_check(got == 1 && r.rc == 0 && r.step == 10 && !mg_ckpt_async_pending(a) && seen.calls == 1 &&
-                 seen.other_thread && seen.published && seen.stop_signals_blocked &&
-                 r.stats.bytes == 3.0 * 4 * (double)s->t.total && r.seconds > 0,
+                 seen.other_thread && seen.published && seen.stop_signals_blocked && seen.nice == 19 &&
+                 main_nice != 19 && r.stats.bytes == 3.0 * 4 * (double)s->t.total && r.seconds > 0,
              "async_write_published_by_the_writer_thread",
              "collected %d, rc %d (%s), step %lld, %d callback(s), other thread %d, published when the callback ran %d, "
-             "stop signals blocked %d, %.0f bytes",
+             "stop signals blocked %d, writer nice %d (caller %d), %.0f bytes",
              got, r.rc, r.err, (long long)r.step, seen.calls, seen.other_thread, seen.published,
-             seen.stop_signals_blocked, r.stats.bytes);
+             seen.stop_signals_blocked, seen.nice, main_nice, r.stats.bytes);
     /* the same file as a synchronous save: every tensor's bytes and CRC, and the root attributes */
     char pa[600], pb[600], why[256] = "";
     snprintf(pa, sizeof(pa), "%s/ckpt_00000010.h5", sync_dir);

@@ -279,8 +279,9 @@ int mg_ckpt_dir_list(const char *out_dir, char ***paths_out);
  * never more than one writer: a write must be collected (mg_ckpt_async_wait or _poll) before the next
  * one starts. Between start and collection the caller must not touch the snapshot, nor call any other
  * checkpoint function that reads or writes a file (see the top of this file). The writer blocks SIGINT,
- * SIGTERM and SIGUSR1 (a stop request reaches the caller's threads, never interrupts the write) and runs
- * its checksum scans on `threads` OpenMP threads. */
+ * SIGTERM and SIGUSR1 (a stop request reaches the caller's threads, never interrupts the write), runs at
+ * the lowest CPU priority (nice 19, on Linux; the caller's threads keep theirs) and runs its checksum scans
+ * on `threads` OpenMP threads. */
 
 typedef struct MgCkptAsync MgCkptAsync;
 
