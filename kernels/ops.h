@@ -191,11 +191,16 @@ typedef struct {
      * > 0 else 1, chunks = drop_chunks if > 0 else the chunks of this call: with the global sequence index
      * and chunk index (a sequence-parallel rank holds chunks drop_chunk0.. of sequences drop_seq0,
      * drop_seq0 + stride, ...: a data-parallel rank holds every DP-th sequence) every layout draws the same
-     * mask as one process.
+     * mask as one process. drop_chunk_len > 0: the chunk's global length C when this call holds part of
+     * one chunk (a rank whose slice is shorter than a chunk: its Lq queries are rows off .. off + Lq - 1
+     * of the chunk, off = Lk - Lq, and its keys rows 0 .. Lk - 1); the index is then
+     * (task * C + off + i) * C + j, the index one process gives that query and key. drop_heads > 0: the
+     * model's head count when this call holds heads drop_head0 .. drop_head0 + H - 1 of it (a rank of the
+     * all-to-all attention path): task uses the global head and head count.
      * Backward regenerates it. drop_p = 0: off. */
     double drop_p;
     uint64_t drop_seed;
-    int64_t drop_seq0, drop_chunk0, drop_chunks, drop_seq_stride;
+    int64_t drop_seq0, drop_chunk0, drop_chunks, drop_seq_stride, drop_chunk_len, drop_heads, drop_head0;
     const void *q;              /* [in] B x Lq x H x Dqk */
     const void *k;              /* [in] B x Lk x H x Dqk */
     const void *v;              /* [in] B x Lk x H x Dv */

@@ -1,12 +1,14 @@
 /* Sequence parallelism: the model's communication hooks over the SP group (sp.h, docs/parallelism.md). */
 #include "sp.h"
 
+#include "shard.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Message tags: each scan uses up to 1024 tags from its base (pipelined pieces). */
-enum { TAG_TSN = 0, TAG_CEMA = 1024, TAG_BWD = 2048 };
+enum { TAG_TSN = 0, TAG_CEMA = 1024, TAG_BWD = 2048, TAG_BWD_TSN = 4096, TAG_BWD_CEMA = 5120 };
 
 typedef struct {
     MgTpRequest *req;
@@ -26,10 +28,28 @@ struct MgSp {
     size_t elem_cap, out_cap, tmp_cap;
     double *param;
     size_t param_cap;
-    MgScanWork *work[2]; /* per group (TimestepNorm, CEMA): scratch and deferred chain sends */
+    MgScanWork *work[4]; /* per group (TimestepNorm, CEMA) and direction: scratch and deferred chain sends */
+    int scan_backward;   /* the backward by reverse scans (else the reverse chain) */
     Pending *pend;
     int n_pend, cap_pend;
     MgSpStats st;
+    /* attention across ranks (a chunk longer than a slice) */
+    MgTransport *cg;       /* the ranks sharing this rank's chunk (rank = position in the chunk) */
+    int cg_k;              /* ranks per chunk */
+    void **kctx, **vctx;   /* per layer: the chunk's keys and values up to this slice (backend memory) */
+    size_t *ctx_bytes;     /* per layer: bytes of each */
+    int n_ctx;
+    void *dkctx, *dvctx;   /* the gradients of the context (one pair, reused by every layer) */
+    size_t dctx_bytes;
+    void *h_local, *h_all, *h_ctx; /* host staging */
+    size_t h_local_cap, h_all_cap, h_ctx_cap;
+    MgSpAttn attn_mode;
+    /* all-to-all path, per layer: the chunk's head-split q, k, v, o (B x c x H/k x D) and lse (B x H/k x c) */
+    void **hq, **hk, **hv, **ho, **hlse;
+    size_t *h_bytes; /* per layer, 5 sizes */
+    int n_heads_layers;
+    void *hdo, *hdq, *hdk, *hdv; /* backward scratch (one set) */
+    size_t hd_bytes[4];
 };
 
 static void *grow(void *p, size_t *cap, size_t need) {
@@ -91,16 +111,33 @@ static void params_to_host(MgSp *s, const void *p, int64_t n, double *d) {
     }
 }
 
+/* TimestepNorm statistics staged in s->tmp: counts (B), means and variances (B x G, state dtype). */
+typedef struct {
+    int ic, im, iv, B;
+    int64_t BG, G;
+    int64_t *cnt;
+    char *mean, *var;
+} TsnHost;
+
+static TsnHost tsn_host(MgSp *s, const MgStateExchange *x) {
+    TsnHost h = {.ic = find(x, "count"), .im = find(x, "mean"), .iv = find(x, "var"), .B = x->B};
+    h.BG = x->numel[h.im];
+    h.G = h.BG / h.B;
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)h.B * sizeof(int64_t) + 2 * (size_t)h.BG * s->ss);
+    h.cnt = s->tmp;
+    h.mean = (char *)s->tmp + (size_t)h.B * sizeof(int64_t);
+    h.var = h.mean + (size_t)h.BG * s->ss;
+    return h;
+}
+
 /* TimestepNorm: (count, mean, var) per (sequence, group) -> Welford (count, mean, M2 = var * count). */
 static int64_t tsn_elems(MgSp *s, const MgStateExchange *x) {
     const MgBackend *be = s->be;
-    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
-    const int B = x->B;
-    const int64_t BG = x->numel[im], G = BG / B;
-    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
-    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
-    int64_t *cnt = s->tmp;
-    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    const TsnHost h = tsn_host(s, x);
+    const int ic = h.ic, im = h.im, iv = h.iv, B = h.B;
+    const int64_t BG = h.BG, G = h.G;
+    int64_t *cnt = h.cnt;
+    char *mean = h.mean, *var = h.var;
     be->to_host(be, cnt, x->local[ic], (size_t)B * sizeof(int64_t));
     be->to_host(be, mean, x->local[im], (size_t)BG * s->ss);
     be->to_host(be, var, x->local[iv], (size_t)BG * s->ss);
@@ -116,13 +153,11 @@ static int64_t tsn_elems(MgSp *s, const MgStateExchange *x) {
 
 static void tsn_incoming(MgSp *s, const MgStateExchange *x) {
     const MgBackend *be = s->be;
-    const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
-    const int B = x->B;
-    const int64_t BG = x->numel[im], G = BG / B;
-    const size_t bytes = (size_t)B * sizeof(int64_t) + 2 * (size_t)BG * s->ss;
-    s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
-    int64_t *cnt = s->tmp;
-    char *mean = (char *)s->tmp + (size_t)B * sizeof(int64_t), *var = mean + (size_t)BG * s->ss;
+    const TsnHost h = tsn_host(s, x);
+    const int ic = h.ic, im = h.im, iv = h.iv, B = h.B;
+    const int64_t BG = h.BG, G = h.G;
+    int64_t *cnt = h.cnt;
+    char *mean = h.mean, *var = h.var;
     for (int64_t c = 0; c < BG; c++) {
         const double n = get(s, s->out, 3 * c);
         if (c % G == 0) cnt[c / G] = (int64_t)llround(n);
@@ -136,7 +171,12 @@ static void tsn_incoming(MgSp *s, const MgStateExchange *x) {
 
 /* CEMA: per (sequence, channel, order) the affine map h -> q^L h + h_local of the slice. q = r e^{i th}
  * with r = 1 - sigmoid(alpha) sigmoid(delta), th = (n + 1) (2 pi / N) sigmoid(theta) (kernels/ops.h). */
-static int64_t cema_elems(MgSp *s, const MgStateExchange *x) {
+static int64_t cema_elems_from(MgSp *s, const MgStateExchange *x, const void *second);
+
+static int64_t cema_elems(MgSp *s, const MgStateExchange *x) { return cema_elems_from(s, x, x->local[find(x, "h")]); }
+
+/* (q^L, second) per channel; second: B x D x N x 2 (backend memory, state dtype) */
+static int64_t cema_elems_from(MgSp *s, const MgStateExchange *x, const void *second) {
     const MgCemaArgs *a = x->op_args;
     MG_CHECK(a, "sequence parallel: the CEMA exchange needs the op's arguments");
     const int ih = find(x, "h");
@@ -150,7 +190,7 @@ static int64_t cema_elems(MgSp *s, const MgStateExchange *x) {
     params_to_host(s, a->delta, DN, delta);
     params_to_host(s, a->theta, D, theta);
     s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(2 * C) * s->ss);
-    s->be->to_host(s->be, s->tmp, x->local[ih], (size_t)(2 * C) * s->ss);
+    s->be->to_host(s->be, s->tmp, second, (size_t)(2 * C) * s->ss);
     s->elem = grow(s->elem, &s->elem_cap, (size_t)(4 * C) * s->ss);
     const double base = 2.0 * M_PI / N, L = (double)x->L;
     for (int64_t jn = 0; jn < DN; jn++) {
@@ -181,9 +221,24 @@ static void cema_incoming(MgSp *s, const MgStateExchange *x, int64_t C) {
 }
 
 /* ---- hooks ------------------------------------------------------------------------------------------------ */
+/* The forward scan of a group: its spec from the tensor sizes alone (so that state_begin can post it). */
+static MgScanSpec fwd_spec(const MgSp *s, const MgStateExchange *x, int cema) {
+    const int64_t C = cema ? x->numel[find(x, "h")] / 2 : x->numel[find(x, "mean")];
+    return (MgScanSpec){.op = cema ? MG_SCAN_CEMA : MG_SCAN_WELFORD, .dtype = s->sdt, .dir = MG_SCAN_FORWARD,
+                        .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
+                        .tag = cema ? TAG_CEMA : TAG_TSN};
+}
+
+/* state_begin: post the part of the scan that does not need this slice's summary (the chain's receive),
+ * so the prefix can arrive while the work between begin and end runs (the value projection for CEMA). */
 static void h_begin(void *ctx, const MgStateExchange *x) {
-    (void)ctx;
-    (void)x; /* the scan runs in state_end, after the work that does not need the incoming state */
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const int cema = !strcmp(x->name, "cema");
+    const MgScanSpec spec = fwd_spec(s, x, cema);
+    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
+    mg_state_scan_begin(s->t, &spec, s->out, s->work[cema]);
+    s->st.fwd_seconds += mg_now() - t0;
 }
 
 static void h_end(void *ctx, const MgStateExchange *x) {
@@ -192,16 +247,85 @@ static void h_end(void *ctx, const MgStateExchange *x) {
     const int cema = !strcmp(x->name, "cema");
     MG_CHECK(cema || !strcmp(x->name, "timestep_norm"), "sequence parallel: unknown state group '%s'", x->name);
     const int64_t C = cema ? cema_elems(s, x) : tsn_elems(s, x);
-    MgScanSpec spec = {.op = cema ? MG_SCAN_CEMA : MG_SCAN_WELFORD, .dtype = s->sdt, .dir = MG_SCAN_FORWARD,
-                       .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
-                       .tag = cema ? TAG_CEMA : TAG_TSN};
-    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
-    mg_state_scan_ws(s->t, &spec, s->elem, NULL, s->out, s->work[cema]);
+    const MgScanSpec spec = fwd_spec(s, x, cema);
+    MG_CHECK(spec.channels == C, "sequence parallel: %lld summary channels, expected %lld", (long long)C,
+             (long long)spec.channels);
+    mg_state_scan_finish(s->t, &spec, s->elem, NULL, s->out, s->work[cema]);
     if (cema) cema_incoming(s, x, C);
     else tsn_incoming(s, x);
     s->st.fwd_scans++;
     s->st.bytes_sent += (int64_t)mg_scan_bytes(&spec);
     s->st.fwd_seconds += mg_now() - t0;
+}
+
+/* Backward by reverse scans: the slice's gradient map g_in = A g_out + c per channel (CEMA: A = conj(q^L),
+ * the scan conjugates; TimestepNorm: A = [[a, b], [0, a]] on (dmean, dvar) with a = n_in / n and
+ * b = 2 a (1 - a) (mean_in - mean_slice)), c = this slice's own part (din from the model); the reverse
+ * scan over the later slices gives dout = their fold applied to 0. */
+static void h_dscan(void *ctx, const MgStateExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    const MgBackend *be = s->be;
+    const int cema = !strcmp(x->name, "cema");
+    int64_t C;
+    if (cema) {
+        C = cema_elems_from(s, x, x->din[find(x, "h")]);
+    } else {
+        const int ic = find(x, "count"), im = find(x, "mean"), iv = find(x, "var");
+        const int B = x->B;
+        const int64_t BG = x->numel[im], G = BG / B;
+        const size_t bytes = 2 * (size_t)B * sizeof(int64_t) + 4 * (size_t)BG * s->ss;
+        s->tmp = grow(s->tmp, &s->tmp_cap, bytes);
+        int64_t *n_in = s->tmp, *n_s = n_in + B;
+        char *m_in = (char *)(n_s + B), *m_s = m_in + (size_t)BG * s->ss, *c_m = m_s + (size_t)BG * s->ss,
+             *c_v = c_m + (size_t)BG * s->ss;
+        be->to_host(be, n_in, x->in[ic], (size_t)B * sizeof(int64_t));
+        be->to_host(be, n_s, x->local[ic], (size_t)B * sizeof(int64_t));
+        be->to_host(be, m_in, x->in[im], (size_t)BG * s->ss);
+        be->to_host(be, m_s, x->local[im], (size_t)BG * s->ss);
+        be->to_host(be, c_m, x->din[im], (size_t)BG * s->ss);
+        be->to_host(be, c_v, x->din[iv], (size_t)BG * s->ss);
+        s->elem = grow(s->elem, &s->elem_cap, (size_t)BG * 4 * s->ss);
+        for (int64_t c = 0; c < BG; c++) {
+            const double ni = (double)MG_MAX(n_in[c / G], 0), ns = (double)n_s[c / G], n = ni + ns;
+            const double a = n > 0 ? ni / n : 0.0;
+            put(s, s->elem, 4 * c, a);
+            put(s, s->elem, 4 * c + 1, 2.0 * a * (1.0 - a) * (get(s, m_in, c) - get(s, m_s, c)));
+            put(s, s->elem, 4 * c + 2, get(s, c_m, c));
+            put(s, s->elem, 4 * c + 3, get(s, c_v, c));
+        }
+        C = BG;
+    }
+    MgScanSpec spec = {.op = cema ? MG_SCAN_CEMA : MG_SCAN_NORM_ADJOINT, .dtype = s->sdt, .dir = MG_SCAN_REVERSE,
+                       .algo = s->algo, .channels = C, .pieces = (int)MG_MIN((int64_t)s->pieces, C),
+                       .tag = cema ? TAG_BWD_CEMA : TAG_BWD_TSN};
+    s->out = grow(s->out, &s->out_cap, mg_scan_bytes(&spec));
+    mg_state_scan_ws(s->t, &spec, s->elem, NULL, s->out, s->work[2 + cema]);
+    /* dout = the fold's constant part (its map applied to the last slice's zero gradient) */
+    s->tmp = grow(s->tmp, &s->tmp_cap, (size_t)(4 * C) * s->ss); /* the pairs, then (TimestepNorm) two tensors */
+    for (int64_t c = 0; c < C; c++) {
+        put(s, s->tmp, 2 * c, get(s, s->out, 4 * c + 2));
+        put(s, s->tmp, 2 * c + 1, get(s, s->out, 4 * c + 3));
+    }
+    if (cema) {
+        be->to_device(be, x->dout[find(x, "h")], s->tmp, (size_t)(2 * C) * s->ss);
+    } else { /* (dmean, dvar) interleaved -> two tensors */
+        char *dm = (char *)s->tmp + (size_t)(2 * C) * s->ss, *dv = dm + (size_t)C * s->ss;
+        for (int64_t c = 0; c < C; c++) {
+            put(s, dm, c, get(s, s->tmp, 2 * c));
+            put(s, dv, c, get(s, s->tmp, 2 * c + 1));
+        }
+        be->to_device(be, x->dout[find(x, "mean")], dm, (size_t)C * s->ss);
+        be->to_device(be, x->dout[find(x, "var")], dv, (size_t)C * s->ss);
+    }
+    s->st.bwd_messages++;
+    s->st.bytes_sent += (int64_t)mg_scan_bytes(&spec);
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+void mg_sp_set_scan_backward(MgSp *s, int on) {
+    s->scan_backward = on;
+    s->hooks.dstate_scan = on ? h_dscan : NULL;
 }
 
 /* Bytes of a group's gradient message: its tensors that have a gradient (counts do not). */
@@ -235,6 +359,7 @@ static void h_dget(void *ctx, const MgStateExchange *x) {
 
 static void h_ddone(void *ctx, const MgStateExchange *x) {
     MgSp *s = ctx;
+    if (s->scan_backward) return; /* the scan carried it */
     if (s->t->rank == 0) return; /* the first slice's incoming state is the fresh one */
     const double t0 = mg_now();
     const MgBackend *be = s->be;
@@ -256,10 +381,270 @@ static void h_ddone(void *ctx, const MgStateExchange *x) {
     s->st.bwd_seconds += mg_now() - t0;
 }
 
+/* ---- attention across ranks -------------------------------------------------------------------------------- */
+static void attn_group(MgSp *s, const MgAttnExchange *x) {
+    const int k = (int)(x->chunk / x->L);
+    MG_CHECK(x->chunk % x->L == 0 && s->t->size % k == 0,
+             "sequence parallel: a chunk of %lld tokens over slices of %d does not span whole ranks",
+             (long long)x->chunk, x->L);
+    if (s->cg && s->cg_k == k) return;
+    if (s->cg) mg_tp_free(s->cg);
+    s->cg = mg_tp_split(s->t, s->t->rank / k, s->t->rank); /* collective over the SP group */
+    s->cg_k = k;
+}
+
+static void ensure_backend(const MgBackend *be, void **p, size_t *have, size_t need) {
+    if (*p && *have >= need) return;
+    if (*p) be->free(be, *p);
+    *p = be->alloc(be, need);
+    *have = need;
+}
+
+/* Gather this chunk's slices of one tensor (B x L x H x D per rank) and lay the first j + 1 of them out as
+ * B x (j + 1) L x H x D in dst (backend memory). */
+static void gather_ctx(MgSp *s, const MgAttnExchange *x, const void *local, int D, void *dst) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype), row = (size_t)x->L * x->H * D * es;
+    const size_t slice = (size_t)x->B * row;
+    const int k = s->cg_k, j = s->cg->rank;
+    s->h_local = grow(s->h_local, &s->h_local_cap, slice);
+    s->h_all = grow(s->h_all, &s->h_all_cap, slice * (size_t)k);
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, slice * (size_t)(j + 1));
+    be->to_host(be, s->h_local, local, slice);
+    mg_tp_all_gather(s->cg, s->h_local, s->h_all, slice);
+    for (int b = 0; b < x->B; b++)
+        for (int r = 0; r <= j; r++)
+            memcpy((char *)s->h_ctx + ((size_t)b * (j + 1) + (size_t)r) * row, (char *)s->h_all + (size_t)r * slice + (size_t)b * row,
+                   row);
+    be->to_device(be, dst, s->h_ctx, slice * (size_t)(j + 1));
+    s->st.bytes_sent += (int64_t)slice;
+}
+
+static void h_attn_kv(void *ctx, MgAttnExchange *x) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    attn_group(s, x);
+    if (x->layer >= s->n_ctx) {
+        const int n = x->layer + 1;
+        s->kctx = mg_realloc(s->kctx, sizeof(void *) * (size_t)n);
+        s->vctx = mg_realloc(s->vctx, sizeof(void *) * (size_t)n);
+        s->ctx_bytes = mg_realloc(s->ctx_bytes, sizeof(size_t) * (size_t)(2 * n));
+        for (int i = s->n_ctx; i < n; i++) {
+            s->kctx[i] = s->vctx[i] = NULL;
+            s->ctx_bytes[2 * i] = s->ctx_bytes[2 * i + 1] = 0;
+        }
+        s->n_ctx = n;
+    }
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * x->H;
+    ensure_backend(s->be, &s->kctx[x->layer], &s->ctx_bytes[2 * x->layer], tok * x->Dqk * es);
+    ensure_backend(s->be, &s->vctx[x->layer], &s->ctx_bytes[2 * x->layer + 1], tok * x->Dv * es);
+    gather_ctx(s, x, x->k, x->Dqk, s->kctx[x->layer]);
+    gather_ctx(s, x, x->v, x->Dv, s->vctx[x->layer]);
+    x->kctx = s->kctx[x->layer];
+    x->vctx = s->vctx[x->layer];
+    x->Lk = (s->cg->rank + 1) * x->L;
+    s->st.fwd_seconds += mg_now() - t0;
+}
+
+/* dst (this slice's, B x L x H x D) = the sum over the chunk's ranks of their gradient for this slice:
+ * each rank's context gradient (B x (j + 1) L x H x D) is cut into per-slice blocks, the blocks after it
+ * are zero, and a reduce-scatter over the chunk's ranks sums block r onto rank r. */
+static void reduce_ctx_grad(MgSp *s, const MgAttnExchange *x, const void *dctx, int D, void *dst) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype), row = (size_t)x->L * x->H * D * es;
+    const size_t slice = (size_t)x->B * row;
+    const int k = s->cg_k, j = s->cg->rank;
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, slice * (size_t)(j + 1));
+    s->h_all = grow(s->h_all, &s->h_all_cap, slice * (size_t)k);
+    be->to_host(be, s->h_ctx, dctx, slice * (size_t)(j + 1));
+    memset(s->h_all, 0, slice * (size_t)k);
+    for (int b = 0; b < x->B; b++)
+        for (int r = 0; r <= j; r++)
+            memcpy((char *)s->h_all + (size_t)r * slice + (size_t)b * row, (char *)s->h_ctx + ((size_t)b * (j + 1) + (size_t)r) * row,
+                   row);
+    mg_reduce_scatter_sum(s->cg, be->dtype, s->h_all, (int64_t)(slice / es) * k, s->h_all);
+    be->to_device(be, dst, s->h_all, slice);
+    s->st.bytes_sent += (int64_t)(slice * (size_t)(k - 1));
+}
+
+static void h_attn_kv_grad(void *ctx, MgAttnExchange *x, int done) {
+    MgSp *s = ctx;
+    const double t0 = mg_now();
+    MG_CHECK(s->cg && x->layer < s->n_ctx && s->kctx[x->layer],
+             "sequence parallel: attention backward of layer %d before its forward", x->layer);
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * x->H;
+    if (!done) {
+        const size_t need = tok * (size_t)MG_MAX(x->Dqk, x->Dv) * es;
+        size_t have = s->dctx_bytes;
+        ensure_backend(s->be, &s->dkctx, &have, need);
+        have = s->dctx_bytes;
+        ensure_backend(s->be, &s->dvctx, &have, need);
+        s->dctx_bytes = MG_MAX(s->dctx_bytes, need);
+        x->kctx = s->kctx[x->layer];
+        x->vctx = s->vctx[x->layer];
+        x->dkctx = s->dkctx;
+        x->dvctx = s->dvctx;
+        x->Lk = (s->cg->rank + 1) * x->L;
+    } else {
+        reduce_ctx_grad(s, x, s->dkctx, x->Dqk, x->dk);
+        reduce_ctx_grad(s, x, s->dvctx, x->Dv, x->dv);
+    }
+    s->st.bwd_seconds += mg_now() - t0;
+}
+
+/* ---- the all-to-all (Ulysses) path ---------------------------------------------------------------------------- */
+enum { TAG_A2A = 3100 };
+
+int mg_sp_attention_parse(const char *name, MgSpAttn *out) {
+    if (!strcmp(name, "auto")) *out = MG_SP_ATTN_AUTO;
+    else if (!strcmp(name, "gather")) *out = MG_SP_ATTN_GATHER;
+    else if (!strcmp(name, "alltoall")) *out = MG_SP_ATTN_ALLTOALL;
+    else return -1;
+    return 0;
+}
+
+void mg_sp_set_attention(MgSp *s, MgSpAttn mode) { s->attn_mode = mode; }
+
+static int use_alltoall(MgSp *s, const MgAttnExchange *x) {
+    const int k = (int)(x->chunk / x->L);
+    if (s->attn_mode == MG_SP_ATTN_GATHER) return 0;
+    if (x->H % k == 0) return 1;
+    if (s->attn_mode == MG_SP_ATTN_ALLTOALL)
+        mg_fatal("sp_attention alltoall needs the %d ranks of a chunk to divide the %d attention heads: use "
+                 "sp_attention gather (or auto), or another sp",
+                 k, x->H);
+    return 0;
+}
+
+/* seq -> heads: this slice's B x L x H x D (backend) becomes the chunk's B x (k L) x H/k x D for this
+ * rank's heads (backend). heads -> seq: the reverse. Staged through host memory, one message per peer. */
+static void alltoall(MgSp *s, const MgAttnExchange *x, int D, const void *src, void *dst, int to_heads) {
+    const MgBackend *be = s->be;
+    const int k = s->cg_k, j = s->cg->rank, L = x->L, H = x->H, Hk = H / k;
+    const size_t es = mg_dtype_size(be->dtype), piece = (size_t)x->B * L * Hk * D * es; /* one peer's share */
+    const size_t total = piece * (size_t)k;
+    s->h_local = grow(s->h_local, &s->h_local_cap, total); /* packed send buffers, peer after peer */
+    s->h_all = grow(s->h_all, &s->h_all_cap, total);       /* received, peer after peer */
+    s->h_ctx = grow(s->h_ctx, &s->h_ctx_cap, total);       /* staging of src / dst */
+    char *send = s->h_local, *recv = s->h_all, *stage = s->h_ctx;
+    be->to_host(be, stage, src, total);
+    const size_t hrow = (size_t)Hk * D * es;
+    for (int r = 0; r < k; r++) /* the part for peer r */
+        for (int b = 0; b < x->B; b++)
+            for (int t = 0; t < L; t++) {
+                char *o = send + (size_t)r * piece + ((size_t)b * L + t) * hrow;
+                if (to_heads) /* my slice's token t, heads of r */
+                    memcpy(o, stage + (((size_t)b * L + t) * H + (size_t)r * Hk) * D * es, hrow);
+                else /* my heads of slice r's token t */
+                    memcpy(o, stage + (((size_t)b * k * L + (size_t)r * L + t) * Hk) * D * es, hrow);
+            }
+    MgTpRequest *req[2 * 1024];
+    int n = 0;
+    for (int r = 0; r < k; r++) {
+        if (r == j) {
+            memcpy(recv + (size_t)r * piece, send + (size_t)r * piece, piece);
+            continue;
+        }
+        req[n++] = mg_tp_irecv(s->cg, r, TAG_A2A, recv + (size_t)r * piece, piece);
+        req[n++] = mg_tp_isend(s->cg, r, TAG_A2A, send + (size_t)r * piece, piece);
+    }
+    for (int i = 0; i < n; i++) mg_tp_wait(s->cg, req[i]);
+    for (int r = 0; r < k; r++) /* what peer r sent */
+        for (int b = 0; b < x->B; b++)
+            for (int t = 0; t < L; t++) {
+                const char *in = recv + (size_t)r * piece + ((size_t)b * L + t) * hrow;
+                if (to_heads) /* slice r's token t, my heads */
+                    memcpy(stage + (((size_t)b * k * L + (size_t)r * L + t) * Hk) * D * es, in, hrow);
+                else /* my token t, r's heads */
+                    memcpy(stage + (((size_t)b * L + t) * H + (size_t)r * Hk) * D * es, in, hrow);
+            }
+    be->to_device(be, dst, stage, total);
+    s->st.bytes_sent += (int64_t)(piece * (size_t)(k - 1));
+}
+
+static void ensure_layer_heads(MgSp *s, const MgAttnExchange *x) {
+    if (x->layer >= s->n_heads_layers) {
+        const int n = x->layer + 1;
+        void ***arr[5] = {&s->hq, &s->hk, &s->hv, &s->ho, &s->hlse};
+        for (int a = 0; a < 5; a++) {
+            *arr[a] = mg_realloc(*arr[a], sizeof(void *) * (size_t)n);
+            for (int i = s->n_heads_layers; i < n; i++) (*arr[a])[i] = NULL;
+        }
+        s->h_bytes = mg_realloc(s->h_bytes, sizeof(size_t) * (size_t)(5 * n));
+        for (int i = 5 * s->n_heads_layers; i < 5 * n; i++) s->h_bytes[i] = 0;
+        s->n_heads_layers = n;
+    }
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * (x->H / s->cg_k);
+    const size_t need[5] = {tok * x->Dqk * es, tok * x->Dqk * es, tok * x->Dv * es, tok * x->Dv * es,
+                            (size_t)x->B * (x->H / s->cg_k) * (size_t)x->chunk * s->ss};
+    void **bufs[5] = {&s->hq[x->layer], &s->hk[x->layer], &s->hv[x->layer], &s->ho[x->layer], &s->hlse[x->layer]};
+    for (int a = 0; a < 5; a++) ensure_backend(s->be, bufs[a], &s->h_bytes[5 * x->layer + a], need[a]);
+}
+
+/* The op's arguments for this rank's heads over the whole chunk. */
+static MgAttentionArgs heads_args(const MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgAttentionArgs a = *at;
+    a.H = x->H / s->cg_k;
+    a.Lq = a.Lk = (int)x->chunk;
+    a.q = s->hq[x->layer];
+    a.k = s->hk[x->layer];
+    a.v = s->hv[x->layer];
+    a.o = s->ho[x->layer];
+    a.saved_lse = s->hlse[x->layer];
+    a.drop_chunk_len = 0; /* the whole chunk */
+    a.drop_heads = x->H;
+    a.drop_head0 = (int64_t)s->cg->rank * a.H;
+    return a;
+}
+
+static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgSp *s = ctx;
+    attn_group(s, x);
+    if (!use_alltoall(s, x)) return 0;
+    const double t0 = mg_now();
+    ensure_layer_heads(s, x);
+    alltoall(s, x, x->Dqk, at->q, s->hq[x->layer], 1);
+    alltoall(s, x, x->Dqk, at->k, s->hk[x->layer], 1);
+    alltoall(s, x, x->Dv, at->v, s->hv[x->layer], 1);
+    s->st.fwd_seconds += mg_now() - t0;
+    MgAttentionArgs a = heads_args(s, x, at);
+    s->be->attention_forward(s->be, &a);
+    const double t1 = mg_now();
+    alltoall(s, x, x->Dv, s->ho[x->layer], at->o, 0);
+    s->st.fwd_seconds += mg_now() - t1;
+    return 1;
+}
+
+static int h_attn_run_backward(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    MgSp *s = ctx;
+    if (!s->cg || !use_alltoall(s, x)) return 0;
+    MG_CHECK(x->layer < s->n_heads_layers && s->hq[x->layer],
+             "sequence parallel: attention backward of layer %d before its forward", x->layer);
+    const double t0 = mg_now();
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * (size_t)x->chunk * (x->H / s->cg_k);
+    void **buf[4] = {&s->hdo, &s->hdq, &s->hdk, &s->hdv};
+    const int D[4] = {x->Dv, x->Dqk, x->Dqk, x->Dv};
+    for (int i = 0; i < 4; i++) ensure_backend(s->be, buf[i], &s->hd_bytes[i], tok * (size_t)D[i] * es);
+    alltoall(s, x, x->Dv, at->dout, s->hdo, 1);
+    s->st.bwd_seconds += mg_now() - t0;
+    MgAttentionArgs a = heads_args(s, x, at);
+    a.dout = s->hdo;
+    a.dq = s->hdq;
+    a.dk = s->hdk;
+    a.dv = s->hdv;
+    a.accumulate = 0;
+    s->be->attention_backward(s->be, &a);
+    const double t1 = mg_now();
+    alltoall(s, x, x->Dqk, s->hdq, at->dq, 0);
+    alltoall(s, x, x->Dqk, s->hdk, at->dk, 0);
+    alltoall(s, x, x->Dv, s->hdv, at->dv, 0);
+    s->st.bwd_seconds += mg_now() - t1;
+    return 1;
+}
+
 void mg_sp_finish(MgSp *s) {
     const double t0 = mg_now();
-    mg_scan_work_flush(s->work[0]);
-    mg_scan_work_flush(s->work[1]);
+    for (int i = 0; i < 4; i++) mg_scan_work_flush(s->work[i]);
     for (int i = 0; i < s->n_pend; i++) {
         mg_tp_wait(s->t, s->pend[i].req);
         free(s->pend[i].buf);
@@ -279,18 +664,44 @@ MgSp *mg_sp_create(MgTransport *sp_group, const MgBackend *be, MgScanAlgo algo, 
     s->pieces = MG_MAX(1, MG_MIN(pieces, 1024));
     s->sdt = be->state_dtype == MG_F64 ? MG_SCAN_F64 : MG_SCAN_F32;
     s->ss = mg_dtype_size(be->state_dtype);
-    s->work[0] = mg_scan_work_create();
-    s->work[1] = mg_scan_work_create();
+    for (int i = 0; i < 4; i++) s->work[i] = mg_scan_work_create();
     s->hooks = (MgModelHooks){.ctx = s, .state_begin = h_begin, .state_end = h_end, .dstate_get = h_dget,
-                              .dstate_done = h_ddone};
+                              .dstate_done = h_ddone, .attn_kv = h_attn_kv, .attn_kv_grad = h_attn_kv_grad,
+                              .attn_run = h_attn_run, .attn_run_backward = h_attn_run_backward};
     return s;
 }
 
 void mg_sp_free(MgSp *s) {
     if (!s) return;
     mg_sp_finish(s);
-    mg_scan_work_free(s->work[0]);
-    mg_scan_work_free(s->work[1]);
+    for (int i = 0; i < 4; i++) mg_scan_work_free(s->work[i]);
+    for (int i = 0; i < s->n_ctx; i++) {
+        if (s->kctx[i]) s->be->free(s->be, s->kctx[i]);
+        if (s->vctx[i]) s->be->free(s->be, s->vctx[i]);
+    }
+    free(s->kctx);
+    free(s->vctx);
+    free(s->ctx_bytes);
+    if (s->dkctx) s->be->free(s->be, s->dkctx);
+    if (s->dvctx) s->be->free(s->be, s->dvctx);
+    for (int i = 0; i < s->n_heads_layers; i++) {
+        void *b[5] = {s->hq[i], s->hk[i], s->hv[i], s->ho[i], s->hlse[i]};
+        for (int a = 0; a < 5; a++)
+            if (b[a]) s->be->free(s->be, b[a]);
+    }
+    free(s->hq);
+    free(s->hk);
+    free(s->hv);
+    free(s->ho);
+    free(s->hlse);
+    free(s->h_bytes);
+    void *hd[4] = {s->hdo, s->hdq, s->hdk, s->hdv};
+    for (int i = 0; i < 4; i++)
+        if (hd[i]) s->be->free(s->be, hd[i]);
+    free(s->h_local);
+    free(s->h_all);
+    free(s->h_ctx);
+    if (s->cg) mg_tp_free(s->cg);
     free(s->elem);
     free(s->out);
     free(s->tmp);

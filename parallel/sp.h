@@ -44,6 +44,19 @@ void mg_sp_free(MgSp *s);
 /* The hooks to put in MgPassArgs.hooks for every pass of this rank (forward + backward, or forward only
  * for evaluation). grads_ready is left NULL. */
 const MgModelHooks *mg_sp_hooks(MgSp *s);
+/* Attention when a chunk is longer than a slice (docs/parallelism.md, "Attention across ranks"):
+ *   GATHER    each rank all-gathers the chunk's keys and values and attends with its own queries
+ *   ALLTOALL  (Ulysses) an all-to-all turns the chunk's sequence-split q, k, v into head-split ones, each
+ *             rank attends over the whole chunk for H / k heads, and an all-to-all brings the output back;
+ *             needs the k ranks of a chunk to divide the head count
+ *   AUTO      ALLTOALL when the heads divide, else GATHER (the default) */
+typedef enum { MG_SP_ATTN_AUTO = 0, MG_SP_ATTN_GATHER, MG_SP_ATTN_ALLTOALL } MgSpAttn;
+void mg_sp_set_attention(MgSp *s, MgSpAttn mode);
+/* Backward by reverse scans with the forward's algorithm (on), instead of the reverse chain (off, the
+ * default): each layer's op backward then runs twice (its own part, then the part of the later slices). */
+void mg_sp_set_scan_backward(MgSp *s, int on);
+int mg_sp_attention_parse(const char *name, MgSpAttn *out); /* "auto", "gather", "alltoall"; 0 or -1 */
+
 /* Complete the nonblocking sends of the last backward pass (call after every mg_model_step). */
 void mg_sp_finish(MgSp *s);
 MgSpStats mg_sp_stats(const MgSp *s);

@@ -29,7 +29,9 @@ const char *mg_scan_algo_name(MgScanAlgo a) {
     return "?";
 }
 
-const char *mg_scan_op_name(MgScanOp op) { return op == MG_SCAN_WELFORD ? "welford" : op == MG_SCAN_CEMA ? "cema" : "?"; }
+const char *mg_scan_op_name(MgScanOp op) {
+    return op == MG_SCAN_WELFORD ? "welford" : op == MG_SCAN_CEMA ? "cema" : op == MG_SCAN_NORM_ADJOINT ? "norm-adjoint" : "?";
+}
 
 int mg_scan_elem_scalars(MgScanOp op) { return op == MG_SCAN_WELFORD ? 3 : 4; }
 
@@ -40,7 +42,7 @@ static size_t elem_bytes(const MgScanSpec *s) { return (size_t)mg_scan_elem_scal
 size_t mg_scan_bytes(const MgScanSpec *s) { return (size_t)s->channels * elem_bytes(s); }
 
 int mg_scan_check(const MgScanSpec *s, char *err, size_t errlen) {
-    if (s->op != MG_SCAN_WELFORD && s->op != MG_SCAN_CEMA) return mg_errf(err, errlen, "state scan: unknown op %d", (int)s->op);
+    if ((int)s->op < 0 || (int)s->op >= MG_SCAN_N_OPS) return mg_errf(err, errlen, "state scan: unknown op %d", (int)s->op);
     if (s->dtype != MG_SCAN_F32 && s->dtype != MG_SCAN_F64)
         return mg_errf(err, errlen, "state scan: unknown dtype %d", (int)s->dtype);
     if (s->dir != MG_SCAN_FORWARD && s->dir != MG_SCAN_REVERSE)
@@ -85,6 +87,17 @@ int mg_scan_check(const MgScanSpec *s, char *err, size_t errlen) {
             o[4 * c + 2] = (a2r * b1r - a2i * b1i) + b2r;                                                   \
             o[4 * c + 3] = (a2r * b1i + a2i * b1r) + b2i;                                                   \
         }                                                                                                   \
+    }                                                                                                       \
+    /* g -> A1 g + c1 then A2: A2 A1 g + (A2 c1 + c2), A = [[a, b], [0, a]] */                             \
+    static void normadj_##SUF(const T *x, const T *y, T *o, int64_t c0, int64_t c1) {                      \
+        for (int64_t c = c0; c < c1; c++) {                                                                 \
+            T a1 = x[4 * c], b1 = x[4 * c + 1], m1 = x[4 * c + 2], v1 = x[4 * c + 3];                       \
+            T a2 = y[4 * c], b2 = y[4 * c + 1], m2 = y[4 * c + 2], v2 = y[4 * c + 3];                       \
+            o[4 * c] = a2 * a1;                                                                             \
+            o[4 * c + 1] = a2 * b1 + b2 * a1;                                                               \
+            o[4 * c + 2] = (a2 * m1 + b2 * v1) + m2;                                                        \
+            o[4 * c + 3] = a2 * v1 + v2;                                                                    \
+        }                                                                                                   \
     }
 DEFINE_COMBINE(float, f32)
 DEFINE_COMBINE(double, f64)
@@ -94,13 +107,17 @@ void mg_scan_combine(const MgScanSpec *s, const void *first, const void *second,
     if (s->dtype == MG_SCAN_F64) {
         if (s->op == MG_SCAN_WELFORD)
             welford_f64(first, second, out, c0, c1);
-        else
+        else if (s->op == MG_SCAN_CEMA)
             cema_f64(first, second, out, c0, c1);
+        else
+            normadj_f64(first, second, out, c0, c1);
     } else {
         if (s->op == MG_SCAN_WELFORD)
             welford_f32(first, second, out, c0, c1);
-        else
+        else if (s->op == MG_SCAN_CEMA)
             cema_f32(first, second, out, c0, c1);
+        else
+            normadj_f32(first, second, out, c0, c1);
     }
 }
 
@@ -116,8 +133,8 @@ void mg_scan_to_fold_form(const MgScanSpec *s, const void *src, void *dst) {
 }
 
 void mg_scan_identity(const MgScanSpec *s, void *out) {
-    memset(out, 0, mg_scan_bytes(s)); /* Welford: count 0; CEMA: b = 0 */
-    if (s->op != MG_SCAN_CEMA) return;
+    memset(out, 0, mg_scan_bytes(s)); /* Welford: count 0; CEMA, norm adjoint: b = 0, c = 0 */
+    if (s->op == MG_SCAN_WELFORD) return;
     for (int64_t c = 0; c < s->channels; c++) {
         if (s->dtype == MG_SCAN_F64)
             ((double *)out)[4 * c] = 1.0;
@@ -174,6 +191,8 @@ struct MgScanWork {
     MgTpRequest *pending[1024];  /* deferred sends out of incl */
     int n_pending;
     MgTransport *pending_t;
+    MgTpRequest *early_recv;     /* mg_state_scan_begin's receive of the chain's prefix */
+    MgTransport *early_t;
 };
 
 MgScanWork *mg_scan_work_create(void) {
@@ -191,6 +210,7 @@ void mg_scan_work_flush(MgScanWork *w) {
 void mg_scan_work_free(MgScanWork *w) {
     if (!w) return;
     mg_scan_work_flush(w);
+    if (w->early_recv) mg_tp_wait(w->early_t, w->early_recv); /* a begin without its finish */
     free(w->el);
     free(w->incl);
     free(w->sendb);
@@ -240,7 +260,12 @@ static void scan_chain(const Ctx *x, const void *el, const void *init, void *out
     size_t S = mg_scan_bytes(s);
     int have = 0;
     if (x->v > 0) {
-        mg_tp_recv(x->t, real_rank(x, x->v - 1), s->tag, out, S);
+        if (x->w->early_recv) { /* posted by mg_state_scan_begin */
+            mg_tp_wait(x->t, x->w->early_recv);
+            x->w->early_recv = NULL;
+        } else {
+            mg_tp_recv(x->t, real_rank(x, x->v - 1), s->tag, out, S);
+        }
         have = 1;
     } else if (init) {
         memcpy(out, init, S);
@@ -334,6 +359,24 @@ static void scan_doubling(const Ctx *x, const void *el, const void *init, void *
         have = 1;
     }
     if (!have) mg_scan_identity(s, out);
+}
+
+void mg_state_scan_begin(MgTransport *t, const MgScanSpec *s, void *out, MgScanWork *w) {
+    char err[256];
+    if (mg_scan_check(s, err, sizeof err)) mg_fatal("%s", err);
+    MG_CHECK(!w->early_recv, "state scan: mg_state_scan_begin twice without finish");
+    mg_scan_work_flush(w);
+    const int v = s->dir == MG_SCAN_FORWARD ? t->rank : t->size - 1 - t->rank;
+    if (s->algo == MG_SCAN_CHAIN && v > 0) {
+        const int from = s->dir == MG_SCAN_FORWARD ? v - 1 : t->size - v; /* real rank of v - 1 */
+        w->early_recv = mg_tp_irecv(t, from, s->tag, out, mg_scan_bytes(s));
+        w->early_t = t;
+    }
+}
+
+void mg_state_scan_finish(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                          MgScanWork *w) {
+    mg_state_scan_ws(t, s, local, init, out, w);
 }
 
 void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,

@@ -10,6 +10,11 @@
  *                    complex EMA): the affine map h -> a*h + b that a slice applies to its incoming state
  *                    (a = product of the slice's decays q, b = the state reached from h = 0). Combining
  *                    "first, then second" gives (a2*a1, a2*b1 + b2).
+ *   MG_SCAN_NORM_ADJOINT  (a, b, c_mean, c_var) per channel: the affine map g -> [[a, b], [0, a]] g + c on
+ *                    the gradient g = (dL/dmean, dL/dvar) of TimestepNorm statistics: how a slice maps the
+ *                    gradient of its outgoing statistics to that of its incoming ones (with a = n_in / n,
+ *                    b = 2 a (1 - a) (mean_in - mean_slice), c: its own outputs' part). "First, then
+ *                    second" composes the maps (second after first), like CEMA's.
  *
  * Forward: out = s_0 (+) s_1 (+) ... (+) s_{r-1}, folded left to right, starting from `init` if given
  * (init (+) s_0 (+) ...), else from s_0 itself; the identity (count 0 / a = 1, b = 0) where nothing is
@@ -41,7 +46,8 @@
 
 #include "transport.h"
 
-typedef enum { MG_SCAN_WELFORD = 0, MG_SCAN_CEMA = 1 } MgScanOp;
+typedef enum { MG_SCAN_WELFORD = 0, MG_SCAN_CEMA = 1, MG_SCAN_NORM_ADJOINT = 2 } MgScanOp;
+#define MG_SCAN_N_OPS 3
 typedef enum { MG_SCAN_F32 = 0, MG_SCAN_F64 = 1 } MgScanDtype;
 typedef enum { MG_SCAN_FORWARD = 0, MG_SCAN_REVERSE = 1 } MgScanDir;
 typedef enum {
@@ -85,6 +91,12 @@ MgScanWork *mg_scan_work_create(void);
 void mg_state_scan_ws(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
                       MgScanWork *w);
 void mg_scan_work_flush(MgScanWork *w); /* complete the deferred sends */
+/* The same scan in two halves, so that work can run while the data is on its way: begin posts what does
+ * not need this rank's summary (the chain's receive of the prefix, into out), finish completes the scan
+ * (for the other algorithms all of it). Same spec, out and w in both; nothing else with w in between. */
+void mg_state_scan_begin(MgTransport *t, const MgScanSpec *s, void *out, MgScanWork *w);
+void mg_state_scan_finish(MgTransport *t, const MgScanSpec *s, const void *local, const void *init, void *out,
+                          MgScanWork *w);
 void mg_scan_work_free(MgScanWork *w);  /* flushes first */
 
 /* The same result for all P ranks at once in one process: the serial left-to-right fold (the reference).

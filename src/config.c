@@ -110,6 +110,8 @@ static const KeyDef KEYS[] = {
     {"sp", T_INT, F(sp), "1", "run", R_POS, NULL, "sequence-parallel ranks per data-parallel group: mpirun -np P runs P/sp groups (docs/parallelism.md)"},
     {"sp_scan", T_CHOICE, F(sp_scan), "chain", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan (docs/parallelism.md: the chain is the fastest across layers)"},
     {"sp_scan_pieces", T_INT, F(sp_scan_pieces), "4", "run", R_POS, NULL, "sp_scan pipelined: pieces the state is cut into"},
+    {"sp_backward", T_CHOICE, F(sp_backward), "chain", "run", R_ANY, "chain|scan", "state gradients across ranks: the reverse chain, or reverse scans with sp_scan's algorithm (each state op's backward then runs twice)"},
+    {"sp_attention", T_CHOICE, F(sp_attention), "auto", "run", R_ANY, "auto|gather|alltoall", "attention chunks longer than a rank's slice: gather keys/values, or all-to-all over heads (auto: all-to-all when the chunk's ranks divide num_heads)"},
 
     /* ---- checkpoints and continual pre-training ---- */
     {"ckpt_every", T_INT64, F(ckpt_every), "0", "ckpt", R_NONNEG, NULL, "steps between checkpoints; 0 = only at the end (and on SIGINT/SIGTERM)"},

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "checkpoint.h"
+#include "launch.h"
 #include "model.h"
 
 #define MARGIN_FIXED (64.0 * 1024 * 1024) /* op workspace, allocator, OpenMP and BLAS runtime */
@@ -24,20 +25,32 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
     memset(m, 0, sizeof *m);
     const double n = (double)t->total, es = (double)mg_dtype_size(compute);
     const double B = c->batch_size, L = c->seq_len;
+    MgLaunch launch;
+    const int P = use == MG_MEM_TRAIN && mg_launch_detect(&launch) && launch.size > 1 ? launch.size : 1;
+    const int S = use == MG_MEM_TRAIN && c->sp > 1 && c->sp <= P ? c->sp : 1;
+    m->ranks = P;
     m->params = n * es;
     m->grads = n * es; /* the model holds a gradient arena whatever the command */
     m->masters = compute == MG_F32 ? 0.0 : n * 4.0;
-    if (use == MG_MEM_TRAIN) m->moments = 2.0 * n * 4.0;
-    if (use == MG_MEM_TRAIN && mg_train_ckpt_snapshot(c)) m->snapshot = 3.0 * n * 4.0; /* masters, m, v */
+    if (use == MG_MEM_TRAIN) m->moments = 2.0 * ceil(n / P) * 4.0; /* ZeRO-1: this rank's shard */
+    /* the checkpoint snapshot: on rank 0, which gathers every shard, the whole masters, m and v */
+    if (use == MG_MEM_TRAIN && mg_train_ckpt_snapshot(c)) m->snapshot = 3.0 * n * 4.0;
+    if (P > 1) {
+        /* the gradients staged on the host, the reduce-scatter's P copies of the shard, the reduced shard */
+        m->dist = 2.0 * n * es + ceil(n / P) * es;
+        const double Ls = L / S, cg = fmin((double)c->chunk_size, L);
+        if (S > 1 && Ls < cg) /* a chunk over several ranks: its keys and values kept per layer, their gradients */
+            m->dist += B * cg * (c->z_dim + c->value_dim) * es * (c->n_layers + 2.0);
+    }
     if (use == MG_MEM_SAMPLE) {
         /* the decoder (sample's batch of one): the caches and work buffers it allocates on the backend, and
          * its host copies of the logits (float and float64) */
         m->activations = (double)mg_decoder_plan_bytes(c, compute, MG_F32, 1) + 12.0 * (double)c->vocab_size;
     } else {
-        m->activations = (double)mg_activation_plan_bytes(c, compute, MG_F32, c->batch_size, c->seq_len);
+        m->activations = (double)mg_activation_plan_bytes(c, compute, MG_F32, c->batch_size, c->seq_len / S);
         m->data = 2.0 * B * L * sizeof(int32_t) * (use == MG_MEM_TRAIN && c->val_data[0] ? 2 : 1);
     }
-    double sum = m->params + m->grads + m->masters + m->moments + m->snapshot + m->activations + m->data;
+    double sum = m->params + m->grads + m->masters + m->moments + m->snapshot + m->activations + m->data + m->dist;
     m->margin = MARGIN_FIXED + MARGIN_SHARE * sum;
     m->total = sum + m->margin;
 }
@@ -172,17 +185,38 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
     snprintf(lbl, sizeof lbl, "gradients (%s)", dn);
     fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->grads, a, sizeof a));
     if (m->masters > 0) fprintf(f, "%s%-34s %12s\n", indent, "master weights (fp32)", mg_format_bytes(m->masters, a, sizeof a));
-    if (m->moments > 0) fprintf(f, "%s%-34s %12s\n", indent, "AdamW moments (fp32, 2 x)", mg_format_bytes(m->moments, a, sizeof a));
+    if (m->moments > 0) {
+        if (m->ranks > 1) snprintf(lbl, sizeof lbl, "AdamW moments (fp32, 2 x, 1/%d shard)", m->ranks);
+        else snprintf(lbl, sizeof lbl, "AdamW moments (fp32, 2 x)");
+        fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->moments, a, sizeof a));
+    }
     if (m->snapshot > 0)
         fprintf(f, "%s%-34s %12s\n", indent, "checkpoint snapshot (ckpt_async)", mg_format_bytes(m->snapshot, a, sizeof a));
+    const int S = use == MG_MEM_TRAIN && m->ranks > 1 && c->sp > 1 ? c->sp : 1;
     if (use == MG_MEM_SAMPLE)
         snprintf(lbl, sizeof lbl, "decoder (attention cache, chunk %d)", c->chunk_size);
     else
-        snprintf(lbl, sizeof lbl, "activations (%d x %d tokens)", c->batch_size, c->seq_len);
+        snprintf(lbl, sizeof lbl, "activations (%d x %d tokens)", c->batch_size, c->seq_len / S);
     fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->activations, a, sizeof a));
     if (m->data > 0) fprintf(f, "%s%-34s %12s\n", indent, "token buffers", mg_format_bytes(m->data, a, sizeof a));
+    if (m->dist > 0)
+        fprintf(f, "%s%-34s %12s\n", indent, "distributed (reduction, attention)", mg_format_bytes(m->dist, a, sizeof a));
     fprintf(f, "%s%-34s %12s\n", indent, "workspace and runtime margin", mg_format_bytes(m->margin, a, sizeof a));
     fprintf(f, "%s%-34s %12s\n", indent, "total", mg_format_bytes(m->total, a, sizeof a));
+}
+
+/* Ranks of this launch on this node (they share its memory): from the launcher's environment, else 1. */
+static int local_ranks(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE",
+                                       "SLURM_STEP_TASKS_PER_NODE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *s = getenv(vars[i]);
+        if (!s || !*s) continue;
+        char *end;
+        long v = strtol(s, &end, 10); /* Slurm's "4(x2),3" starts with this node's count when uniform */
+        if (end != s && v >= 1 && v <= 1000000) return (int)v;
+    }
+    return 1;
 }
 
 int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err, size_t errlen) {
@@ -196,10 +230,18 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     MgRunMemory m;
     mg_run_memory(c, &t, compute, use, &m);
     mg_param_table_free(&t);
-    if (m.total <= avail) return 0;
-    char need[32], have[32], p[32], g[32], ms[32], mo[32], sn[32], ac[32], da[32], mg[32];
+    const int local = m.ranks > 1 ? local_ranks() : 1;
+    /* every rank on the node holds its own share; only rank 0 holds the checkpoint snapshot */
+    const double node = m.total * local - m.snapshot * (local - 1);
+    if (node <= avail) return 0;
+    char need[32], have[32], p[32], g[32], ms[32], mo[32], sn[32], ac[32], da[32], mg[32], dist[128] = "";
     mg_format_bytes(m.total, need, sizeof need);
     mg_format_bytes(avail, have, sizeof have);
+    if (local > 1) {
+        char all[32];
+        snprintf(dist, sizeof dist, " (x %d ranks on this node = %s)", local,
+                 mg_format_bytes(node, all, sizeof all));
+    }
     mg_format_bytes(m.params, p, sizeof p);
     mg_format_bytes(m.grads, g, sizeof g);
     mg_format_bytes(m.masters, ms, sizeof ms);
@@ -227,10 +269,10 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
                  "each checkpoint write.",
                  sn);
     return mg_errf(err, errlen,
-                   "not enough memory for this %s: it needs about %s per device but %s is available (%s): "
+                   "not enough memory for this %s: it needs about %s per device%s but %s is available (%s): "
                    "parameters %s, gradients %s%s%s%s%s%s%s, %s %s, token buffers %s, workspace margin %s; %s.%s "
                    "(MG_MEMORY_CHECK=0 skips this check.)",
-                   use == MG_MEM_TRAIN ? "training run" : use == MG_MEM_EVAL ? "evaluation" : "sampling", need, have,
+                   use == MG_MEM_TRAIN ? "training run" : use == MG_MEM_EVAL ? "evaluation" : "sampling", need, dist, have,
                    src, p, g, m.masters > 0 ? ", fp32 masters " : "", m.masters > 0 ? ms : "",
                    m.moments > 0 ? ", AdamW moments " : "", m.moments > 0 ? mo : "",
                    m.snapshot > 0 ? ", checkpoint snapshot " : "", m.snapshot > 0 ? sn : "",

@@ -8,7 +8,10 @@
  * available to this process: the smallest of MemAvailable (/proc/meminfo), the cgroup's memory.max minus
  * its current use, and RLIMIT_AS / RLIMIT_DATA minus what is already mapped. A run that does not fit is
  * refused with the breakdown and the keys to change, instead of minutes of allocation and an
- * out-of-memory failure. `megalodon info` prints the same breakdown.
+ * out-of-memory failure. `megalodon info` prints the same breakdown. A distributed training (launched as P
+ * processes, docs/parallelism.md) counts per rank: the AdamW moments of its ZeRO-1 shard (1/P), the
+ * activations of its slice (seq_len / sp), the attention context of a chunk longer than the slice, and
+ * the host buffers of the gradient reduce-scatter.
  *
  * MG_MEMORY_LIMIT_BYTES=N (bytes; K, M, G, T suffixes, powers of 1024) replaces the measured figure (tests
  * use it to simulate a small machine); MG_MEMORY_CHECK=0 turns the check off. docs/training.md. */
@@ -25,8 +28,9 @@
 typedef enum { MG_MEM_TRAIN, MG_MEM_EVAL, MG_MEM_SAMPLE } MgMemUse;
 
 typedef struct {
-    double params, grads, masters, moments, activations, data, margin, total; /* bytes per device */
+    double params, grads, masters, moments, activations, data, dist, margin, total; /* bytes per device */
     double snapshot; /* host bytes: the checkpoint snapshot of a training run (mg_train_ckpt_snapshot), else 0 */
+    int ranks;       /* processes of the run (train under mpirun/srun: the launch's size; else 1) */
 } MgRunMemory;
 
 /* Does a training run of c keep a host snapshot of its fp32 masters and AdamW moments (12 bytes per

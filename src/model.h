@@ -87,6 +87,28 @@ typedef struct {
                                           * parameters, e.g. to form the CEMA decay q^L of the slice */
 } MgStateExchange;
 
+/* Attention across ranks: when a rank's slice is shorter than an attention chunk, its queries also see the
+ * keys and values of the earlier slices of their chunk (held by other ranks).
+ *   attn_kv       forward, per layer: k and v hold this slice's keys (after RoPE) and values
+ *                 (B x L x H x Dqk / Dv); the hook points kctx and vctx at the chunk's keys and values from
+ *                 the chunk's start to the end of this slice (B x Lk x H x D, backend memory the hook owns
+ *                 and keeps until this layer's backward) and sets Lk.
+ *   attn_kv_grad  backward, per layer, twice: done = 0 before the attention backward: the hook sets kctx,
+ *                 vctx and Lk as in the forward and points dkctx, dvctx at buffers for their gradients;
+ *                 done = 1 after it: the hook writes into dk and dv (this slice's, B x L x H x D) the sum of
+ *                 the gradients of this slice's keys and values over the ranks of the chunk.
+ * The pass then runs the attention with Lq = L queries that are the last L of the Lk keys. */
+typedef struct {
+    int layer, B, L, H, Dqk, Dv;
+    int64_t pos0;             /* this slice's global position */
+    int64_t chunk;            /* the chunk's length: min(chunk_size, the sequences' global length) */
+    const void *k, *v;        /* this slice's keys and values */
+    const void *kctx, *vctx;  /* set by the hook */
+    void *dkctx, *dvctx;      /* set by the hook (backward, done = 0) */
+    void *dk, *dv;            /* written by the hook (backward, done = 1) */
+    int Lk;                   /* set by the hook */
+} MgAttnExchange;
+
 typedef struct {
     void *ctx;
     void (*state_begin)(void *ctx, const MgStateExchange *x);
@@ -94,7 +116,21 @@ typedef struct {
     void (*state_done)(void *ctx, const MgStateExchange *x);
     void (*dstate_get)(void *ctx, const MgStateExchange *x);
     void (*dstate_done)(void *ctx, const MgStateExchange *x);
+    /* Backward by a scan instead of dstate_get (optional; with state_begin/end and dstate_done): per layer
+     * and group, `din` holds this slice's own part of its incoming-state gradient (the op's backward run
+     * with a zero outgoing-state gradient), `in` the incoming state and `local` the slice's summary of the
+     * forward; the hook writes the gradient of the outgoing state into `dout`. The op's backward then runs
+     * once more for `dout` alone (zero output gradient), adding its share to every gradient and to din. */
+    void (*dstate_scan)(void *ctx, const MgStateExchange *x);
     void (*grads_ready)(void *ctx, int64_t offset, int64_t count);
+    void *grads_ctx; /* grads_ready's ctx when not NULL (a runtime that adds it to another's hooks) */
+    void (*attn_kv)(void *ctx, MgAttnExchange *x);
+    void (*attn_kv_grad)(void *ctx, MgAttnExchange *x, int done);
+    /* Or the whole attention of a pass that holds part of a chunk, run by the hook (e.g. all-to-all over
+     * heads): attn_run computes at->o (and keeps what its backward needs); attn_run_backward writes at->dq,
+     * at->dk, at->dv from at->dout. Each returns 1 when it ran, 0 to fall back to attn_kv / the op. */
+    int (*attn_run)(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at);
+    int (*attn_run_backward)(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at);
 } MgModelHooks;
 
 /* ---- one pass ------------------------------------------------------------------------------------------- */

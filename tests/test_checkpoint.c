@@ -278,7 +278,7 @@ static int expect_load_error(const char *name, const char *path, const State *s,
 static void test_round_trip(const State *s, const char *path) {
     MgCkptMeta meta, back;
     fill_meta(&meta, 1234);
-    char err[1024] = "", why[128] = "";
+    char err[1024] = "", why[512] = "";
     int rc = mg_ckpt_save(path, &s->t, s->p, s->m, s->v, &meta, err, sizeof(err));
     tu_check(rc == 0, "save", "%s", err);
     MgCkptStats st = mg_ckpt_last_stats();
@@ -332,7 +332,7 @@ static void test_large_attributes(const State *s) {
         snprintf(name, sizeof(name), "extra_%02d", i);
         mg_ckpt_meta_set_f64(&meta, name, i * 0.5);
     }
-    char err[1024] = "", why[128] = "";
+    char err[1024] = "", why[512] = "";
     int rc = mg_ckpt_save(path, &s->t, s->p, NULL, NULL, &meta, err, sizeof(err));
     int rc2 = rc ? -1 : mg_ckpt_read_meta(path, &back, err, sizeof(err));
     tu_check(rc == 0 && rc2 == 0 && meta_equal(&meta, &back, why, sizeof(why)), "large_attributes_round_trip",
@@ -889,7 +889,7 @@ static void test_tensor_io(const State *s, const char *good) {
         dev_init(&d, &s->t, NULL, bound);
         io = dev_io(&d, bound);
         MgCkptMeta back;
-        char why[128] = "";
+        char why[512] = "";
         rc = mg_ckpt_load_io(files[k], &s->t, &io, 1, &back, err, sizeof(err));
         cov = dev_coverage_ok(&d, 3, 1, 1, &n_large);
         tu_check(rc == 0 && dev_equals_state(&d, s, 3) && meta_equal(&meta, &back, why, sizeof(why)) &&

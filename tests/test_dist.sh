@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Distributed training under real MPI (docs/parallelism.md), oversubscribed on small machines:
 #   * build/tests/mpi_train_check: one step of DP x SP in {1x2, 1x4, 2x1, 2x2}, every scan algorithm,
-#     float32 and float64: loss, reduced gradients and the ZeRO-1 update against one process;
+#     a chunk over 2 ranks by gathering keys and values and over 4 by all-to-all over heads, and the
+#     backward by reverse scans (2x2, every algorithm), float32 and float64: loss,
+#     reduced gradients and the ZeRO-1 update against one process;
 #   * `megalodon train` with P ranks tracks the one-process run of the same global batch for 12 steps
-#     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), and every
-#     other scan algorithm at SP 2;
+#     (training and validation losses, dropout on) for (DP, SP) = (2,1), (1,2), (2,2), (1,4), the
+#     pipelined scan forward and backward at SP 2, and an attention chunk over 2 ranks (all-to-all) and over 4 (gather);
 #   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
 #     the uninterrupted run does;
 #   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
@@ -43,16 +45,20 @@ if ! "$M" features | grep -q '^HDF5: *yes'; then
     exit 0
 fi
 if [ ! -d data/corpus/train ] || [ ! -d data/corpus/val ]; then
-    echo "SKIP dist_train (no data/corpus: run scripts/prepare_data.sh or make test, which prepares it)"
-    exit 0
+    echo "# preparing the default corpus (scripts/prepare_data.sh)"
+    scripts/prepare_data.sh >"$T/prepare.log" 2>&1 || { fail "prepare default corpus" "$(tail -n 5 "$T/prepare.log")"; exit 1; }
 fi
 MPIRUN=(timeout -k 5 240 mpirun --mca odls_base_sigkill_timeout 30)
 
 # ---- one step against one process ----------------------------------------------------------------------
 if [ $SAN = 0 ]; then
-    for layout in "2 2" "4 4" "2 1" "4 2"; do
+    # (the threads of test_sp cover every combination; here each path once under real MPI)
+    for layout in "2 2" "4 4" "2 1" "4 2" "2 2 2 gather" "4 4 4 alltoall" "4 2 bwd"; do
         set -- $layout
-        out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" 2>&1)
+        span=()
+        [ $# = 4 ] && span=(--span "$3" --attention "$4") # attention chunks over $3 ranks
+        [ $# = 3 ] && span=(--scan-backward)                # state gradients by reverse scans
+        out=$("${MPIRUN[@]}" -np "$1" "$CHECK" --sp "$2" "${span[@]}" 2>&1)
         rc=$?
         echo "$out" | grep -E '^(PASS|FAIL) ' | sed "s/^\(PASS\|FAIL\) /\1 np$1_/"
         n_fail=$(echo "$out" | grep -c '^FAIL ')
@@ -101,12 +107,29 @@ for layout in $LAYOUTS; do
     fi
 done
 if [ $SAN = 0 ]; then
-    for algo in pipelined allgather doubling; do # chain is the default (the layouts above)
-        name="train_np2_sp2_${algo}_scan_tracks_one_process"
-        if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --out_dir "$T/$algo" >"$T/$algo.txt" 2>&1; then
+    # chain is the default (the layouts above); the other scans' step parity is mpi_train_check's
+    for algo in pipelined; do
+        name="train_np2_sp2_${algo}_scan_forward_and_backward_tracks_one_process"
+        if "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" --sp 2 --sp_scan $algo --sp_backward scan --out_dir "$T/$algo" \
+            >"$T/$algo.txt" 2>&1; then
             if msg=$(compare "$T/$algo" "$T/ref" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
         else
             fail "$name" "exit status $?: $(tail -3 "$T/$algo.txt")"
+        fi
+    done
+fi
+# attention chunks longer than a rank's slice: one chunk of 128 tokens over 2 ranks (sp_attention auto:
+# all-to-all over the 2 heads) and over 4 ranks (auto: gathering keys and values, 2 heads)
+if [ $SAN = 0 ]; then
+    "$M" train "${RUN[@]}" --chunk_size 128 --out_dir "$T/ref_c128" >"$T/ref_c128.txt" 2>&1 ||
+        fail one_process_run_chunk128 "$(tail -3 "$T/ref_c128.txt")"
+    for P in 2 4; do
+        name="train_np${P}_sp${P}_chunk_over_${P}_ranks_tracks_one_process"
+        if "${MPIRUN[@]}" -np "$P" "$M" train "${RUN[@]}" --chunk_size 128 --sp "$P" --out_dir "$T/c128_$P" \
+            >"$T/c128_$P.txt" 2>&1; then
+            if msg=$(compare "$T/c128_$P" "$T/ref_c128" 1e-5); then pass "$name" "$msg"; else fail "$name" "$msg"; fi
+        else
+            fail "$name" "exit status $?: $(tail -3 "$T/c128_$P.txt")"
         fi
     done
 fi
@@ -187,8 +210,14 @@ refuse() { # name expect np args...
 }
 refuse sp_not_dividing_P "does not divide the 4 ranks" 4 --sp 3
 if [ $SAN = 0 ]; then
-refuse slice_not_whole_chunks "not a whole number of attention chunks" 2 --sp 2 --seq_len 16
+refuse slice_not_whole_chunks "nor cuts one into equal parts" 2 --sp 2 --seq_len 48 --batch_tokens 0
 refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
+refuse alltoall_heads "do not divide them" 4 --sp 4 --chunk_size 128 --sp_attention alltoall
+# the memory check counts a rank's share (1/P of the moments, its slice's activations) times the ranks
+# of the node: 4 ranks of 150 MiB do not fit in 300 MiB, 2 do
+export MG_MEMORY_LIMIT_BYTES=300M
+refuse memory_of_4_ranks "x 4 ranks on this node" 4 --sp 2
+unset MG_MEMORY_LIMIT_BYTES
 refuse sp_without_ranks "needs 2 or more processes" 1 --sp 2
 out=$(timeout -k 5 60 mpirun -np 1 "$M" train "${RUN[@]}" --out_dir "$T/bad_cfg" --lr 1e-3 : -np 1 "$M" train "${RUN[@]}" \
     --out_dir "$T/bad_cfg" --lr 2e-3 2>&1)
@@ -205,7 +234,7 @@ fi
 # after odls_base_sigkill_timeout seconds SIGTERM, then after as many again SIGKILL; SIGUSR1 it forwards to
 # every rank at once. The tests use a timeout of 2 s.
 wait_log() { for _ in $(seq 600); do [ -s "$1/log.jsonl" ] && return 0; sleep 0.1; done; return 1; }
-LONG=(--config configs/tiny.conf --threads 1 --max_steps 1000000 --log_every 100000 --eval_every 0 --val_data "")
+LONG=(--config configs/tiny.conf --threads 1 --max_steps 1000000 --warmup_steps 1 --log_every 100000 --eval_every 0 --val_data "")
 KILLSEQ=(--mca odls_base_sigkill_timeout 2)
 ranks_left() { pgrep -f "^$M train .*--out_dir $1" | wc -l; }
 # wait_gone PID SECONDS: 0 once PID has exited (its status in $gone_rc), 1 if still running after SECONDS

@@ -2,7 +2,9 @@
  * transport, each run a slice of whole attention chunks of the same sequences with the state-scan hooks;
  * their losses and gradients summed must equal one process running the whole sequences. Every scan
  * algorithm, P = 2, 3, 4 (two chunks per rank), dropout on, in float64 (exactness) and float32 (the
- * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative). */
+ * training precision, at the tolerances of distributed training: loss 1e-6, gradients 1e-5 relative);
+ * and attention across ranks: a chunk spanning 2, 3 or 4 ranks (each rank's queries see the earlier
+ * slices' keys and values, whose gradients go back to their ranks), with DropKey on. */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -19,6 +21,8 @@ typedef struct {
     const char *backend;
     MgTransport *tp;
     MgScanAlgo algo;
+    MgSpAttn attn;
+    int scan_bwd;
     int pieces, P, L, train;
     const int32_t *tok, *tgt;
     double scale;
@@ -68,6 +72,8 @@ static void *rank_main(void *v) {
     const int rank = r->tp->rank, Ls = r->L / r->P;
     int32_t *tok = slice_cols(r->tok, r->L, rank * Ls, Ls), *tgt = slice_cols(r->tgt, r->L, rank * Ls, Ls);
     MgSp *sp = mg_sp_create(r->tp, be, r->algo, r->pieces);
+    mg_sp_set_attention(sp, r->attn);
+    mg_sp_set_scan_backward(sp, r->scan_bwd);
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = Ls, .grad_scale = r->scale,
                     .opts = opts_for(r, rank * Ls), .hooks = mg_sp_hooks(sp)};
@@ -102,10 +108,14 @@ static double grads_diff(const MgParamTable *t, const double *a, const double *b
     return w;
 }
 
-static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_loss, double tol_grad) {
+static int g_scan_bwd; /* the backward by reverse scans instead of the reverse chain */
+
+static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgSpAttn attn, int heads, double tol_loss,
+                     double tol_grad) {
     MgConfig cfg;
     tu_tiny_megalodon(&cfg, 512);
-    cfg.chunk_size = CHUNK;
+    cfg.chunk_size = chunk;
+    cfg.num_heads = heads;
     cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
     const int L = P * PER_RANK;
     cfg.seq_len = L;
@@ -120,7 +130,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_los
     MgModel *m = make_model(&cfg, backend, &be);
     const MgParamTable *pt = mg_model_params_table(m);
     double *g_ref = malloc(sizeof(double) * (size_t)pt->total), *g_sum = calloc((size_t)pt->total, sizeof(double));
-    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
+    Rank proto = {.cfg = &cfg, .backend = backend, .algo = algo, .attn = attn, .scan_bwd = g_scan_bwd, .pieces = 3, .P = P, .L = L, .train = 1, .tok = tok,
                   .tgt = tgt, .scale = scale};
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = L, .grad_scale = scale, .opts = opts_for(&proto, 0)};
@@ -146,25 +156,29 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, double tol_los
         n += r[i].counted;
         for (int64_t j = 0; j < pt->total; j++) g_sum[j] += r[i].grads[j];
     }
-    char name[200];
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: loss = one process", backend, P, mg_scan_algo_name(algo));
+    char name[200], what[96];
+    if (chunk > PER_RANK)
+        snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks (%s, %d heads)", backend, P,
+                 mg_scan_algo_name(algo), chunk / PER_RANK, attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : "gather",
+                 heads);
+    else
+        snprintf(what, sizeof what, "%s, SP %d, %s scan%s", backend, P, mg_scan_algo_name(algo),
+                 g_scan_bwd ? " forward and backward" : "");
+    snprintf(name, sizeof name, "%s: loss = one process", what);
     tu_check_err(name, fabs(loss - loss_ref) / fabs(loss_ref), tol_loss);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: targets counted = one process", backend, P,
-             mg_scan_algo_name(algo));
+    snprintf(name, sizeof name, "%s: targets counted = one process", what);
     tu_check(n == n_ref, name, "%lld vs %lld", (long long)n, (long long)n_ref);
     const char *worst = "?";
     const double e = grads_diff(pt, g_sum, g_ref, &worst);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: every gradient = one process (worst: %s)", backend, P,
-             mg_scan_algo_name(algo), worst);
+    snprintf(name, sizeof name, "%s: every gradient = one process (worst: %s)", what, worst);
     tu_check_err(name, e, tol_grad);
     /* traffic: every rank ran one scan per layer and group forward; all but rank 0 sent one gradient
      * message per layer and group backward */
     const int groups = 2 * cfg.n_layers + 1;
     int ok = 1;
     for (int i = 0; i < P; i++)
-        ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 ? 0 : groups);
-    snprintf(name, sizeof name, "%s, SP %d, %s scan: one scan per layer and state group, one gradient message back",
-             backend, P, mg_scan_algo_name(algo));
+        ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 && !g_scan_bwd ? 0 : groups);
+    snprintf(name, sizeof name, "%s: one scan per layer and state group, one gradient message back", what);
     tu_check(ok, name, "rank 1: %lld scans, %lld messages", (long long)r[1].st.fwd_scans,
              (long long)r[1].st.bwd_messages);
     for (int i = 0; i < P; i++) {
@@ -193,8 +207,30 @@ int main(void) {
     test_algo_names();
     for (int P = 2; P <= 4; P++)
         for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
-            run_case("cpu-f64", P, (MgScanAlgo)algo, 1e-12, 1e-12);
-            run_case("cpu-f32", P, (MgScanAlgo)algo, 1e-6, 1e-5);
+            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
         }
+    /* the backward by reverse scans (CEMA adjoint, TimestepNorm statistics' adjoint), every algorithm */
+    g_scan_bwd = 1;
+    for (int P = 2; P <= 4; P++)
+        for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
+            run_case("cpu-f64", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-12, 1e-12);
+            run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
+        }
+    g_scan_bwd = 0;
+    /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values or all-to-all over
+     * heads (P, ranks per chunk, path, heads) */
+    const struct {
+        int P, span;
+        MgSpAttn attn;
+        int heads;
+    } spans[] = {{2, 2, MG_SP_ATTN_GATHER, 2},   {2, 2, MG_SP_ATTN_ALLTOALL, 2}, {3, 3, MG_SP_ATTN_GATHER, 2},
+                 {4, 2, MG_SP_ATTN_ALLTOALL, 2}, {4, 4, MG_SP_ATTN_GATHER, 2},   {4, 4, MG_SP_ATTN_ALLTOALL, 4}};
+    for (size_t i = 0; i < sizeof spans / sizeof spans[0]; i++) {
+        run_case("cpu-f64", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-12,
+                 1e-12);
+        run_case("cpu-f32", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-6,
+                 1e-5);
+    }
     return tu_finish();
 }

@@ -247,6 +247,10 @@ static void random_summary(const MgScanSpec *s, void *p) {
         if (s->op == MG_SCAN_WELFORD) {
             double n = tu_uniform() < 0.15 ? 0 : (double)(1 + (int)(tu_uniform() * 50));
             put(s, p, 3 * c, n), put(s, p, 3 * c + 1, n ? 2 + tu_normal() : 0), put(s, p, 3 * c + 2, n > 1 ? n * tu_uniform() : 0);
+        } else if (s->op == MG_SCAN_NORM_ADJOINT) {
+            double a = tu_uniform();
+            put(s, p, 4 * c, a), put(s, p, 4 * c + 1, 2 * a * (1 - a) * tu_normal());
+            put(s, p, 4 * c + 2, tu_normal()), put(s, p, 4 * c + 3, tu_normal());
         } else {
             double rad = 0.3 + 0.69 * tu_uniform(), th = 6.283185307179586 * tu_uniform();
             put(s, p, 4 * c, rad * cos(th)), put(s, p, 4 * c + 1, rad * sin(th));
@@ -257,7 +261,7 @@ static void random_summary(const MgScanSpec *s, void *p) {
 
 static void test_algorithms(void) {
     const int C = 7;
-    for (int op = 0; op < 2; op++)
+    for (int op = 0; op < MG_SCAN_N_OPS; op++)
         for (int dt = 0; dt < 2; dt++)
             for (int dir = 0; dir < 2; dir++)
                 for (int algo = 0; algo < MG_SCAN_N_ALGOS; algo++) {
@@ -295,8 +299,8 @@ static void test_algorithms(void) {
                     char name[128];
                     snprintf(name, sizeof name, "scan_%s_%s_%s_%s_vs_serial", mg_scan_algo_name(algo),
                              mg_scan_op_name(op), dt ? "f64" : "f32", dir ? "reverse" : "forward");
-                    /* float32 CEMA: products of up to 8 complex decays and sums with cancellation in b */
-                    double tol = dt ? 1e-12 : op == MG_SCAN_CEMA ? 1e-4 : 1e-5;
+                    /* float32 CEMA and norm adjoint: products of up to 8 maps and sums with cancellation */
+                    double tol = dt ? 1e-12 : op != MG_SCAN_WELFORD ? 1e-4 : 1e-5;
                     if (algo != MG_SCAN_RECURSIVE_DOUBLING)
                         tu_check(bit_ok && err == 0, name, "P=1..%d with and without init (%d runs): bit-identical", MAXP, runs);
                     else

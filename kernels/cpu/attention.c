@@ -40,6 +40,11 @@ static AttGeom attention_geometry(const MgAttentionArgs *a, const char *who) {
     MG_CHECK(a->Lq >= 1 && a->Lk >= 1, "%s: bad lengths Lq=%d Lk=%d (need >= 1)", who, a->Lq, a->Lk);
     MG_CHECK(a->chunk >= 1, "%s: chunk=%d must be >= 1", who, a->chunk);
     MG_CHECK(a->drop_p >= 0.0 && a->drop_p < 1.0, "%s: drop_p=%g must be in [0, 1)", who, a->drop_p);
+    MG_CHECK(a->drop_heads >= 0 && (a->drop_heads == 0 || (a->drop_head0 >= 0 && a->drop_head0 + a->H <= a->drop_heads)),
+             "%s: heads %lld.. of %lld do not hold the H=%d heads of this call", who, (long long)a->drop_head0,
+             (long long)a->drop_heads, a->H);
+    MG_CHECK(a->drop_chunk_len >= 0 && (a->drop_chunk_len == 0 || a->Lk <= a->drop_chunk_len),
+             "%s: drop_chunk_len=%lld must be 0 or hold the Lk=%d keys", who, (long long)a->drop_chunk_len, a->Lk);
     MG_CHECK(a->q && a->k && a->v, "%s: q, k and v must not be NULL", who);
     AttGeom g;
     if (a->Lq == a->Lk) {
@@ -104,23 +109,26 @@ static void scores(const MgAttentionArgs *a, const AttTask *t, int i0, int rb, i
 
 /* DropKey mask of one task (see MgAttentionArgs): dropped scores become -inf before the softmax. */
 typedef struct {
-    uint64_t key, threshold, base; /* base = task * nq * nk */
-    int nk, active;
+    uint64_t key, threshold, base; /* base = task * nq * nk (task * C * C with drop_chunk_len = C) */
+    int nk, qoff, active;          /* row length of the index, and the global row of local query 0 */
 } DropMask;
 
 static DropMask drop_mask(const MgAttentionArgs *a, const AttGeom *g, int64_t task) {
-    DropMask d = {0, 0, 0, g->nk, a->drop_p > 0.0};
+    const int64_t C = a->drop_chunk_len;
+    DropMask d = {0, 0, 0, C > 0 ? (int)C : g->nk, C > 0 ? g->off : 0, a->drop_p > 0.0};
     if (d.active) {
         d.key = mg_fmix64(a->drop_seed);
         d.threshold = mg_keep_threshold(a->drop_p);
         /* task = (b * nchunks + ci) * H + h locally; the mask index uses the global sequence and chunk */
         const int H = a->H;
-        const int64_t h = task % H, bc = task / H, ci = bc % g->nchunks, b = bc / g->nchunks;
+        const int64_t bc = task / H, ci = bc % g->nchunks, b = bc / g->nchunks;
+        const int64_t h = task % H + (a->drop_heads > 0 ? a->drop_head0 : 0), Hg = a->drop_heads > 0 ? a->drop_heads : H;
         const int64_t chunks = a->drop_chunks > 0 ? a->drop_chunks : g->nchunks;
         const uint64_t gtask =
-            ((uint64_t)(a->drop_seq0 + b * (a->drop_seq_stride > 0 ? a->drop_seq_stride : 1)) * (uint64_t)chunks + (uint64_t)(a->drop_chunk0 + ci)) * (uint64_t)H +
+            ((uint64_t)(a->drop_seq0 + b * (a->drop_seq_stride > 0 ? a->drop_seq_stride : 1)) * (uint64_t)chunks +
+             (uint64_t)(a->drop_chunk0 + ci)) * (uint64_t)Hg +
             (uint64_t)h;
-        d.base = gtask * (uint64_t)g->nq * (uint64_t)g->nk;
+        d.base = C > 0 ? gtask * (uint64_t)C * (uint64_t)C : gtask * (uint64_t)g->nq * (uint64_t)g->nk;
     }
     return d;
 }
@@ -135,7 +143,7 @@ static void softmax_rows(real *S, int ldS, int i0, int rb, int kend, int off, co
         real *s = S + (size_t)r * ldS;
         const int vis = MG_MIN(kend, i0 + r + off + 1); /* keys [0, vis) are visible */
         if (dm && dm->active) {
-            const uint64_t row = dm->base + (uint64_t)(i0 + r) * (uint64_t)dm->nk;
+            const uint64_t row = dm->base + (uint64_t)(dm->qoff + i0 + r) * (uint64_t)dm->nk;
             for (int j = 0; j < vis - 1; j++)
                 if (!mg_mask_keep(dm->key, row + (uint64_t)j, dm->threshold)) s[j] = -INFINITY;
         }

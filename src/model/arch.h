@@ -93,6 +93,16 @@ void mg_pass_state_begin(MgPass *ps, int layer, int group, const MgLayerState *s
 void mg_pass_state_end(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
 void mg_pass_state_done(MgPass *ps, int layer, int group, const MgLayerState *st, const void *op_args);
 void mg_pass_dstate_get(MgPass *ps, int layer, int group, MgLayerState *st);
+/* Backward by scan (MgModelHooks.dstate_scan): 1 when the pass runs it. mg_pass_dstate_scan hands the
+ * slice's own din over and gets dout into st->dout; mg_pass_din_extra is where the second backward (for
+ * dout alone) writes its share of din (k: the state entry), mg_pass_zeros a zero T x width buffer (compute
+ * dtype) for its output gradient. */
+int mg_pass_scan_backward(const MgPass *ps);
+void mg_pass_dstate_scan(MgPass *ps, int layer, int group, MgLayerState *st, const void *op_args);
+void *mg_pass_din_extra(MgPass *ps, int layer, int k);
+void *mg_pass_zeros(MgPass *ps, int64_t elems);
+/* y += x over n elements of the state dtype (backend memory). */
+void mg_state_axpy(MgPass *ps, int64_t n, const void *x, void *y);
 void mg_pass_dstate_done(MgPass *ps, int layer, int group, const MgLayerState *st);
 /* The buffer a local pass writes entry k of layer `layer`'s summary to. */
 void *mg_pass_local(MgPass *ps, int layer, int k);
@@ -103,6 +113,15 @@ void mg_dropout_fwd(const MgPass *ps, double p, int layer, int site, int64_t wid
 void mg_dropout_bwd(const MgPass *ps, double p, int layer, int site, int64_t width, const void *dy, void *dx);
 /* DropKey fields of an attention call (only while training with attention_dropout > 0). */
 void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs *at);
+/* Attention across ranks (MgModelHooks.attn_kv): with the hooks, point at's keys and values (and, in the
+ * backward, their gradient buffers) at the chunk's context and set Lk; after the backward hand the
+ * gradients back (into dk, dv: this slice's). No-ops without the hooks. RoPE positions of a pass start at
+ * mg_pass_rope_offset. */
+/* The attention of a layer: the op, or, when this pass holds part of a chunk, the hooks' path
+ * (attn_run, or attn_kv + the op). */
+void mg_pass_attention_forward(MgPass *ps, int layer, MgAttentionArgs *at);
+void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at);
+int64_t mg_pass_rope_offset(const MgPass *ps);
 
 /* Shorthands over the backend. */
 void mg_linear_fwd(const MgPass *ps, int64_t T, int in, int out, const void *x, const void *w, const void *b,
@@ -126,8 +145,11 @@ typedef struct MgArch {
     /* Carried state: the tensors of every layer (the same list for each) and of the final norm. */
     void (*describe_state)(const MgConfig *c, MgStateSpec *layer, int *n_layer, MgStateSpec *final, int *n_final);
     /* Refuse a pass layout the graph cannot run: local length L at global position pos0 of sequences of
-     * global length Lg (Megalodon: pieces of whole attention chunks). 0 or -1 with err. */
-    int (*check_layout)(const MgConfig *c, int L, int64_t pos0, int64_t Lg, char *err, size_t errlen);
+     * global length Lg (Megalodon: pieces of whole attention chunks; with attention across ranks
+     * (attn_split: the hooks bring the chunk's earlier keys and values) also a piece that divides a chunk).
+     * 0 or -1 with err. */
+    int (*check_layout)(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
+                        size_t errlen);
 
     size_t act_size, final_size, scratch_size; /* bytes of the per-layer / final / scratch structs */
     void (*plan_layer)(const MgConfig *c, MgPlan *p, void *act, int64_t T, int B);
@@ -190,7 +212,9 @@ struct MgModel {
     int n_lstate, n_fstate;
     int n_state;      /* tensors in an MgModelState: n_layers * n_lstate + n_fstate */
     /* hooks: buffers for exchanged state (allocated for the batch size on first use) */
-    MgModelState *x_in, *x_local, *x_dout, *x_din;
+    MgModelState *x_in, *x_local, *x_dout, *x_din, *x_din2;
+    void *zeros;            /* backward by scan: a zero buffer (compute dtype) */
+    int64_t zeros_elems;
 };
 
 struct MgModelState {

@@ -127,7 +127,8 @@ int mg_model_grad_buckets(const MgModel *m, int64_t *offsets, int64_t *counts, i
 static void grads_ready(const MgPass *ps, int bucket) {
     const MgModel *m = ps->m;
     if (ps->hooks && ps->hooks->grads_ready && bucket >= 0 && bucket < m->n_buckets && m->bucket_len[bucket] > 0)
-        ps->hooks->grads_ready(ps->hooks->ctx, m->bucket_off[bucket], m->bucket_len[bucket]);
+        ps->hooks->grads_ready(ps->hooks->grads_ctx ? ps->hooks->grads_ctx : ps->hooks->ctx, m->bucket_off[bucket],
+                               m->bucket_len[bucket]);
 }
 
 /* ---- create / free ------------------------------------------------------------------------------------------ */
@@ -190,6 +191,8 @@ void mg_model_free(MgModel *m) {
     mg_model_state_free(m, m->x_local);
     mg_model_state_free(m, m->x_dout);
     mg_model_state_free(m, m->x_din);
+    mg_model_state_free(m, m->x_din2);
+    if (m->zeros) m->be->free(m->be, m->zeros);
     free(m->w);
     free(m->gw);
     free(m->bucket_off);
@@ -441,13 +444,70 @@ void mg_dropout_bwd(const MgPass *ps, double p, int layer, int site, int64_t wid
 
 void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs *at) {
     if (!dropping(ps, ps->c->attention_dropout) || ps->dec) return;
-    const int c = MG_MIN(at->chunk, at->Lq);
+    const int64_t c = MG_MIN((int64_t)at->chunk, global_len(ps));
     at->drop_p = ps->c->attention_dropout;
     at->drop_seed = site_seed(ps, layer, site);
     at->drop_seq0 = ps->opts->seq0;
     at->drop_seq_stride = seq_stride(ps);
     at->drop_chunk0 = ps->opts->pos0 / c;
     at->drop_chunks = global_len(ps) / c;
+    at->drop_chunk_len = at->Lq < c ? c : 0; /* this pass holds part of a chunk (attention across ranks) */
+}
+
+/* ---- attention across ranks -------------------------------------------------------------------------------- */
+int64_t mg_pass_rope_offset(const MgPass *ps) { return ps->opts ? ps->opts->pos0 : 0; }
+
+static int attn_split(const MgPass *ps) {
+    return ps->hooks && ((ps->hooks->attn_kv && ps->hooks->attn_kv_grad) ||
+                         (ps->hooks->attn_run && ps->hooks->attn_run_backward));
+}
+
+static MgAttnExchange attn_desc(const MgPass *ps, int layer, const MgAttentionArgs *at) {
+    MgAttnExchange x = {.layer = layer, .B = at->B, .L = at->Lq, .H = at->H, .Dqk = at->Dqk, .Dv = at->Dv,
+                        .pos0 = ps->opts ? ps->opts->pos0 : 0, .k = at->k, .v = at->v};
+    x.chunk = MG_MIN((int64_t)at->chunk, global_len(ps));
+    return x;
+}
+
+void mg_pass_attention_forward(MgPass *ps, int layer, MgAttentionArgs *at) {
+    const MgBackend *be = ps->be;
+    if (!attn_split(ps) || ps->dec) {
+        be->attention_forward(be, at);
+        return;
+    }
+    MgAttnExchange x = attn_desc(ps, layer, at);
+    if (x.chunk <= x.L) { /* whole chunks: nothing crosses ranks */
+        be->attention_forward(be, at);
+        return;
+    }
+    if (ps->hooks->attn_run && ps->hooks->attn_run(ps->hooks->ctx, &x, at)) return;
+    ps->hooks->attn_kv(ps->hooks->ctx, &x); /* the chunk's earlier keys and values */
+    MgAttentionArgs a = *at;
+    a.k = x.kctx;
+    a.v = x.vctx;
+    a.Lk = x.Lk;
+    be->attention_forward(be, &a);
+}
+
+void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at) {
+    const MgBackend *be = ps->be;
+    MgAttnExchange x = attn_desc(ps, layer, at);
+    if (!attn_split(ps) || x.chunk <= x.L) {
+        be->attention_backward(be, at);
+        return;
+    }
+    if (ps->hooks->attn_run_backward && ps->hooks->attn_run_backward(ps->hooks->ctx, &x, at)) return;
+    ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 0);
+    MgAttentionArgs a = *at;
+    a.k = x.kctx;
+    a.v = x.vctx;
+    a.Lk = x.Lk;
+    a.dk = x.dkctx;
+    a.dv = x.dvctx;
+    be->attention_backward(be, &a);
+    x.dk = at->dk;
+    x.dv = at->dv;
+    ps->hooks->attn_kv_grad(ps->hooks->ctx, &x, 1);
 }
 
 /* ---- hooks ------------------------------------------------------------------------------------------------------ */
@@ -525,6 +585,55 @@ void mg_pass_dstate_get(MgPass *ps, int layer, int group, MgLayerState *st) {
     ps->hooks->dstate_get(ps->hooks->ctx, &x);
 }
 
+int mg_pass_scan_backward(const MgPass *ps) {
+    return mg_pass_exchanges(ps) && ps->hooks->dstate_scan && ps->hooks->dstate_done;
+}
+
+void mg_pass_dstate_scan(MgPass *ps, int layer, int group, MgLayerState *st, const void *op_args) {
+    MgModel *m = ps->m;
+    MgStateExchange x;
+    int ks[MG_STATE_GROUP_MAX];
+    exchange_desc(ps, layer, group, &x, ks);
+    for (int i = 0; i < x.n; i++) {
+        const MgStateSpec *s = mg_state_spec(m, layer, ks[i]);
+        x.local[i] = mg_pass_local(ps, layer, ks[i]);
+        x.in[i] = (void *)st->in[ks[i]];
+        x.din[i] = st->din[ks[i]];
+        x.dout[i] = s->is_count ? NULL : m->x_dout->ptr[mg_state_index(m, layer, ks[i])];
+        st->dout[ks[i]] = x.dout[i];
+    }
+    x.op_args = op_args;
+    ps->hooks->dstate_scan(ps->hooks->ctx, &x);
+}
+
+void *mg_pass_din_extra(MgPass *ps, int layer, int k) { return ps->m->x_din2->ptr[mg_state_index(ps->m, layer, k)]; }
+
+void *mg_pass_zeros(MgPass *ps, int64_t elems) {
+    MgModel *m = ps->m;
+    if (m->zeros_elems < elems) {
+        if (m->zeros) m->be->free(m->be, m->zeros);
+        m->zeros = m->be->alloc(m->be, (size_t)elems * m->es); /* zero-filled, and never written */
+        m->zeros_elems = elems;
+    }
+    return m->zeros;
+}
+
+void mg_state_axpy(MgPass *ps, int64_t n, const void *x, void *y) {
+    const MgBackend *be = ps->be;
+    if (be->state_dtype == be->dtype) {
+        be->axpy(be, n, 1.0, x, y);
+        return;
+    }
+    MG_CHECK(be->state_dtype == MG_F32, "model: state dtype %s is not supported here", mg_dtype_name(be->state_dtype));
+    float *hx = mg_malloc(sizeof(float) * (size_t)n), *hy = mg_malloc(sizeof(float) * (size_t)n);
+    be->to_host(be, hx, x, sizeof(float) * (size_t)n);
+    be->to_host(be, hy, y, sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) hy[i] += hx[i];
+    be->to_device(be, y, hy, sizeof(float) * (size_t)n);
+    free(hx);
+    free(hy);
+}
+
 void mg_pass_dstate_done(MgPass *ps, int layer, int group, const MgLayerState *st) {
     if (!ps->hooks || !ps->hooks->dstate_done) return;
     MgStateExchange x;
@@ -548,6 +657,10 @@ static void ensure_exchange_buffers(MgModel *m, const MgModelHooks *h, int B) {
         mg_model_state_free(m, m->x_dout);
         m->x_dout = mg_model_state_create(m, B);
         mg_model_state_zero(m, m->x_dout);
+    }
+    if (h->dstate_scan && (!m->x_din2 || m->x_din2->B != B)) {
+        mg_model_state_free(m, m->x_din2);
+        m->x_din2 = mg_model_state_create(m, B);
     }
     if (h->dstate_done && (!m->x_din || m->x_din->B != B)) {
         mg_model_state_free(m, m->x_din);
@@ -592,7 +705,10 @@ static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) 
     if (a->opts.pos0 < 0 || a->opts.seq0 < 0 || a->opts.pos0 + L > Lg)
         mg_fatal("model: pass at position %lld (sequence %lld) with %d tokens does not fit sequences of %lld",
                  (long long)a->opts.pos0, (long long)a->opts.seq0, L, (long long)Lg);
-    if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, err, sizeof err)) mg_fatal("%s", err);
+    const int split = a->hooks && ((a->hooks->attn_kv && a->hooks->attn_kv_grad) ||
+                                   (a->hooks->attn_run && a->hooks->attn_run_backward));
+    if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, split, err, sizeof err))
+        mg_fatal("%s", err);
     const int64_t T = (int64_t)B * L;
     if (mg_check_ids(a->tokens, T, c->vocab_size, INT32_MIN, "token", err, sizeof err))
         mg_fatal("%s: the data does not match this model's vocab_size", err);

@@ -125,9 +125,19 @@ static void describe_state(const MgConfig *c, MgStateSpec *layer, int *n_layer, 
 
 /* Pieces of a sequence must hold whole attention chunks (attention never crosses a chunk boundary, so
  * chunks are independent); only then does carrying the state reproduce the whole sequence exactly. */
-static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, char *err, size_t errlen) {
+static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
+                        size_t errlen) {
     const int ch = c->chunk_size;
     if (pos0 == 0 && Lg == L) return 0;
+    const int64_t cg = MG_MIN((int64_t)ch, Lg); /* the chunk's length */
+    if (attn_split && L < cg) { /* a piece of a chunk, its earlier keys and values brought by the hooks */
+        if (cg % L || pos0 % L || Lg % cg)
+            return mg_errf(err, errlen,
+                           "a piece of %d tokens at position %lld of sequences of %lld does not divide the attention "
+                           "chunk of %lld tokens: pieces shorter than a chunk must cut it into equal parts",
+                           L, (long long)pos0, (long long)Lg, (long long)cg);
+        return 0;
+    }
     if (L % ch || pos0 % ch || Lg % ch)
         return mg_errf(err, errlen,
                        "a piece of %d tokens at position %lld of sequences of %lld is not made of whole attention "
@@ -304,15 +314,34 @@ static void tsn_forward(MgPass *ps, int l, MgTimestepNormArgs *a, const MgLayerS
 }
 
 static void tsn_backward(MgPass *ps, int l, MgTimestepNormArgs *a, MgLayerState *st) {
-    mg_pass_dstate_get(ps, l, G_TSN, st);
+    const MgBackend *be = ps->be;
     a->count_in = st->in[S_COUNT];
     a->mean_in = st->in[S_MEAN];
     a->var_in = st->in[S_VAR];
-    a->dmean_out = st->dout[S_MEAN];
-    a->dvar_out = st->dout[S_VAR];
     a->dmean_in = st->din[S_MEAN];
     a->dvar_in = st->din[S_VAR];
-    ps->be->timestep_norm_backward(ps->be, a);
+    if (mg_pass_scan_backward(ps)) {
+        /* this slice's own part (zero outgoing-state gradient), the scan, then the outgoing part alone */
+        a->dmean_out = a->dvar_out = NULL;
+        be->timestep_norm_backward(be, a);
+        mg_pass_dstate_scan(ps, l, G_TSN, st, a);
+        MgTimestepNormArgs b = *a;
+        b.dy = mg_pass_zeros(ps, (int64_t)ps->B * ps->L * a->D);
+        b.dmean_out = st->dout[S_MEAN];
+        b.dvar_out = st->dout[S_VAR];
+        b.dmean_in = mg_pass_din_extra(ps, l, S_MEAN);
+        b.dvar_in = mg_pass_din_extra(ps, l, S_VAR);
+        b.accumulate = 1;
+        be->timestep_norm_backward(be, &b);
+        const int64_t n = (int64_t)ps->B * a->G;
+        mg_state_axpy(ps, n, b.dmean_in, st->din[S_MEAN]);
+        mg_state_axpy(ps, n, b.dvar_in, st->din[S_VAR]);
+    } else {
+        mg_pass_dstate_get(ps, l, G_TSN, st);
+        a->dmean_out = st->dout[S_MEAN];
+        a->dvar_out = st->dout[S_VAR];
+        be->timestep_norm_backward(be, a);
+    }
     mg_pass_dstate_done(ps, l, G_TSN, st);
 }
 
@@ -363,8 +392,8 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
                        .beta = w->qk_beta, .q = a->q, .k = a->k, .saved_rstd = a->qk_rstd};
     be->qknorm_forward(be, &qk);
     MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size,
-                     .pos_offset = ps->dec ? ps->dec->pos % c->chunk_size : 0, .base = c->rope_base, .x = a->q,
-                     .y = a->q};
+                     .pos_offset = ps->dec ? ps->dec->pos % c->chunk_size : mg_pass_rope_offset(ps) % c->chunk_size,
+                     .base = c->rope_base, .x = a->q, .y = a->q};
     be->rope_forward(be, &rq);
     MgRopeArgs rk = rq;
     rk.x = rk.y = a->k;
@@ -379,7 +408,7 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
                               .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                               .saved_lse = a->lse};
         mg_attention_dropout(ps, l, DROP_ATTN, &at);
-        be->attention_forward(be, &at);
+        mg_pass_attention_forward(ps, l, &at); /* a chunk longer than this slice: across ranks */
     }
     mg_act_fwd(ps, MG_ACT_SWIGLU, T * v, a->rpre, a->o, a->og);
     mg_dropout_fwd(ps, c->hidden_dropout, l, DROP_OG, v, a->og);
@@ -453,9 +482,10 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
                           .chunk = c->chunk_size, .scale = 1.0, .q = a->q, .k = a->k, .v = a->v, .o = a->o,
                           .saved_lse = a->lse, .dout = s->go, .dq = s->gq, .dk = s->gk, .dv = gv};
     mg_attention_dropout(ps, l, DROP_ATTN, &at);
-    be->attention_backward(be, &at);
-    MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size, .pos_offset = 0,
-                     .base = c->rope_base, .dy = s->gq, .dx = s->gq};
+    mg_pass_attention_backward(ps, l, &at);
+    MgRopeArgs rq = {.B = ps->B, .L = ps->L, .H = H, .dh = z / H, .chunk = c->chunk_size,
+                     .pos_offset = mg_pass_rope_offset(ps) % c->chunk_size, .base = c->rope_base, .dy = s->gq,
+                     .dx = s->gq};
     be->rope_backward(be, &rq);
     MgRopeArgs rk = rq;
     rk.dy = rk.dx = s->gk;
@@ -475,13 +505,26 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
     MgRMSNormArgs rms = {.T = T, .D = d, .eps = c->norm_eps, .x = a->cema, .weight = w->rms_w,
                          .saved_rstd = a->rms_rstd, .dy = s->gm, .dx = s->gB, .dweight = gw->rms_w};
     be->rmsnorm_backward(be, &rms);
-    mg_pass_dstate_get(ps, l, G_CEMA, st);
     MgCemaArgs cema = {.B = ps->B, .L = ps->L, .D = d, .N = c->cema_ndim, .x = a->xn, .alpha = w->alpha,
                        .delta = w->delta, .theta = w->theta, .gamma = w->gamma, .omega = w->omega,
-                       .h_in = st->in[S_H], .dy = s->gB, .dh_out = st->dout[S_H], .dx = s->gxn,
-                       .dalpha = gw->alpha, .ddelta = gw->delta, .dtheta = gw->theta, .dgamma = gw->gamma,
-                       .domega = gw->omega, .dh_in = st->din[S_H], .accumulate = 1};
-    be->cema_backward(be, &cema);
+                       .h_in = st->in[S_H], .dy = s->gB, .dx = s->gxn, .dalpha = gw->alpha, .ddelta = gw->delta,
+                       .dtheta = gw->theta, .dgamma = gw->gamma, .domega = gw->omega, .dh_in = st->din[S_H],
+                       .accumulate = 1};
+    if (mg_pass_scan_backward(ps)) {
+        /* this slice's own part (zero outgoing-state gradient), the scan, then the outgoing part alone */
+        be->cema_backward(be, &cema);
+        mg_pass_dstate_scan(ps, l, G_CEMA, st, &cema);
+        MgCemaArgs b = cema;
+        b.dy = mg_pass_zeros(ps, T * d);
+        b.dh_out = st->dout[S_H];
+        b.dh_in = mg_pass_din_extra(ps, l, S_H);
+        be->cema_backward(be, &b);
+        mg_state_axpy(ps, (int64_t)ps->B * d * c->cema_ndim * 2, b.dh_in, st->din[S_H]);
+    } else {
+        mg_pass_dstate_get(ps, l, G_CEMA, st);
+        cema.dh_out = st->dout[S_H];
+        be->cema_backward(be, &cema);
+    }
     mg_pass_dstate_done(ps, l, G_CEMA, st);
 
     MgTimestepNormArgs tsn;

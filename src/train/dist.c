@@ -8,20 +8,21 @@
 #include <time.h>
 
 #include "../../parallel/shard.h"
+#include "../common.h"
 #include "../launch.h"
 #include "../params.h"
 
 /* A fatal error on one rank ends every rank. Before the run is configured, most errors (a bad key, a
- * missing file) are found by every rank alike: the other ranks wait a moment so that rank 0's abort,
+ * missing file) are found by every rank alike: the other ranks wait 5 s so that rank 0's abort,
  * which prints the message once, ends them first; an error only one rank sees is still printed by it. */
 static void dist_error_hook(const char *msg, const char *file, int line, void *ctx) {
     (void)file;
     (void)line;
     MgDist *d = ctx;
     fflush(stdout);
-    if (!d->is_root && !d->configured) {
-        struct timespec ts = {2, 0};
-        nanosleep(&ts, NULL);
+    if (!d->is_root && !d->configured) { /* 5 s, whatever signals mpirun's kill sequence sends meanwhile */
+        struct timespec ts = {5, 0}, rem;
+        while (nanosleep(&ts, &rem) != 0) ts = rem;
     }
     mg_tp_abort_all(d->world, "%s", msg);
 }
@@ -65,14 +66,19 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
                            "seq_len %d cannot be cut into sp = %d equal slices: use a seq_len that is a multiple of "
                            "sp x chunk_size = %lld, or another sp",
                            L, S, (long long)S * ch);
-        const int Ls = L / S;
-        if (Ls % ch)
+        const int Ls = L / S, cg = L < ch ? L : ch; /* the slice; the chunk's length */
+        if (Ls >= cg ? Ls % cg != 0 : cg % Ls != 0)
             return mg_errf(err, n,
-                           "with sp = %d each rank holds %d tokens of every sequence, which is not a whole number of "
-                           "attention chunks of %d (chunk_size): every rank must hold whole chunks, so use an sp that "
-                           "divides seq_len / chunk_size = %d%s (a chunk longer than a rank's slice needs ring "
-                           "attention, which is not implemented yet)",
-                           S, Ls, ch, L / ch, L < ch ? " (here seq_len < chunk_size: one chunk, so sp = 1)" : "");
+                           "with sp = %d each rank holds %d tokens of every sequence, which neither is a whole number "
+                           "of attention chunks of %d nor cuts one into equal parts: use an sp for which seq_len / sp "
+                           "is a multiple or a divisor of %d",
+                           S, Ls, cg, cg);
+        if (Ls < cg && !strcmp(c->sp_attention, "alltoall") && c->num_heads % (cg / Ls))
+            return mg_errf(err, n,
+                           "sp_attention alltoall splits the %d attention heads over the %d ranks that share each "
+                           "chunk, which do not divide them: use sp_attention gather (or auto), or an sp with "
+                           "%d / (seq_len / sp) dividing %d",
+                           c->num_heads, cg / Ls, cg, c->num_heads);
     }
     const int64_t micro = (int64_t)c->batch_size * L;
     const int64_t global_micro = c->batch_tokens > 0 ? c->batch_tokens / micro : dp;
@@ -108,6 +114,10 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         MgScanAlgo algo;
         if (mg_scan_algo_parse(c->sp_scan, &algo)) mg_fatal("unknown sp_scan '%s'", c->sp_scan);
         d->sp = mg_sp_create(d->grid.sp_group, be, algo, c->sp_scan_pieces);
+        MgSpAttn attn;
+        if (mg_sp_attention_parse(c->sp_attention, &attn)) mg_fatal("unknown sp_attention '%s'", c->sp_attention);
+        mg_sp_set_attention(d->sp, attn);
+        mg_sp_set_scan_backward(d->sp, !strcmp(c->sp_backward, "scan"));
     }
     if (d->P > 1) {
         const int64_t total = n_params;
@@ -115,11 +125,14 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         mg_shard_range(total, d->P, d->rank, &d->shard_off, &d->shard_len);
         d->gshard = be->alloc(be, (size_t)MG_MAX(d->shard_len, 1) * es);
         d->host_grads = mg_malloc((size_t)total * es);
+        d->reducer = mg_shard_reducer_create(d->world, be->dtype, total);
+        d->be = be;
     }
     d->configured = 1;
 }
 
 void mg_dist_end(MgDist *d) {
+    mg_shard_reducer_free(d->reducer);
     mg_sp_free(d->sp);
     free(d->host_grads);
     if (d->configured) mg_grid_destroy(&d->grid);
@@ -144,6 +157,26 @@ MgForwardOpts mg_dist_opts(const MgDist *d, const MgConfig *c, uint64_t seed, in
 }
 
 const MgModelHooks *mg_dist_hooks(const MgDist *d) { return d->sp ? mg_sp_hooks(d->sp) : NULL; }
+
+/* A bucket of gradients is final: stage it to the host and start its part of the reduce-scatter. */
+static void on_grads_ready(void *ctx, int64_t off, int64_t count) {
+    MgDist *d = ctx;
+    const size_t es = mg_dtype_size(d->be->dtype);
+    d->be->to_host(d->be, (char *)d->host_grads + (size_t)off * es, (const char *)d->grads + (size_t)off * es,
+                   (size_t)count * es);
+    mg_shard_reducer_ready(d->reducer, d->host_grads, off, count);
+}
+
+const MgModelHooks *mg_dist_last_hooks(MgDist *d, void *grads) {
+    if (d->P == 1) return NULL;
+    d->last_hooks = d->sp ? *mg_sp_hooks(d->sp) : (MgModelHooks){0};
+    d->last_hooks.grads_ready = on_grads_ready;
+    d->last_hooks.grads_ctx = d;
+    d->grads = grads;
+    return &d->last_hooks;
+}
+
+void mg_dist_reduce_finish(MgDist *d, void *out) { mg_shard_reducer_finish(d->reducer, out); }
 
 void mg_dist_pass_done(MgDist *d) {
     if (d->sp) mg_sp_finish(d->sp);

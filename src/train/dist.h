@@ -22,6 +22,10 @@ typedef struct {
     int64_t shard_off, shard_len; /* this rank's ZeRO-1 shard of the parameter arena */
     void *gshard;          /* the reduced gradient shard (backend memory, compute dtype) */
     void *host_grads;      /* P > 1: the gradient arena staged in host memory for the reduction */
+    struct MgShardReducer *reducer; /* P > 1: the gradient reduce-scatter, bucket by bucket */
+    MgModelHooks last_hooks; /* the hooks of a step's last micro-batch: SP + grads_ready */
+    const MgBackend *be;
+    void *grads;           /* the model's gradient arena (backend memory) */
 } MgDist;
 
 /* Before anything else in a command: join the launch. Under mpirun/srun with P > 1 processes (and a
@@ -44,6 +48,11 @@ void mg_dist_slice(const MgDist *d, const MgConfig *c, int B, const int32_t *ful
 MgForwardOpts mg_dist_opts(const MgDist *d, const MgConfig *c, uint64_t seed, int training, int micro, int B);
 /* The model hooks of this rank (NULL when sp_size == 1). */
 const MgModelHooks *mg_dist_hooks(const MgDist *d);
+/* The hooks of a step's last micro-batch (P > 1): the SP hooks plus grads_ready, which starts the gradient
+ * reduce-scatter bucket by bucket while the backward runs. grads: the model's gradient arena. */
+const MgModelHooks *mg_dist_last_hooks(MgDist *d, void *grads);
+/* After the last micro-batch: this rank's reduced gradient shard into out (host memory). */
+void mg_dist_reduce_finish(MgDist *d, void *out);
 /* After each mg_model_step: complete the SP sends. */
 void mg_dist_pass_done(MgDist *d);
 /* Element-wise sum over all ranks (rank order; identical on every rank). */

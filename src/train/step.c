@@ -19,8 +19,8 @@ static double update_distributed(Trainer *t, int64_t step, double *lr_out) {
     const int64_t n = mg_model_params_table(t->model)->total;
     const size_t es = mg_dtype_size(be->dtype);
     be->synchronize(be);
-    be->to_host(be, d->host_grads, mg_model_grads(t->model), (size_t)n * es);
-    mg_reduce_scatter_sum(d->world, be->dtype, d->host_grads, n, d->host_grads); /* shard in front */
+    /* the last micro-batch's backward started the reduce-scatter bucket by bucket (mg_dist_last_hooks) */
+    mg_dist_reduce_finish(d, d->host_grads); /* this rank's shard, in front */
     be->to_device(be, d->gshard, d->host_grads, (size_t)d->shard_len * es);
     double ss = d->shard_len > 0 ? be->sum_squares(be, d->gshard, d->shard_len) : 0.0;
     mg_dist_sum(d, &ss, 1);
@@ -72,9 +72,12 @@ MgStepResult trainer_step(Trainer *t) {
                 mg_dist_slice(&t->dist, c, B, t->inputs, t->in_local);
                 mg_dist_slice(&t->dist, c, B, t->targets, t->tg_local);
             }
+            const int last = micro == t->n_micro - 1;
             MgPassArgs a = {.tokens = t->in_local, .targets = t->tg_local, .B = B, .L = Ls,
                             .grad_scale = 1.0 / (double)step_tokens,
-                            .opts = mg_dist_opts(&t->dist, c, step_seed, 1, micro, B), .hooks = mg_dist_hooks(&t->dist)};
+                            .opts = mg_dist_opts(&t->dist, c, step_seed, 1, micro, B),
+                            .hooks = last ? mg_dist_last_hooks(&t->dist, mg_model_grads(t->model))
+                                          : mg_dist_hooks(&t->dist)};
             loss_sum += mg_model_step(t->model, &a, &n);
             mg_dist_pass_done(&t->dist);
         }

@@ -8,13 +8,17 @@
  *   loss         sum over ranks = the one-process loss (f32 1e-6, f64 1e-12 relative)
  *   gradients    each rank's reduced shard = the one-process gradient, per tensor normwise (f32 1e-5,
  *                f64 1e-12)
+ *   bucketed     the reduce-scatter started bucket by bucket from the backward's grads_ready (what train
+ *                runs) = the reduce-scatter of the finished arena, bitwise
  *   ZeRO-1 step  the all-gathered weights after AdamW on each shard are bitwise those of one AdamW over
  *                the whole arena with the same reduced gradient (AdamW is element-wise; comparing with
  *                the one-process gradient instead would measure AdamW's conditioning: its first step
  *                is nearly sign(g), so gradients near 0 that differ in the last bits move far)
  * Results are combined with an all-reduce; rank 0 prints one PASS/FAIL line per check.
  *
- *   mpi_train_check --sp S */
+ *   mpi_train_check --sp S [--span K] [--attention gather|alltoall] [--scan-backward]
+ * --span K: attention chunks of K slices (K ranks share each chunk: the attention-across-ranks path);
+ * default: two chunks per rank. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +29,10 @@
 #include "../../src/hash.h"
 #include "../../src/train/dist.h"
 
-enum { B = 2, CHUNK = 16, CHUNKS_PER_RANK = 2, VOCAB = 512 };
+enum { B = 2, SLICE = 32, VOCAB = 512 };
+static int SPAN; /* 0: chunks of SLICE / 2 (two per rank); K: chunks of K slices */
+static MgSpAttn ATTN = MG_SP_ATTN_AUTO;
+static int SCAN_BWD; /* --scan-backward: state gradients by reverse scans */
 static MgTransport *W;
 static int n_pass, n_fail;
 
@@ -42,7 +49,7 @@ static void check(int ok, const char *name, const char *detail) {
     fflush(stdout);
 }
 
-static void tiny(MgConfig *c, int L) {
+static void tiny(MgConfig *c, int L, int chunk) {
     mg_config_defaults(c);
     c->vocab_size = VOCAB;
     c->n_layers = 2;
@@ -53,7 +60,7 @@ static void tiny(MgConfig *c, int L) {
     c->ffn_hidden_dim = 128;
     c->cema_ndim = 4;
     c->norm_num_groups = 4;
-    c->chunk_size = CHUNK;
+    c->chunk_size = chunk;
     c->swiglu = 1;
     c->seq_len = L;
     c->batch_size = B;
@@ -99,9 +106,10 @@ static double shard_diff(const MgParamTable *t, const double *got, const double 
 }
 
 static void run(const char *backend, int S, MgScanAlgo algo) {
-    const int P = W->size, DP = P / S, L = S * CHUNKS_PER_RANK * CHUNK, Bg = DP * B;
+    const int P = W->size, DP = P / S, L = S * SLICE, Bg = DP * B;
     MgConfig cfg;
-    tiny(&cfg, L);
+    tiny(&cfg, L, SPAN ? SPAN * SLICE : SLICE / 2);
+    if (SPAN == 4) cfg.num_heads = 4; /* the all-to-all path needs the chunk's ranks to divide the heads */
     char err[512];
     MgBackendOptions bo = {.threads = 1};
     MgBackend *be = mg_backend_create(backend, 0, &bo, err, sizeof err);
@@ -140,6 +148,9 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     if (mg_grid_create(W, S, &d.grid, err, sizeof err)) mg_fatal("%s", err);
     d.configured = 1;
     d.sp = S > 1 ? mg_sp_create(d.grid.sp_group, be, algo, 3) : NULL;
+    if (d.sp) mg_sp_set_attention(d.sp, ATTN);
+    if (d.sp) mg_sp_set_scan_backward(d.sp, SCAN_BWD);
+    d.be = be;
 
     /* this rank's rows (every DP-th sequence) and columns (its slice) */
     const int Ls = L / S;
@@ -154,14 +165,19 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     MgModel *m = mg_model_create(&cfg, be);
     mg_model_init_weights(m, 11);
     mg_model_zero_grads(m);
+    const int64_t n_m = mg_model_params_table(m)->total;
+    d.reducer = mg_shard_reducer_create(W, be->dtype, n_m);
+    d.host_grads = malloc((size_t)n_m * mg_dtype_size(be->dtype));
     MgPassArgs a = {.tokens = lt, .targets = lg, .B = B, .L = Ls, .grad_scale = scale,
-                    .opts = mg_dist_opts(&d, &cfg, seed, 1, 0, B), .hooks = mg_dist_hooks(&d)};
+                    .opts = mg_dist_opts(&d, &cfg, seed, 1, 0, B), .hooks = mg_dist_last_hooks(&d, mg_model_grads(m))};
     double loss = mg_model_step(m, &a, NULL);
     mg_dist_pass_done(&d);
     mg_tp_all_reduce_sum(W, &loss, 1);
 
     char name[200], detail[200];
-    const char *an = S > 1 ? mg_scan_algo_name(algo) : "no";
+    char an[64];
+    snprintf(an, sizeof an, "%s%s%s", S > 1 ? mg_scan_algo_name(algo) : "no",
+             !SPAN ? "" : ATTN == MG_SP_ATTN_ALLTOALL ? "_chunk_alltoall" : "_chunk_gather", SCAN_BWD ? "_fwd_bwd" : "");
     snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_loss", backend, DP, S, an);
     const double el = fabs(loss - loss_ref) / fabs(loss_ref);
     snprintf(detail, sizeof detail, "relative error %.3e, tolerance %.0e", el, tol_loss);
@@ -174,6 +190,13 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     void *host = malloc((size_t)n * es);
     memcpy(host, mg_model_grads(m), (size_t)n * es);
     mg_reduce_scatter_sum(W, be->dtype, host, n, host);
+    void *bucketed = malloc((size_t)MG_MAX(len, 1) * es);
+    mg_dist_reduce_finish(&d, bucketed);
+    snprintf(name, sizeof name, "%s_dp%d_sp%d_%s_scan_bucketed_reduction", backend, DP, S, an);
+    snprintf(detail, sizeof detail, "shard of %lld values bitwise equal to the reduce-scatter after the backward",
+             (long long)len);
+    check(!memcmp(bucketed, host, (size_t)len * es), name, detail);
+    free(bucketed);
     double *g = malloc(sizeof(double) * (size_t)MG_MAX(len, 1));
     to_double(be, host, len, g);
     const char *worst = "-";
@@ -232,6 +255,8 @@ static void run(const char *backend, int S, MgScanAlgo algo) {
     free(tok);
     free(tgt);
     mg_sp_free(d.sp);
+    mg_shard_reducer_free(d.reducer);
+    free(d.host_grads);
     mg_grid_destroy(&d.grid);
     mg_model_free(m);
     mg_model_free(ref);
@@ -242,8 +267,16 @@ int main(int argc, char **argv) {
     int S = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--sp") && i + 1 < argc) S = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--span") && i + 1 < argc) SPAN = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--scan-backward")) SCAN_BWD = 1;
+        else if (!strcmp(argv[i], "--attention") && i + 1 < argc) {
+            if (mg_sp_attention_parse(argv[++i], &ATTN)) {
+                fprintf(stderr, "--attention: auto, gather or alltoall\n");
+                return 2;
+            }
+        }
         else {
-            fprintf(stderr, "usage: mpi_train_check --sp S\n");
+            fprintf(stderr, "usage: mpi_train_check --sp S [--span K]\n");
             return 2;
         }
     }
@@ -254,9 +287,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (S < 1 || W->size % S) mg_fatal("--sp %d must divide the %d ranks", S, W->size);
+    if (SPAN < 0 || (SPAN && S % SPAN)) mg_fatal("--span %d must divide --sp %d", SPAN, S);
     const char *backends[] = {"cpu-f32", "cpu-f64"};
     for (int k = 0; k < 2; k++)
-        for (int algo = 0; algo < (S > 1 ? MG_SCAN_N_ALGOS : 1); algo++) run(backends[k], S, (MgScanAlgo)algo);
+        for (int algo = 0; algo < (S > 1 && !SPAN ? MG_SCAN_N_ALGOS : 1); algo++) run(backends[k], S, (MgScanAlgo)algo);
     if (W->rank == 0) printf("# mpi_train_check: %d passed, %d failed\n", n_pass, n_fail);
     const int rc = n_fail ? 1 : 0;
     mg_transport_mpi_finalize(W);
