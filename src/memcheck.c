@@ -39,8 +39,16 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
         /* the gradients staged on the host, the reduce-scatter's P copies of the shard, the reduced shard */
         m->dist = 2.0 * n * es + ceil(n / P) * es;
         const double Ls = L / S, cg = fmin((double)c->chunk_size, L);
-        if (S > 1 && Ls < cg) /* a chunk over several ranks: its keys and values kept per layer, their gradients */
-            m->dist += B * cg * (c->z_dim + c->value_dim) * es * (c->n_layers + 2.0);
+        if (S > 1 && Ls < cg) { /* a chunk over k ranks (docs/parallelism.md, "Attention across ranks") */
+            const int k = (int)(cg / Ls), heads_divide = c->num_heads % k == 0;
+            const double kv = B * (c->z_dim + c->value_dim) * es; /* keys and values of one token */
+            if (!strcmp(c->sp_attention, "gather")) /* the chunk's context kept per layer, its gradients */
+                m->dist += cg * kv * (c->n_layers + 2.0);
+            else if (!strcmp(c->sp_attention, "alltoall") || (!strcmp(c->sp_attention, "auto") && heads_divide))
+                m->dist += 2.0 * Ls * kv * (c->n_layers + 2.0); /* per layer its heads' q, k, v, o of the chunk */
+            else /* ring: backend k, v, o, dk, dv, a received partial; five host messages of k and v */
+                m->dist += 11.0 * Ls * kv;
+        }
     }
     if (use == MG_MEM_SAMPLE) {
         /* the decoder (sample's batch of one): the caches and work buffers it allocates on the backend, and
