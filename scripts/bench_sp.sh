@@ -5,6 +5,7 @@
 # messages; mean and max over ranks), and the bytes and exchanges per step and rank.
 #
 #   scripts/bench_sp.sh [OUT_DIR]        (default build/bench_sp; a markdown table goes to OUT_DIR/table.md)
+#   ATTN=1 scripts/bench_sp.sh [OUT_DIR] (the attention paths for a chunk over the ranks: OUT_DIR/attention.md)
 #
 # Environment: STEPS (default 6), PS (default "2 4"), THREADS per rank (default 1), CONFIG (default
 # configs/small.conf with seq_len 2048 and chunk_size 256, so that sp 4 holds 2 chunks per rank).
@@ -39,6 +40,40 @@ e.sort()
 print("%.3f" % (e[len(e) // 2] if e else float("nan")))
 EOF
 }
+
+# ATTN=1: the attention paths instead (docs/parallelism.md, "Attention across ranks"): one chunk of
+# seq_len tokens over P ranks (chunk_size = seq_len = 2048), sp_attention ring, gather and alltoall (where
+# the heads divide); per run the median step time and the largest resident set of a rank.
+if [ "${ATTN:-0}" = 1 ]; then
+    TABLE="$OUT/attention.md"
+    {
+        echo "| ranks | path | step s (median) | exchange s/step fwd + bwd (max over ranks) | max RSS of a rank (MB) |"
+        echo "|---|---|---|---|---|"
+    } >"$TABLE"
+    AARGS=("${ARGS[@]}" --chunk_size 2048)
+    rm -rf "$OUT/a1"
+    /usr/bin/time -f "maxrss %M" $M train "${AARGS[@]}" --out_dir "$OUT/a1" >"$OUT/a1.txt" 2>&1
+    echo "| 1 | (one process) | $(median_step "$OUT/a1/log.jsonl") | - | $(($(sed -nE 's/^maxrss ([0-9]+)/\1/p' "$OUT/a1.txt" | sort -n | tail -1) / 1024)) |" >>"$TABLE"
+    heads=$(sed -nE 's/^num_heads *= *([0-9]+).*/\1/p' "$CONFIG")
+    for P in $PS; do
+        for path in ring gather alltoall; do
+            [ $path = alltoall ] && [ $((heads % P)) != 0 ] && continue
+            d="$OUT/a${P}_$path"
+            rm -rf "$d"
+            mpirun -np "$P" /usr/bin/time -f "maxrss %M" $M train "${AARGS[@]}" --sp "$P" --sp_attention $path \
+                --out_dir "$d" >"$d.txt" 2>&1
+            line=$(grep '^sequence parallel exchange' "$d.txt")
+            read -r fwdmax bwdmax < <(sed -E 's/.*forward [0-9.]+ s\/step \(max ([0-9.]+)\), backward [0-9.]+ s\/step \(max ([0-9.]+)\).*/\1 \2/' <<<"$line")
+            rss=$(($(sed -nE 's/^maxrss ([0-9]+)/\1/p' "$d.txt" | sort -n | tail -1) / 1024))
+            over=""
+            [ $((P * THREADS)) -gt "$cores" ] && over=" (oversubscribed)"
+            echo "| $P$over | $path | $(median_step "$d/log.jsonl") | $fwdmax + $bwdmax | $rss |" >>"$TABLE"
+        done
+    done
+    echo "bench_sp (attention paths): $(date -u +%Y-%m-%d), $(nproc) cores, $THREADS thread(s) per rank, $CONFIG at seq_len 2048, one chunk of 2048, 1 sequence per step, $STEPS steps"
+    cat "$TABLE"
+    exit 0
+fi
 
 TABLE="$OUT/table.md"
 {

@@ -377,11 +377,20 @@ static int attention_case(BoCase *c, int v, int bwd) {
     static const struct {
         int B, H, Dqk, Dv, Lq, Lk, chunk;
         double scale, drop_p;
-        int acc, lse; /* lse = 0: no saved log-sum-exp (the backward recomputes it) */
-    } S[] = {{2, 3, 5, 9, 21, 21, 7, 1.0, 0.0, 0, 1},   {1, 2, 7, 3, 37, 37, 64, 0.37, 0.3, 1, 1},
-             {2, 1, 4, 6, 35, 35, 5, 1.0, 0.2, 0, 1},   {1, 3, 5, 5, 3, 11, 13, 1.0, 0.0, 1, 1},
-             {2, 2, 3, 4, 1, 21, 21, 0.5, 0.25, 0, 1}, {1, 1, 3, 4, 131, 131, 131, 1.0, 0.1, 1, 1},
-             {2, 2, 6, 5, 12, 12, 4, 0.8, 0.15, 1, 0}};
+        int acc, lse;  /* lse = 0: no saved log-sum-exp (the backward recomputes it) */
+        int blk, q0, k0, C; /* block mode (ring attention): chunk rows of query 0 and key 0, chunk length */
+    } S[] = {{2, 3, 5, 9, 21, 21, 7, 1.0, 0.0, 0, 1, 0, 0, 0, 0},
+             {1, 2, 7, 3, 37, 37, 64, 0.37, 0.3, 1, 1, 0, 0, 0, 0},
+             {2, 1, 4, 6, 35, 35, 5, 1.0, 0.2, 0, 1, 0, 0, 0, 0},
+             {1, 3, 5, 5, 3, 11, 13, 1.0, 0.0, 1, 1, 0, 0, 0, 0},
+             {2, 2, 3, 4, 1, 21, 21, 0.5, 0.25, 0, 1, 0, 0, 0, 0},
+             {1, 1, 3, 4, 131, 131, 131, 1.0, 0.1, 1, 1, 0, 0, 0, 0},
+             {2, 2, 6, 5, 12, 12, 4, 0.8, 0.15, 1, 0, 0, 0, 0, 0},
+             /* block mode: partly causal (off 5 < Lk), the diagonal block, a whole earlier block */
+             {2, 2, 5, 4, 9, 7, 48, 0.9, 0.3, 1, 1, 1, 10, 5, 48},
+             {1, 3, 4, 6, 6, 6, 48, 1.0, 0.2, 0, 1, 1, 12, 12, 48},
+             {2, 1, 3, 5, 7, 8, 48, 1.0, 0.2, 1, 1, 1, 30, 0, 48},
+             {1, 2, 4, 4, 140, 133, 300, 1.0, 0.0, 0, 1, 1, 150, 10, 0}};
     if (v >= NELEM(S)) return 0;
     typedef MgAttentionArgs A;
     const int B = S[v].B, H = S[v].H, Dqk = S[v].Dqk, Dv = S[v].Dv, Lq = S[v].Lq, Lk = S[v].Lk;
@@ -399,8 +408,13 @@ static int attention_case(BoCase *c, int v, int bwd) {
     a->drop_p = S[v].drop_p;
     a->drop_seed = 0x5eed0000u + (unsigned)v;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "B=%d H=%d Dqk=%d Dv=%d Lq=%d Lk=%d chunk=%d scale=%g drop_p=%g%s%s", B, H, Dqk, Dv, Lq, Lk,
-             S[v].chunk, S[v].scale, S[v].drop_p, S[v].lse ? "" : " no-lse", bwd && S[v].acc ? " acc" : "");
+    a->block = S[v].blk;
+    a->q_row0 = S[v].q0;
+    a->k_row0 = S[v].k0;
+    a->drop_chunk_len = S[v].C;
+    bo_shape(c, "B=%d H=%d Dqk=%d Dv=%d Lq=%d Lk=%d chunk=%d scale=%g drop_p=%g%s%s%s", B, H, Dqk, Dv, Lq, Lk,
+             S[v].chunk, S[v].scale, S[v].drop_p, S[v].lse ? "" : " no-lse", bwd && S[v].acc ? " acc" : "",
+             S[v].blk ? " block" : "");
     normal(BO_IN_(c, A, q, BO_ACT, nq), nq, 1.0);
     normal(BO_IN_(c, A, k, BO_ACT, nk), nk, 1.0);
     normal(BO_IN_(c, A, v, BO_ACT, nv), nv, 1.0);
@@ -420,6 +434,29 @@ static int attention_case(BoCase *c, int v, int bwd) {
 }
 static int case_attention_forward(BoCase *c, int v) { return attention_case(c, v, 0); }
 static int case_attention_backward(BoCase *c, int v) { return attention_case(c, v, 1); }
+
+/* the online-softmax merge of two partial attentions (finite log-sum-exps; -inf rows: test_attention) */
+static int case_attention_merge(BoCase *c, int v) {
+    static const struct {
+        int B, Lq, H, Dv;
+    } S[] = {{1, 1, 1, 1}, {2, 7, 3, 5}, {1, 33, 2, 129}};
+    if (v >= NELEM(S)) return 0;
+    typedef MgAttnMergeArgs A;
+    A *a = bo_args(c, sizeof *a);
+    a->B = S[v].B;
+    a->Lq = S[v].Lq;
+    a->H = S[v].H;
+    a->Dv = S[v].Dv;
+    const size_t no = (size_t)a->B * a->Lq * a->H * a->Dv, nl = (size_t)a->B * a->H * a->Lq;
+    bo_shape(c, "B=%d Lq=%d H=%d Dv=%d", a->B, a->Lq, a->H, a->Dv);
+    bo_tol(c, BO_TOL_REDUCTION);
+    normal(BO_INOUT_(c, A, o, BO_ACT, no), no, 1.0);
+    normal(BO_INOUT_(c, A, lse, BO_STATE, nl), nl, 3.0);
+    normal(BO_IN_(c, A, o_b, BO_ACT, no), no, 1.0);
+    normal(BO_IN_(c, A, lse_b, BO_STATE, nl), nl, 3.0);
+    bo_call(c, BO_OP(attention_merge));
+    return 1;
+}
 
 /* ---------------------------------------------------------------------------------------------- */
 /* elementwise activations */
@@ -681,6 +718,7 @@ const BoCaseEntry bo_cases[] = {
     {BO_OP(rope_backward), case_rope_backward},
     {BO_OP(attention_forward), case_attention_forward},
     {BO_OP(attention_backward), case_attention_backward},
+    {BO_OP(attention_merge), case_attention_merge},
     {BO_OP(act_forward), case_act_forward},
     {BO_OP(act_backward), case_act_backward},
     {BO_OP(dropout_forward), case_dropout_forward},
