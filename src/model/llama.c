@@ -121,7 +121,8 @@ typedef struct {
 
 typedef struct {
     void *go, *gq, *gk, *gv;  /* T x d */
-    void *gkk, *gvv;          /* T x Hkv*dh: key/value gradients before the expansion (grouped-query only) */
+    void *gkk, *gvv;          /* T x Hkv*dh: key/value gradients before the expansion (grouped-query only;
+                               * NULL otherwise) */
     void *gff, *gf1, *gf3;    /* T x f */
 } Scratch;
 
@@ -163,8 +164,7 @@ static void plan_scratch(const MgConfig *c, MgPlan *p, void *scratch, int64_t T,
     mg_plan_add(p, n, MG_BUF_ACT, T * d, &s->gq);
     mg_plan_add(p, n, MG_BUF_ACT, T * d, &s->gk);
     mg_plan_add(p, n, MG_BUF_ACT, T * d, &s->gv);
-    s->gkk = s->gk;
-    s->gvv = s->gv;
+    s->gkk = s->gvv = NULL; /* multi-head: the backward uses gk and gv */
     if (group(c) > 1) {
         mg_plan_add(p, n, MG_BUF_ACT, T * kv, &s->gkk);
         mg_plan_add(p, n, MG_BUF_ACT, T * kv, &s->gvv);
@@ -358,19 +358,22 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
     at.dk = s->gk;
     at.dv = s->gv;
     be->attention_backward(be, &at);
+    void *gkk = s->gk, *gvv = s->gv; /* key/value gradients of the Hkv heads */
     if (group(c) > 1) {
-        expand_heads_bwd(ps, a, s->gk, s->gkk);
-        expand_heads_bwd(ps, a, s->gv, s->gvv);
+        gkk = s->gkk;
+        gvv = s->gvv;
+        expand_heads_bwd(ps, a, s->gk, gkk);
+        expand_heads_bwd(ps, a, s->gv, gvv);
     }
     MgRopeArgs rq = rope_args(ps, c->num_heads);
     rq.dy = rq.dx = s->gq;
     be->rope_backward(be, &rq);
     MgRopeArgs rk = rope_args(ps, kv_heads(c));
-    rk.dy = rk.dx = s->gkk;
+    rk.dy = rk.dx = gkk;
     be->rope_backward(be, &rk);
     mg_linear_bwd(ps, T, d, d, a->xn, w->wq, s->gq, gn, gw->wq, NULL, 0);
-    mg_linear_bwd(ps, T, d, kv, a->xn, w->wk, s->gkk, gn, gw->wk, NULL, 1);
-    mg_linear_bwd(ps, T, d, kv, a->xn, w->wv, s->gvv, gn, gw->wv, NULL, 1);
+    mg_linear_bwd(ps, T, d, kv, a->xn, w->wk, gkk, gn, gw->wk, NULL, 1);
+    mg_linear_bwd(ps, T, d, kv, a->xn, w->wv, gvv, gn, gw->wv, NULL, 1);
     MgRMSNormArgs n1 = {.T = T, .D = d, .eps = c->norm_eps, .x = x, .weight = w->attn_norm,
                         .saved_rstd = a->rstd1, .dy = gn, .dx = gx, .dweight = gw->attn_norm, .accumulate = 1};
     be->rmsnorm_backward(be, &n1);
