@@ -88,3 +88,20 @@ lb=$(losses "$T/b/log.jsonl")
 d=$($M ckpt diff "$T/b/ckpt_00000030.h5" "$T/c/ckpt_00000030.h5" | grep '^summary')
 grep -q "differing=0 " <<<"$d" && grep -q "max_abs_diff=0.0" <<<"$d" && pass "llama resumed run has bit-identical final weights and moments" "$d" ||
     fail "llama resume weights" "$d"
+
+# ---- data parallelism: 2 ranks give the losses of one process (when Open MPI is installed) ------------
+if command -v mpirun >/dev/null 2>&1 && $M features 2>/dev/null | grep -q '^MPI: *yes'; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    DP=(--config configs/llama-tiny.conf --threads 1 --batch_tokens 256 --max_steps 4 --warmup_steps 1 --eval_batches 1)
+    $M train "${DP[@]}" --out_dir "$T/d1" >/dev/null 2>&1
+    mpirun -np 2 $M train "${DP[@]}" --out_dir "$T/d2" >"$T/d2.log" 2>&1
+    $PY - "$T/d1/log.jsonl" "$T/d2/log.jsonl" <<'PYEOF'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+err = max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=1.0)
+ok = len(a) == len(b) == 4 and err <= 1e-5
+print(("PASS" if ok else "FAIL") + f" llama data parallel on 2 ranks == 1 process (4 steps, worst relative loss difference {err:.1e}, tolerance 1e-5)")
+PYEOF
+else
+    echo "SKIP llama_data_parallel (no mpirun or a build without MPI)"
+fi
