@@ -117,6 +117,7 @@ static const KeyDef KEYS[] = {
     /* ---- checkpoints and continual pre-training ---- */
     {"ckpt_every", T_INT64, F(ckpt_every), "0", "ckpt", R_NONNEG, NULL, "steps between checkpoints; 0 = only at the end (and on SIGINT/SIGTERM)"},
     {"ckpt_keep", T_INT, F(ckpt_keep), "3", "ckpt", R_NONNEG, NULL, "newest checkpoints kept; 0 = keep all"},
+    {"ckpt_async", T_BOOL, F(ckpt_async), "true", "ckpt", R_ANY, NULL, "write periodic checkpoints in a background thread from a host snapshot (12 bytes per parameter); false = the step loop waits for each write"},
     {"resume", T_STRING, F(resume), "", "ckpt", R_ANY, NULL, "\"\" = fresh run, auto = newest checkpoint in out_dir if any, or a checkpoint path"},
     {"init_from", T_STRING, F(init_from), "", "ckpt", R_ANY, NULL, "start a new run from this checkpoint's weights (continual pre-training)"},
     {"init_optimizer", T_BOOL, F(init_optimizer), "false", "ckpt", R_ANY, NULL, "with init_from: also load the AdamW moments"},

@@ -79,6 +79,7 @@ typedef struct {
     /* ---- checkpoints and continual pre-training ---- */
     int64_t ckpt_every;          /* 0 = only at the end (and on SIGINT/SIGTERM) */
     int ckpt_keep;
+    int ckpt_async;              /* bool: periodic checkpoints written by a background thread from a host snapshot */
     char resume[MG_PATH_MAX];    /* "" | auto | path */
     char init_from[MG_PATH_MAX]; /* start a new run from these weights */
     int init_optimizer;          /* bool: also load optimizer moments with init_from */

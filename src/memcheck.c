@@ -9,11 +9,17 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "checkpoint.h"
 #include "launch.h"
 #include "model.h"
 
 #define MARGIN_FIXED (64.0 * 1024 * 1024) /* op workspace, allocator, OpenMP and BLAS runtime */
 #define MARGIN_SHARE 0.05
+
+int mg_train_ckpt_snapshot(const MgConfig *c) {
+    const int64_t last = c->stop_at > 0 ? MG_MIN(c->stop_at, c->max_steps) : c->max_steps;
+    return c->ckpt_async && c->ckpt_every > 0 && c->ckpt_every < last && mg_ckpt_available();
+}
 
 void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, MgMemUse use, MgRunMemory *m) {
     memset(m, 0, sizeof *m);
@@ -27,12 +33,22 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
     m->grads = n * es; /* the model holds a gradient arena whatever the command */
     m->masters = compute == MG_F32 ? 0.0 : n * 4.0;
     if (use == MG_MEM_TRAIN) m->moments = 2.0 * ceil(n / P) * 4.0; /* ZeRO-1: this rank's shard */
+    /* the checkpoint snapshot: on rank 0, which gathers every shard, the whole masters, m and v */
+    if (use == MG_MEM_TRAIN && mg_train_ckpt_snapshot(c)) m->snapshot = 3.0 * n * 4.0;
     if (P > 1) {
         /* the gradients staged on the host, the reduce-scatter's P copies of the shard, the reduced shard */
         m->dist = 2.0 * n * es + ceil(n / P) * es;
         const double Ls = L / S, cg = fmin((double)c->chunk_size, L);
-        if (S > 1 && Ls < cg) /* a chunk over several ranks: its keys and values kept per layer, their gradients */
-            m->dist += B * cg * (c->z_dim + c->value_dim) * es * (c->n_layers + 2.0);
+        if (S > 1 && Ls < cg) { /* a chunk over k ranks (docs/parallelism.md, "Attention across ranks") */
+            const int k = (int)(cg / Ls), heads_divide = c->num_heads % k == 0;
+            const double kv = B * (c->z_dim + c->value_dim) * es; /* keys and values of one token */
+            if (!strcmp(c->sp_attention, "gather")) /* the chunk's context kept per layer, its gradients */
+                m->dist += cg * kv * (c->n_layers + 2.0);
+            else if (!strcmp(c->sp_attention, "alltoall") || (!strcmp(c->sp_attention, "auto") && heads_divide))
+                m->dist += 2.0 * Ls * kv * (c->n_layers + 2.0); /* per layer its heads' q, k, v, o of the chunk */
+            else /* ring: backend k, v, o, dk, dv, a received partial; five host messages of k and v */
+                m->dist += 11.0 * Ls * kv;
+        }
     }
     if (use == MG_MEM_SAMPLE) {
         /* the decoder (sample's batch of one): the caches and work buffers it allocates on the backend, and
@@ -42,7 +58,7 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
         m->activations = (double)mg_activation_plan_bytes(c, compute, MG_F32, c->batch_size, c->seq_len / S);
         m->data = 2.0 * B * L * sizeof(int32_t) * (use == MG_MEM_TRAIN && c->val_data[0] ? 2 : 1);
     }
-    double sum = m->params + m->grads + m->masters + m->moments + m->activations + m->data + m->dist;
+    double sum = m->params + m->grads + m->masters + m->moments + m->snapshot + m->activations + m->data + m->dist;
     m->margin = MARGIN_FIXED + MARGIN_SHARE * sum;
     m->total = sum + m->margin;
 }
@@ -182,6 +198,8 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
         else snprintf(lbl, sizeof lbl, "AdamW moments (fp32, 2 x)");
         fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->moments, a, sizeof a));
     }
+    if (m->snapshot > 0)
+        fprintf(f, "%s%-34s %12s\n", indent, "checkpoint snapshot (ckpt_async)", mg_format_bytes(m->snapshot, a, sizeof a));
     const int S = use == MG_MEM_TRAIN && m->ranks > 1 && c->sp > 1 ? c->sp : 1;
     if (use == MG_MEM_SAMPLE)
         snprintf(lbl, sizeof lbl, "decoder (attention cache, %s %d)", strcmp(c->arch, "llama") ? "chunk" : "context",
@@ -222,23 +240,26 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     mg_run_memory(c, &t, compute, use, &m);
     mg_param_table_free(&t);
     const int local = m.ranks > 1 ? local_ranks() : 1;
-    if (m.total * local <= avail) return 0;
-    char need[32], have[32], p[32], g[32], ms[32], mo[32], ac[32], da[32], mg[32], dist[128] = "";
+    /* every rank on the node holds its own share; only rank 0 holds the checkpoint snapshot */
+    const double node = m.total * local - m.snapshot * (local - 1);
+    if (node <= avail) return 0;
+    char need[32], have[32], p[32], g[32], ms[32], mo[32], sn[32], ac[32], da[32], mg[32], dist[128] = "";
     mg_format_bytes(m.total, need, sizeof need);
     mg_format_bytes(avail, have, sizeof have);
     if (local > 1) {
         char all[32];
         snprintf(dist, sizeof dist, " (x %d ranks on this node = %s)", local,
-                 mg_format_bytes(m.total * local, all, sizeof all));
+                 mg_format_bytes(node, all, sizeof all));
     }
     mg_format_bytes(m.params, p, sizeof p);
     mg_format_bytes(m.grads, g, sizeof g);
     mg_format_bytes(m.masters, ms, sizeof ms);
     mg_format_bytes(m.moments, mo, sizeof mo);
+    mg_format_bytes(m.snapshot, sn, sizeof sn);
     mg_format_bytes(m.activations, ac, sizeof ac);
     mg_format_bytes(m.data, da, sizeof da);
     mg_format_bytes(m.margin, mg, sizeof mg);
-    const double model = m.params + m.grads + m.masters + m.moments;
+    const double model = m.params + m.grads + m.masters + m.moments + m.snapshot;
     const char *keys;
     if (use == MG_MEM_SAMPLE)
         keys = "the model itself is too large here: it needs a machine with more memory (or a smaller model: "
@@ -250,12 +271,19 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     else
         keys = "most of it is the model and its optimizer state: lower model_dim, n_layers, ffn_hidden_dim, "
                "value_dim or vocab_size (batch_size and seq_len only change the activations)";
+    char snap_note[256] = "";
+    if (m.snapshot > 0)
+        snprintf(snap_note, sizeof snap_note,
+                 " ckpt_async = false saves the checkpoint snapshot (%s), at the price of a step loop that waits for "
+                 "each checkpoint write.",
+                 sn);
     return mg_errf(err, errlen,
                    "not enough memory for this %s: it needs about %s per device%s but %s is available (%s): "
-                   "parameters %s, gradients %s%s%s%s%s, %s %s, token buffers %s, workspace margin %s; %s. "
+                   "parameters %s, gradients %s%s%s%s%s%s%s, %s %s, token buffers %s, workspace margin %s; %s.%s "
                    "(MG_MEMORY_CHECK=0 skips this check.)",
                    use == MG_MEM_TRAIN ? "training run" : use == MG_MEM_EVAL ? "evaluation" : "sampling", need, dist, have,
                    src, p, g, m.masters > 0 ? ", fp32 masters " : "", m.masters > 0 ? ms : "",
                    m.moments > 0 ? ", AdamW moments " : "", m.moments > 0 ? mo : "",
-                   use == MG_MEM_SAMPLE ? "decoder" : "activations", ac, da, mg, keys);
+                   m.snapshot > 0 ? ", checkpoint snapshot " : "", m.snapshot > 0 ? sn : "",
+                   use == MG_MEM_SAMPLE ? "decoder" : "activations", ac, da, mg, keys, snap_note);
 }

@@ -3,7 +3,8 @@
  * `train`, `eval` and `sample` call mg_memory_check right after the configuration is validated: the
  * parameters, gradients, fp32 master weights (when the compute dtype is not fp32), AdamW moments (train),
  * activations (the trainer's arena plan for batch_size x seq_len; sample: the decoder's attention cache),
- * the token buffers, plus a margin for the op workspace and the runtime, are compared with the memory
+ * the token buffers, the host snapshot of background checkpoint writes (train with ckpt_async and periodic
+ * checkpoints), plus a margin for the op workspace and the runtime, are compared with the memory
  * available to this process: the smallest of MemAvailable (/proc/meminfo), the cgroup's memory.max minus
  * its current use, and RLIMIT_AS / RLIMIT_DATA minus what is already mapped. A run that does not fit is
  * refused with the breakdown and the keys to change, instead of minutes of allocation and an
@@ -28,8 +29,15 @@ typedef enum { MG_MEM_TRAIN, MG_MEM_EVAL, MG_MEM_SAMPLE } MgMemUse;
 
 typedef struct {
     double params, grads, masters, moments, activations, data, dist, margin, total; /* bytes per device */
-    int ranks;  /* processes of the run (train under mpirun/srun: the launch's size; else 1) */
+    double snapshot; /* host bytes: the checkpoint snapshot of a training run (mg_train_ckpt_snapshot), else 0 */
+    int ranks;       /* processes of the run (train under mpirun/srun: the launch's size; else 1) */
 } MgRunMemory;
+
+/* Does a training run of c keep a host snapshot of its fp32 masters and AdamW moments (12 bytes per
+ * parameter) to write checkpoints in the background? Yes with ckpt_async, checkpoints in this build, and
+ * periodic checkpoints (0 < ckpt_every < the last step: max_steps, or stop_at if earlier). The final,
+ * stop_at and signal checkpoints are written by the main thread (the process ends after them). */
+int mg_train_ckpt_snapshot(const MgConfig *c);
 
 /* What a run of config c with parameter table t needs per device in compute dtype `compute`. */
 void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, MgMemUse use, MgRunMemory *m);

@@ -3,12 +3,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -247,7 +249,7 @@ static void test_no_hdf5(void) {
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_load", "%s", err);
     rc = mg_ckpt_dir_check_writable(g_dir, 0, err, sizeof(err));
     tu_check(rc == -1 && strstr(err, "no HDF5"), "no_hdf5_dir_check", "%s", err);
-    MgCkptTensorIO io = {NULL, no_hdf5_get, no_hdf5_put, 0};
+    MgCkptTensorIO io = {NULL, no_hdf5_get, no_hdf5_put, 0, NULL};
     int rc1 = mg_ckpt_save_io(tmp_path("x.h5"), &s.t, &io, 1, &meta, err, sizeof(err));
     int ok1 = rc1 == -1 && strstr(err, "no HDF5");
     int rc2 = mg_ckpt_load_io(tmp_path("x.h5"), &s.t, &io, 1, NULL, err, sizeof(err));
@@ -774,7 +776,7 @@ static int dev_put(void *ctx, int group, const MgParam *p, int64_t start, int64_
 }
 
 static MgCkptTensorIO dev_io(Dev *d, int64_t stage_elems) {
-    MgCkptTensorIO io = {d, dev_get, dev_put, stage_elems};
+    MgCkptTensorIO io = {d, dev_get, dev_put, stage_elems, NULL}; /* no view: every tensor through get */
     return io;
 }
 
@@ -1019,6 +1021,152 @@ static void test_rotation_and_latest(const State *s) {
     snprintf(empty, sizeof(empty), "%s/run_missing", g_dir);
     tu_check(mg_ckpt_dir_latest(empty, got, sizeof(got), err, sizeof(err)) == 1, "latest_missing_dir_is_fresh_run",
              "%s", err);
+}
+
+/* ---- background saves (mg_ckpt_async_*) ---- */
+
+typedef struct {
+    int calls, rc, other_thread, published, stop_signals_blocked, nice;
+    int64_t step;
+    char path[sizeof(((MgCkptAsyncResult *)0)->path)], err[sizeof(((MgCkptAsyncResult *)0)->err)];
+} AsyncSeen;
+static pthread_t g_main_thread;
+static void async_done(const MgCkptAsyncResult *r, void *ctx) {
+    AsyncSeen *a = ctx;
+    a->calls++;
+    a->rc = r->rc;
+    a->step = r->step;
+    snprintf(a->path, sizeof(a->path), "%s", r->path);
+    snprintf(a->err, sizeof(a->err), "%s", r->err);
+    a->other_thread = !pthread_equal(pthread_self(), g_main_thread);
+    /* published when this runs: the file in place and `latest` naming it */
+    char dir[sizeof(a->path)], got[600];
+    snprintf(dir, sizeof(dir), "%s", r->path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    a->published = r->rc == 0 && access(r->path, F_OK) == 0 && latest_step(dir, got, sizeof(got)) == (int)r->step &&
+                   !strcmp(got, r->path);
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    a->stop_signals_blocked = sigismember(&cur, SIGINT) && sigismember(&cur, SIGTERM) && sigismember(&cur, SIGUSR1);
+#ifdef __linux__
+    a->nice = getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+#else
+    a->nice = 19;
+#endif
+}
+
+static void test_async_save(const State *s) {
+    char sync_dir[400], bg_dir[400], err[1024] = "", path[600];
+    snprintf(sync_dir, sizeof(sync_dir), "%s/run_sync", g_dir);
+    snprintf(bg_dir, sizeof(bg_dir), "%s/run_bg", g_dir);
+    g_main_thread = pthread_self();
+    MgCkptMeta meta;
+    fill_meta(&meta, 10);
+    int rc = mg_ckpt_dir_save(sync_dir, &s->t, s->p, s->m, s->v, &meta, 3, path, sizeof(path), err, sizeof(err));
+    mg_ckpt_meta_free(&meta);
+    tu_check(rc == 0, "async_reference_sync_save", "%s", err);
+
+    AsyncSeen seen;
+    memset(&seen, 0, sizeof(seen));
+    MgCkptAsync *a = mg_ckpt_async_create(async_done, &seen, 1);
+    setenv("MG_CKPT_TEST_WRITE_DELAY_MS", "300", 1); /* the write stays in flight while we try a second one */
+    fill_meta(&meta, 10);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, s->m, s->v, &meta, 3, err, sizeof(err));
+    tu_check(rc == 0 && meta.n_extra == 0 && meta.config_text == NULL && mg_ckpt_async_pending(a),
+             "async_start_takes_the_meta", "rc %d, %d extras left, %s", rc, meta.n_extra, err);
+    MgCkptMeta meta2;
+    fill_meta(&meta2, 20);
+    err[0] = 0;
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, s->m, s->v, &meta2, 3, err, sizeof(err));
+    tu_check(rc == -1 && strstr(err, "never more than one writer") && meta2.n_extra > 0,
+             "async_second_start_refused_until_collected", "%s", err);
+    MgCkptAsyncResult r;
+    memset(&r, 0, sizeof(r));
+    int got = mg_ckpt_async_wait(a, &r);
+    const int main_nice = getpriority(PRIO_PROCESS, 0);
+    tu_check(got == 1 && r.rc == 0 && r.step == 10 && !mg_ckpt_async_pending(a) && seen.calls == 1 &&
+                 seen.other_thread && seen.published && seen.stop_signals_blocked && seen.nice == 19 &&
+                 main_nice != 19 && r.stats.bytes == 3.0 * 4 * (double)s->t.total && r.seconds > 0,
+             "async_write_published_by_the_writer_thread",
+             "collected %d, rc %d (%s), step %lld, %d callback(s), other thread %d, published when the callback ran %d, "
+             "stop signals blocked %d, writer nice %d (caller %d), %.0f bytes",
+             got, r.rc, r.err, (long long)r.step, seen.calls, seen.other_thread, seen.published,
+             seen.stop_signals_blocked, seen.nice, main_nice, r.stats.bytes);
+    /* the same file as a synchronous save: every tensor's bytes and CRC, and the root attributes */
+    char pa[600], pb[600], why[256] = "";
+    snprintf(pa, sizeof(pa), "%s/ckpt_00000010.h5", sync_dir);
+    snprintf(pb, sizeof(pb), "%s/ckpt_00000010.h5", bg_dir);
+    MgCkptMeta ma, mb;
+    int same_meta = mg_ckpt_read_meta(pa, &ma, err, sizeof(err)) == 0 && mg_ckpt_read_meta(pb, &mb, err, sizeof(err)) == 0 &&
+                    meta_equal(&ma, &mb, why, sizeof(why));
+    mg_ckpt_meta_free(&ma);
+    mg_ckpt_meta_free(&mb);
+    int differ = tensor_bytes_differ(pa, pb, &s->t, 3);
+    int64_t step = -1;
+    tu_check(differ == 0 && same_meta && loads_ok(pb, s, &step) && step == 10, "async_file_equals_sync_file",
+             "%d tensors differ, meta %s %s", differ, same_meta ? "same" : "differs:", why);
+    tu_check(mg_ckpt_async_wait(a, &r) == 0 && mg_ckpt_async_poll(a, &r) == 0, "async_nothing_left_to_collect", "-");
+
+    /* the second save now starts; polling collects it once it has ended */
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, s->m, s->v, &meta2, 3, err, sizeof(err));
+    int polls = 0;
+    while (rc == 0 && !mg_ckpt_async_poll(a, &r)) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        polls++;
+    }
+    tu_check(rc == 0 && r.rc == 0 && r.step == 20 && latest_step(bg_dir, path, sizeof(path)) == 20,
+             "async_poll_collects_the_next_write", "rc %d, %s, %d polls", rc, r.err, polls);
+    unsetenv("MG_CKPT_TEST_WRITE_DELAY_MS");
+
+    /* a failing write: reported with the file and the reason, the earlier checkpoints untouched */
+    const char *file = tmp_path("async_not_a_dir");
+    FILE *f = mg_fopen(file, "w");
+    fclose(f);
+    char bad_dir[600];
+    snprintf(bad_dir, sizeof(bad_dir), "%s/run", file);
+    fill_meta(&meta, 30);
+    memset(&seen, 0, sizeof(seen));
+    rc = mg_ckpt_async_start(a, bad_dir, &s->t, s->p, s->m, s->v, &meta, 3, err, sizeof(err));
+    got = mg_ckpt_async_wait(a, &r);
+    tu_check(rc == 0 && got == 1 && r.rc == -1 && strstr(r.err, "async_not_a_dir") &&
+                 strstr(r.err, "not a directory") && seen.calls == 1 && seen.rc == -1 &&
+                 latest_step(bg_dir, path, sizeof(path)) == 20,
+             "async_failure_reported", "rc %d, result %d: %s", rc, r.rc, r.err);
+
+    /* the snapshot is read in place: a NaN in it is still refused (the file is not written), and a
+     * weights-only save (m = v = NULL) works */
+    State bad;
+    state_zero_like(&bad, s);
+    memcpy(bad.p, s->p, (size_t)s->t.total * 4);
+    bad.p[s->t.total / 2] = NAN;
+    fill_meta(&meta, 35);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, bad.p, s->m, s->v, &meta, 3, err, sizeof(err));
+    got = mg_ckpt_async_wait(a, &r);
+    int nan_refused = rc == 0 && got == 1 && r.rc == -1 && strstr(r.err, "NaN/Inf") &&
+                      latest_step(bg_dir, path, sizeof(path)) == 20;
+    char nan_msg[300];
+    snprintf(nan_msg, sizeof(nan_msg), "%.299s", r.err);
+    state_free_arrays(&bad);
+    fill_meta(&meta, 36);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, NULL, NULL, &meta, 3, err, sizeof(err));
+    got = mg_ckpt_async_wait(a, &r);
+    MgCkptMeta wm;
+    int weights_only = rc == 0 && got == 1 && r.rc == 0 && mg_ckpt_read_meta(r.path, &wm, err, sizeof(err)) == 0 &&
+                       !wm.has_optimizer && wm.step == 36;
+    if (rc == 0 && got == 1 && r.rc == 0) mg_ckpt_meta_free(&wm);
+    tu_check(nan_refused && weights_only, "async_in_place_refuses_nan_and_writes_weights_only",
+             "NaN: %s; weights only: %d", nan_msg, weights_only);
+
+    /* freeing with a write in flight waits for it */
+    fill_meta(&meta, 40);
+    rc = mg_ckpt_async_start(a, bg_dir, &s->t, s->p, s->m, s->v, &meta, 3, err, sizeof(err));
+    mg_ckpt_async_free(a);
+    tu_check(rc == 0 && latest_step(bg_dir, path, sizeof(path)) == 40 && tu_count_files(bg_dir, ".tmp$", 0) == 0,
+             "async_free_waits_for_the_write", "%s", path);
+    mg_ckpt_meta_free(&meta);
+    mg_ckpt_meta_free(&meta2);
 }
 
 static void test_check_writable(void) {
@@ -1266,6 +1414,7 @@ int main(void) {
     test_validation(&s, good);
     test_check_writable();
     test_rotation_and_latest(&s);
+    test_async_save(&s);
     state_free_arrays(&s);
     mg_param_table_free(&s.t);
     /* a larger model (about 1.1M parameters, 13 MB with moments) so kills and size limits land mid-write */

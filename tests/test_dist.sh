@@ -10,8 +10,10 @@
 #   * a checkpoint written by 4 ranks (DP 2 x SP 2) resumes on 2 ranks and on 1 process and continues as
 #     the uninterrupted run does;
 #   * bad layouts are refused with their message on every launch, within a time bound, writing nothing;
+#   * periodic checkpoints written in the background by rank 0 (ckpt_async) equal synchronous ones;
 #   * a rank killed with SIGKILL ends the whole job non-zero within the bound; SIGTERM to mpirun gives one
-#     coordinated checkpoint, and the run resumes from it.
+#     coordinated checkpoint, and the run resumes from it; SIGUSR1 while a background write is in flight
+#     publishes that checkpoint and the signal's.
 # Under the sanitizers (ASAN_OPTIONS set: make sanitize) a reduced set runs (one layout for 4 steps with
 # evaluation and the gathered checkpoint, one refusal, the SIGUSR1 stop and resume): the numerics and the
 # launcher's behaviour are the normal pass's job, memory errors the sanitizer pass's. Without MPI: SKIP.
@@ -161,6 +163,32 @@ if [ $SAN = 0 ]; then
     fi
 fi
 
+# ---- checkpoints written in the background (ckpt_async): rank 0 gathers the shards into its snapshot --------
+# and its writer thread writes it while every rank goes on. The files equal those of synchronous saves, and
+# the run still tracks one process. Each write is held 1 s (test aid) so that it is in flight for a while.
+if [ $SAN = 0 ]; then
+    ASYNC=(--sp 2 --ckpt_every 4 --ckpt_keep 0)
+    MG_CKPT_TEST_WRITE_DELAY_MS=1000 "${MPIRUN[@]}" -x MG_CKPT_TEST_WRITE_DELAY_MS -np 2 "$M" train "${RUN[@]}" "${ASYNC[@]}" \
+        --out_dir "$T/bg" >"$T/bg.txt" 2>&1
+    rc_bg=$?
+    "${MPIRUN[@]}" -np 2 "$M" train "${RUN[@]}" "${ASYNC[@]}" --ckpt_async false --out_dir "$T/nobg" >"$T/nobg.txt" 2>&1
+    rc_sync=$?
+    nbg=$(grep -cE '^saved periodic checkpoint .*ckpt_0000000[48]\.h5 \(.*in the background' "$T/bg.txt")
+    why=""
+    for s in 4 8 12; do
+        f=$(printf 'ckpt_%08d.h5' $s)
+        d=$("$M" ckpt diff "$T/bg/$f" "$T/nobg/$f" 2>&1)
+        other=$(grep -E '^(config [-+]|attribute |step|tokens)' <<<"$d" | grep -vE '^config [-+] (out_dir|ckpt_async) ')
+        grep -q 'differing=0 only_a=0 only_b=0 shape_mismatch=0 max_abs_diff=0.0' <<<"$d" && [ -z "$other" ] ||
+            why="$why $f: $(grep '^summary' <<<"$d") $other;"
+    done
+    if [ $rc_bg = 0 ] && [ $rc_sync = 0 ] && [ "$nbg" = 2 ] && [ -z "$why" ] && msg=$(compare "$T/bg" "$T/ref" 1e-5); then
+        pass train_np2_background_checkpoints "steps 4 and 8 written by rank 0's writer thread, equal to synchronous saves; $msg"
+    else
+        fail train_np2_background_checkpoints "exit $rc_bg / $rc_sync, $nbg background saves;$why ${msg:-} $(grep -E '^(error|saved)' "$T/bg.txt" | head -3)"
+    fi
+fi
+
 # ---- bad layouts: one message, every rank exits non-zero, nothing written -----------------------------------
 refuse() { # name expect np args...
     local name=$1 expect=$2 np=$3
@@ -273,7 +301,8 @@ stop_test() {
     fi
     local step
     step=$(ls "$d" | sed -n 's/^ckpt_0*\([0-9]*\)\.h5$/\1/p')
-    if "${MPIRUN[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --resume auto --max_steps $((step + 2)) --out_dir "$d" \
+    # (--warmup_steps 1: a stop at step 1 or 2 would leave max_steps below tiny.conf's warmup_steps 5)
+    if "${MPIRUN[@]}" -np 2 "$M" train "${LONG[@]}" --sp 2 --resume auto --max_steps $((step + 2)) --warmup_steps 1 --out_dir "$d" \
         >"$d.2.txt" 2>&1 && grep -q "^done: $((step + 2)) steps" "$d.2.txt"; then
         pass "${name}_then_resume_auto" "continued from step $step to $((step + 2))"
     else
@@ -282,5 +311,36 @@ stop_test() {
 }
 stop_test sigusr1 USR1 10 # forwarded at once: exit 0 once the checkpoint is written
 [ $SAN = 1 ] || stop_test sigterm TERM 12 # delivered after the 2 s of the kill sequence; saved before the SIGKILL 2 s later
+
+# SIGUSR1 while rank 0 writes a periodic checkpoint in the background (held 3 s by the test aid): the
+# coordinated save waits for that write, so both checkpoints are published, and every rank exits 0.
+if [ $SAN = 0 ]; then
+    d="$T/usr1_bg"
+    MG_CKPT_TEST_WRITE_DELAY_MS=3000 mpirun "${KILLSEQ[@]}" -x MG_CKPT_TEST_WRITE_DELAY_MS -np 2 "$M" train "${LONG[@]}" --sp 2 \
+        --ckpt_every 5 --out_dir "$d" >"$d.txt" 2>&1 &
+    job=$!
+    seen=0
+    for _ in $(seq 1200); do ls "$d" 2>/dev/null | grep -qE '^ckpt_00000005\.h5\..*\.tmp$' && { seen=1; break; }; kill -0 $job 2>/dev/null || break; sleep 0.05; done
+    if [ $seen = 1 ]; then
+        kill -USR1 $job
+        if wait_gone $job 60; then
+            latest=$(cat "$d/latest" 2>/dev/null)
+            if [ "$gone_rc" = 0 ] && [ "$(ranks_left "$d")" = 0 ] && [ "$latest" != ckpt_00000005.h5 ] &&
+                grep -qE '^saved periodic checkpoint .*ckpt_00000005\.h5 .*in the background' "$d.txt" &&
+                grep -qE "^saved signal checkpoint .*$latest" "$d.txt" &&
+                "$M" ckpt info "$d/ckpt_00000005.h5" >/dev/null 2>&1 && "$M" ckpt info "$d/$latest" >/dev/null 2>&1; then
+                pass sigusr1_during_background_write "mpirun exit 0; ckpt_00000005.h5 (in flight) and $latest (signal) published and load"
+            else
+                fail sigusr1_during_background_write "mpirun exit $gone_rc, latest $latest, $(ranks_left "$d") ranks left: $(grep -E '^(saved|error|received)' "$d.txt" | tr '\n' ' ' | cut -c1-300)"
+            fi
+        else
+            fail sigusr1_during_background_write "mpirun still running 60 s after SIGUSR1"
+            kill -KILL $job
+        fi
+    else
+        fail sigusr1_during_background_write "no write of step 5 seen in flight: $(tail -3 "$d.txt")"
+        kill -KILL $job 2>/dev/null
+    fi
+fi
 
 exit $((fails > 0))

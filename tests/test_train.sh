@@ -103,11 +103,18 @@ grep -q "resumed from .* at step $step" <<<"$out" && grep -q "done: $((step + 3)
 ok=1
 for delay in 0.05 0.13 0.21; do
     before=$( [ -f "$T/k/log.jsonl" ] && wc -l <"$T/k/log.jsonl" || echo 0)
+    prev=$(cat "$T/k/latest" 2>/dev/null)
     $M train "${TINY[@]}" --out_dir "$T/k" --max_steps 100000 --ckpt_every 1 --ckpt_keep 2 --log_every 1000 \
         $( [ -f "$T/k/latest" ] && echo --resume auto ) >/dev/null 2>&1 &
     pid=$!
-    # wait until this process has written two checkpoints, then kill it a little later (mid-save or mid-step)
-    for _ in $(seq 1 300); do [ -f "$T/k/log.jsonl" ] && [ "$(wc -l <"$T/k/log.jsonl")" -ge $((before + 2)) ] && break; sleep 0.05; done
+    # wait until this process has run two steps and published a checkpoint (periodic checkpoints are written
+    # in the background: `latest` moves once the write has ended, not when the step is logged), then kill it
+    # a little later (mid-save or mid-step)
+    for _ in $(seq 1 300); do
+        [ -f "$T/k/log.jsonl" ] && [ "$(wc -l <"$T/k/log.jsonl")" -ge $((before + 2)) ] &&
+            [ -n "$(cat "$T/k/latest" 2>/dev/null)" ] && [ "$(cat "$T/k/latest" 2>/dev/null)" != "$prev" ] && break
+        sleep 0.05
+    done
     sleep $delay
     kill -KILL $pid
     wait $pid 2>/dev/null

@@ -8,9 +8,12 @@
  * error is fatal. In a build without HDF5 (make NO_HDF5=1) everything compiles and the file functions
  * fail with "this build has no HDF5; install libhdf5-dev and rebuild".
  *
- * Call from one thread at a time (the tensor scans use OpenMP inside). The first call switches off
- * HDF5's error printing and its exit-time clean-up (H5dont_atexit; see docs/checkpoint.md): any other
- * HDF5 file this program opens must be closed explicitly. */
+ * Call from one thread at a time (the tensor scans use OpenMP inside): while a background save
+ * (mg_ckpt_async_*, below) is in flight, no other function of this file that reads or writes a file may
+ * run in any thread (HDF5 is not reentrant; a thread-safe build would only serialise the calls). The first
+ * call in a thread switches off HDF5's error printing for that thread, and the first in the process its
+ * exit-time clean-up (H5dont_atexit; see docs/checkpoint.md): any other HDF5 file this program opens must
+ * be closed explicitly. */
 #ifndef MG_CHECKPOINT_H
 #define MG_CHECKPOINT_H
 
@@ -105,8 +108,8 @@ int mg_ckpt_read_meta(const char *path, MgCkptMeta *meta_out, char *err, size_t 
 /* Bytes a checkpoint of table t occupies (tensor data only; HDF5 metadata adds a few hundred KB). */
 int64_t mg_ckpt_size_estimate(const MgParamTable *t, int with_optimizer);
 
-/* Timing of the last save or load (any of the mg_ckpt_save* / mg_ckpt_load* functions) in this process
- * (for MB/s reports). */
+/* Timing of the last save or load (any of the mg_ckpt_save* / mg_ckpt_load* functions) in the calling
+ * thread (for MB/s reports; a background write's figures come with its MgCkptAsyncResult). */
 typedef struct {
     double bytes;        /* tensor bytes written or read */
     double seconds;      /* whole call */
@@ -157,6 +160,11 @@ typedef struct {
     int (*put)(void *ctx, int group, const MgParam *p, int64_t start, int64_t count, const float *src, char *err,
                size_t errlen);
     int64_t stage_elems; /* the staging bound in elements; 0: MG_CKPT_STAGE_DEFAULT */
+    /* Optional (save; NULL = none): the whole tensor p of `group` as host float32 values (numel, row-major)
+     * that stay unchanged until the save returns, or NULL for this tensor. A tensor offered so is scanned and
+     * written in place, in one pass, without get and without the staging copy; the others go through get.
+     * The I/O over host arrays of mg_ckpt_save / mg_ckpt_dir_save offers every tensor. */
+    const float *(*view)(void *ctx, int group, const MgParam *p);
 } MgCkptTensorIO;
 
 /* The staging buffer's size in elements for table t and io (see above); never more than io->stage_elems
@@ -264,6 +272,52 @@ int mg_ckpt_dir_latest(const char *out_dir, char *path_out, size_t path_len, cha
  * array. */
 int mg_ckpt_dir_list(const char *out_dir, char ***paths_out);
 
+/* ---- background saves: mg_ckpt_dir_save in a writer thread (async.c) ----------------------------------
+ * The caller copies what it saves into host arrays it keeps unchanged (a snapshot), starts the write and
+ * goes on; one writer thread then runs mg_ckpt_dir_save on the snapshot (temp file, fsync, rename,
+ * `latest`, rotation: the same file and the same guarantees as a synchronous save) and exits. There is
+ * never more than one writer: a write must be collected (mg_ckpt_async_wait or _poll) before the next
+ * one starts. Between start and collection the caller must not touch the snapshot, nor call any other
+ * checkpoint function that reads or writes a file (see the top of this file). The writer blocks SIGINT,
+ * SIGTERM and SIGUSR1 (a stop request reaches the caller's threads, never interrupts the write), runs at
+ * the lowest CPU priority (nice 19, on Linux; the caller's threads keep theirs) and runs its checksum scans
+ * on `threads` OpenMP threads. */
+
+typedef struct MgCkptAsync MgCkptAsync;
+
+typedef struct {
+    int rc;                      /* 0: published (renamed into place, `latest` updated); -1: failed, see err */
+    int64_t step;                /* meta->step of the save */
+    char path[4096 + 64];        /* the checkpoint file (written, or the one that failed) */
+    char err[4096];              /* rc == -1: the reason, naming the file (earlier checkpoints are intact) */
+    MgCkptStats stats;           /* the save's timing, as mg_ckpt_last_stats in the writer thread */
+    double seconds;              /* from the writer's start to publication (or failure) */
+} MgCkptAsyncResult;
+
+/* Called in the writer thread when the save has ended, published or failed, before the write can be
+ * collected: e.g. to print "saved ..." at the moment the file is published. */
+typedef void (*MgCkptAsyncDone)(const MgCkptAsyncResult *r, void *ctx);
+
+/* A writer slot. done (may be NULL) and ctx as above; threads: OpenMP threads of the writer's scans
+ * (<= 0: 1). */
+MgCkptAsync *mg_ckpt_async_create(MgCkptAsyncDone done, void *ctx, int threads);
+/* Start mg_ckpt_dir_save(out_dir, t, params, m, v, meta, keep) in a new writer thread. *meta is moved into
+ * the writer (and left empty, initialised); t, params, m and v (m = v = NULL: weights only) must stay
+ * alive and unchanged until the write is collected. -1 with a message (nothing started) while an earlier
+ * write is not collected, or if the thread cannot be created. */
+int mg_ckpt_async_start(MgCkptAsync *a, const char *out_dir, const MgParamTable *t, const float *params,
+                        const float *m, const float *v, MgCkptMeta *meta, int keep, char *err, size_t errlen);
+/* 1 from start until the write is collected. */
+int mg_ckpt_async_pending(const MgCkptAsync *a);
+/* Collect the write if it has ended, without waiting: 1 (its result in *r), else 0 (none pending, or
+ * still running). */
+int mg_ckpt_async_poll(MgCkptAsync *a, MgCkptAsyncResult *r);
+/* Wait for the pending write to end and collect it: 1 (its result in *r), 0 if none was pending (or when
+ * called from the writer thread itself, e.g. by an exit handler). */
+int mg_ckpt_async_wait(MgCkptAsync *a, MgCkptAsyncResult *r);
+/* Wait for a pending write (its result is dropped) and free a. NULL is fine. */
+void mg_ckpt_async_free(MgCkptAsync *a);
+
 /* ---- CRC32 (zlib polynomial, same values as zlib.crc32 / Python's zlib.crc32) ------------------------- */
 
 /* Computed by zlib (crc32_z, crc32_combine64). A build without zlib has no checkpoints either:
@@ -275,7 +329,10 @@ uint32_t mg_crc32_update(uint32_t crc, const void *data, size_t len);
 uint32_t mg_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
 
 /* Testing only: called at named points of a save ("tensor" after each tensor with its running index,
- * "before-close", "before-rename"), so a test can kill the process at a known point. NULL = off. */
+ * "before-close", "before-rename"), so a test can kill the process at a known point. NULL = off.
+ * Also for tests: the environment variable MG_CKPT_TEST_WRITE_DELAY_MS=N makes every save (synchronous or
+ * in the background) sleep N milliseconds once its temp file exists, before the first tensor, so a test
+ * can hold a write in flight. */
 typedef void (*MgCkptTestHook)(const char *stage, int index);
 void mg_ckpt_set_test_hook(MgCkptTestHook hook);
 

@@ -9,14 +9,17 @@
 #include "../common.h"
 #include "h5io.h"
 
-static char g_reason[300];
+/* Per thread: a thread-safe HDF5 build (Debian's is one) keeps an error stack, and its automatic
+ * printing, per thread, and a background checkpoint writer (async.c) calls HDF5 from its own thread. */
+static _Thread_local char g_reason[300];
 void ckpt_h5_init(void) {
-    static int done = 0;
+    static _Thread_local int done = 0;
     if (!done) {
         /* No HDF5 clean-up at process exit: after a failed metadata write (I/O error) HDF5 1.10 leaves the
-         * file half-closed and its exit handler then crashes. Every file here is closed explicitly. */
+         * file half-closed and its exit handler then crashes. Every file here is closed explicitly. (The first
+         * thread's call counts; a later one only returns an error.) */
         H5dont_atexit();
-        H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we print our own messages */
+        H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* we print our own messages (per thread, see above) */
         done = 1;
     }
     H5Eclear2(H5E_DEFAULT);

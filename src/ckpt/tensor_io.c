@@ -48,7 +48,17 @@ static int host_put(void *ctx, int group, const MgParam *p, int64_t start, int64
     return 0;
 }
 
+static const float *host_view(void *ctx, int group, const MgParam *p) {
+    const CkptHostArrays *h = ctx;
+    return group >= 0 && group <= 2 && h->src[group] ? h->src[group] + p->offset : NULL;
+}
+
 MgCkptTensorIO ckpt_host_io(CkptHostArrays *h) {
-    MgCkptTensorIO io = {h, host_get, host_put, 0};
+    MgCkptTensorIO io = {h, host_get, host_put, 0, NULL};
+    return io;
+}
+
+MgCkptTensorIO ckpt_host_io_in_place(CkptHostArrays *h) {
+    MgCkptTensorIO io = {h, host_get, host_put, 0, host_view};
     return io;
 }

@@ -24,7 +24,9 @@ void ckpt_hook(const char *stage, int index) {
     if (g_hook) g_hook(stage, index);
 }
 
-MgCkptStats ckpt_stats;
+/* Per thread: a background writer (async.c) saves while the calling thread may load or save nothing else
+ * (one HDF5 user at a time), but its figures must not mix with the caller's. */
+_Thread_local MgCkptStats ckpt_stats;
 MgCkptStats mg_ckpt_last_stats(void) { return ckpt_stats; }
 
 /* ---- file-system helpers ---- */

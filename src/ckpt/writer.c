@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common.h"
@@ -347,6 +348,15 @@ static int preflight(const char *path, const MgParamTable *t, int ngroups, const
 
 /* ---- whole checkpoints through a tensor I/O ---- */
 
+/* Test aid (checkpoint.h): MG_CKPT_TEST_WRITE_DELAY_MS=N holds every save N ms with its temp file open. */
+static void test_write_delay(void) {
+    const char *s = getenv("MG_CKPT_TEST_WRITE_DELAY_MS");
+    long ms = s && *s ? strtol(s, NULL, 10) : 0;
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
 /* get() elements [start, start + count) of tensor P into dst; the message names the file and tensor. */
 static int stage_get(const MgCkptTensorIO *io, const char *path, int gi, const MgParam *P, int64_t start,
                      int64_t count, float *dst, char *err, size_t errlen) {
@@ -368,36 +378,49 @@ static CkptScan stage_scan(const float *x, int64_t n) {
     return s;
 }
 
-/* One tensor: staged, checksummed and scanned, created with its CRC32 and written (see checkpoint.h for
- * the two passes of a tensor larger than the staging buffer). */
-static int save_tensor(MgCkptWriter *w, const MgCkptTensorIO *io, int gi, const MgParam *P, float *stage,
+/* Refuse NaN/Inf: a diverged state must not become `latest` and push good checkpoints out of the rotation. */
+static int refuse_nonfinite(const MgCkptWriter *w, const char *group, const MgParam *P, CkptScan s, char *err,
+                            size_t errlen) {
+    if (!s.nonfinite) return 0;
+    mg_errf(err, errlen,
+            "refusing to save checkpoint '%s': tensor '/%s/%s' holds %lld NaN/Inf values (first at element "
+            "%lld); the run has diverged, earlier checkpoints are kept",
+            w->path, group, P->name, (long long)s.nonfinite, (long long)s.first_bad);
+    return -1;
+}
+
+/* One tensor: read in place through io->view when it offers one, else staged (the buffer *stage of cap
+ * elements is allocated on first use); checksummed and scanned, created with its CRC32 and written (see
+ * checkpoint.h for the two passes of a tensor larger than the staging buffer). */
+static int save_tensor(MgCkptWriter *w, const MgCkptTensorIO *io, int gi, const MgParam *P, float **stage,
                        int64_t cap, char *err, size_t errlen) {
     const char *group = mg_ckpt_group_name(gi);
+    const float *in_place = io->view ? io->view(io->ctx, gi, P) : NULL;
+    if (in_place) {
+        CkptScan s = stage_scan(in_place, P->numel);
+        if (refuse_nonfinite(w, group, P, s, err, errlen) || mg_ckpt_writer_add(w, group, P, s.crc, err, errlen))
+            return -1;
+        return mg_ckpt_writer_put(w, group, P, 0, P->numel, in_place, err, errlen);
+    }
+    if (!*stage) *stage = mg_malloc(sizeof(float) * (size_t)cap);
+    float *buf = *stage;
     int one_pass = P->numel <= cap;
     CkptScan s = {0, 0, -1};
     for (int64_t at = 0; at < P->numel; at += cap) { /* pass 1: CRC32 and NaN/Inf */
         int64_t n = MG_MIN(cap, P->numel - at);
-        if (stage_get(io, w->path, gi, P, at, n, stage, err, errlen)) return -1;
-        CkptScan c = stage_scan(stage, n);
+        if (stage_get(io, w->path, gi, P, at, n, buf, err, errlen)) return -1;
+        CkptScan c = stage_scan(buf, n);
         ckpt_scan_append(&s, at, c, n);
     }
-    /* Refuse NaN/Inf: a diverged state must not become `latest` and push good checkpoints out of the
-     * rotation. */
-    if (s.nonfinite) {
-        mg_errf(err, errlen,
-                "refusing to save checkpoint '%s': tensor '/%s/%s' holds %lld NaN/Inf values (first at element "
-                "%lld); the run has diverged, earlier checkpoints are kept",
-                w->path, group, P->name, (long long)s.nonfinite, (long long)s.first_bad);
-        return -1;
-    }
+    if (refuse_nonfinite(w, group, P, s, err, errlen)) return -1;
     if (mg_ckpt_writer_add(w, group, P, s.crc, err, errlen)) return -1;
-    if (one_pass) return mg_ckpt_writer_put(w, group, P, 0, P->numel, stage, err, errlen);
+    if (one_pass) return mg_ckpt_writer_put(w, group, P, 0, P->numel, buf, err, errlen);
     CkptScan again = {0, 0, -1};
     for (int64_t at = 0; at < P->numel; at += cap) { /* pass 2: the same ranges again, written */
         int64_t n = MG_MIN(cap, P->numel - at);
-        if (stage_get(io, w->path, gi, P, at, n, stage, err, errlen)) return -1;
-        ckpt_scan_append(&again, at, stage_scan(stage, n), n);
-        if (mg_ckpt_writer_put(w, group, P, at, n, stage, err, errlen)) return -1;
+        if (stage_get(io, w->path, gi, P, at, n, buf, err, errlen)) return -1;
+        ckpt_scan_append(&again, at, stage_scan(buf, n), n);
+        if (mg_ckpt_writer_put(w, group, P, at, n, buf, err, errlen)) return -1;
     }
     if (again.crc != s.crc) {
         mg_errf(err, errlen,
@@ -424,11 +447,12 @@ int mg_ckpt_save_io(const char *path, const MgParamTable *t, const MgCkptTensorI
     int64_t cap = mg_ckpt_stage_elems(t, io);
     MgCkptWriter *w = mg_ckpt_writer_begin(path, meta, err, errlen);
     if (!w) return -1;
-    float *stage = mg_malloc(sizeof(float) * (size_t)cap);
+    test_write_delay();
+    float *stage = NULL; /* allocated by the first tensor that is not read in place */
     int k = 0;
     for (int gi = 0; gi < ngroups; gi++)
         for (int p = 0; p < t->count; p++) {
-            if (save_tensor(w, io, gi, &t->params[p], stage, cap, err, errlen)) {
+            if (save_tensor(w, io, gi, &t->params[p], &stage, cap, err, errlen)) {
                 free(stage);
                 writer_discard(w, err, errlen);
                 return -1;

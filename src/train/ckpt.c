@@ -47,16 +47,22 @@ static void fill_meta(Trainer *t, MgCkptMeta *meta) {
 }
 
 static void save_file(Trainer *t, const char *why);
+static void save_background(Trainer *t, const char *why, double t0, int moments_gathered, double waited);
 
 /* A distributed run writes the one-process layout: rank 0 gathers the AdamW moment shards (ZeRO-1) and
  * writes the file with its full weights (every rank holds the same weights); the others send their shards
- * and go on. So a checkpoint of P ranks loads on any P and sp. */
-static void save_distributed(Trainer *t, const char *why) {
+ * and go on. So a checkpoint of P ranks loads on any P and sp. In the background (bg, rank 0 only), the
+ * shards are gathered straight into the snapshot, and the writer thread writes it. */
+static void save_distributed(Trainer *t, const char *why, int bg, double waited) {
     MgDist *d = &t->dist;
     const MgBackend *be = t->be;
     const int64_t n = mg_model_params_table(t->model)->total;
+    const double t0 = mg_now();
     float *full_m = NULL, *full_v = NULL;
-    if (d->is_root) {
+    if (d->is_root && bg) {
+        full_m = t->ckpt_snap + n;
+        full_v = t->ckpt_snap + 2 * n;
+    } else if (d->is_root) {
         full_m = be->alloc(be, sizeof(float) * (size_t)n);
         full_v = be->alloc(be, sizeof(float) * (size_t)n);
     }
@@ -64,6 +70,10 @@ static void save_distributed(Trainer *t, const char *why) {
     mg_gather_shards_to_root(d->world, sizeof(float), t->m, full_m, n);
     mg_gather_shards_to_root(d->world, sizeof(float), t->v, full_v, n);
     if (!d->is_root) return;
+    if (bg) {
+        save_background(t, why, t0, 1, waited);
+        return;
+    }
     float *m = t->m, *v = t->v;
     t->m = full_m;
     t->v = full_v;
@@ -108,9 +118,150 @@ static void save_file(Trainer *t, const char *why) {
     fflush(stdout);
 }
 
-void trainer_save(Trainer *t, const char *why) {
-    if (t->dist.P > 1) save_distributed(t, why);
+/* ---- background saves ------------------------------------------------------------------------------ */
+
+/* The writer thread, when the file is published (or the write failed: the main thread reports that when it
+ * collects the write, after the step in progress). It reads only the ckpt_why / ckpt_wait_s / ckpt_snap_s
+ * of its own save: the main thread sets them just before it starts a writer, never while one is pending. */
+static void on_written(const MgCkptAsyncResult *r, void *ctx) {
+    const Trainer *t = ctx;
+    if (r->rc) return;
+    char wait[64] = "";
+    if (t->ckpt_wait_s >= 0.005) snprintf(wait, sizeof wait, "waited %.2f s for the previous write, ", t->ckpt_wait_s);
+    printf("saved %s checkpoint %s (%.1f MB: %ssnapshot %.2f s, write %.2f s in the background, %.0f MB/s)\n",
+           t->ckpt_why, r->path, r->stats.bytes / 1e6, wait, t->ckpt_snap_s, r->seconds,
+           r->seconds > 0 ? r->stats.bytes / 1e6 / r->seconds : 0.0);
+    fflush(stdout);
+}
+
+/* Collect the background write if it has ended (wait = 1: wait for it). A failed write ends the run, with
+ * the exit status of a failed synchronous save. */
+static void collect_write(Trainer *t, int wait) {
+    MgCkptAsyncResult r;
+    int got = wait ? mg_ckpt_async_wait(t->ckpt_writer, &r) : mg_ckpt_async_poll(t->ckpt_writer, &r);
+    if (got && r.rc)
+        mg_fatal("saving the %s checkpoint of step %lld failed in the background: %s; the run stops here, after "
+                 "step %lld (the previous checkpoint is intact: --resume auto continues from it)",
+                 t->ckpt_why, (long long)r.step, r.err, (long long)t->step);
+}
+
+void trainer_ckpt_poll(Trainer *t) {
+    if (t->ckpt_writer) collect_write(t, 0);
+}
+
+/* dst[0..n) = src[0..n) from backend memory. The CPU backend's memory is host memory and its to_host a
+ * plain copy: in parallel over 1 MiB blocks (the copy is what blocks the step loop). */
+static void snapshot_copy(const MgBackend *be, float *dst, const float *src, int64_t n) {
+    if (strncmp(be->name, "cpu", 3) != 0) {
+        be->to_host(be, dst, src, sizeof(float) * (size_t)n);
+        return;
+    }
+    const int64_t B = (int64_t)1 << 18;
+    const int64_t nb = (n + B - 1) / B;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t lo = b * B, len = MG_MIN(B, n - lo);
+        be->to_host(be, dst + lo, src + lo, sizeof(float) * (size_t)len);
+    }
+}
+
+/* Rank 0 with a writer: the masters (and, unless the caller gathered them there, the moments) into the
+ * snapshot, the meta, and the writer started; t0 is when the step loop stopped for this save (after waiting
+ * `waited` seconds for the previous write). */
+static void save_background(Trainer *t, const char *why, double t0, int moments_gathered, double waited) {
+    const MgParamTable *pt = mg_model_params_table(t->model);
+    const int64_t n = pt->total;
+    float *snap = t->ckpt_snap;
+    MgCkptMeta meta;
+    fill_meta(t, &meta);
+    snapshot_copy(t->be, snap, mg_model_masters(t->model), n);
+    if (!moments_gathered) {
+        snapshot_copy(t->be, snap + n, t->m, n);
+        snapshot_copy(t->be, snap + 2 * n, t->v, n);
+    }
+    snprintf(t->ckpt_why, sizeof t->ckpt_why, "%s", why);
+    t->ckpt_snap_s = mg_now() - t0;
+    t->ckpt_wait_s = waited;
+    char err[4096];
+    if (mg_ckpt_async_start(t->ckpt_writer, t->cfg.out_dir, pt, snap, snap + n, snap + 2 * n, &meta, t->cfg.ckpt_keep,
+                            err, sizeof err) == 0)
+        return;
+    /* no thread: the snapshot is written here */
+    fprintf(stderr, "warning: %s; writing the %s checkpoint in the step loop\n", err, why);
+    char path[MG_PATH_MAX + 64];
+    double t1 = mg_now();
+    int rc = mg_ckpt_dir_save(t->cfg.out_dir, pt, snap, snap + n, snap + 2 * n, &meta, t->cfg.ckpt_keep, path,
+                              sizeof path, err, sizeof err);
+    mg_ckpt_meta_free(&meta);
+    if (rc) mg_fatal("saving the %s checkpoint failed: %s (the previous checkpoint is intact)", why, err);
+    MgCkptStats s = mg_ckpt_last_stats();
+    printf("saved %s checkpoint %s (%.1f MB in %.2f s, %.0f MB/s)\n", why, path, s.bytes / 1e6,
+           mg_now() - t1 + t->ckpt_snap_s, s.seconds > 0 ? s.bytes / 1e6 / s.seconds : 0.0);
+    fflush(stdout);
+}
+
+void trainer_save(Trainer *t, const char *why, int background) {
+    double waited = 0;
+    if (t->ckpt_writer && mg_ckpt_async_pending(t->ckpt_writer)) { /* never two writers */
+        const double w0 = mg_now();
+        collect_write(t, 1);
+        waited = mg_now() - w0;
+    }
+    const int bg = background && t->ckpt_writer; /* rank 0 only: the other ranks just send their shards */
+    if (t->dist.P > 1) save_distributed(t, why, bg, waited);
+    else if (bg) save_background(t, why, mg_now(), 0, waited);
     else save_file(t, why);
+}
+
+/* An exit with a write in flight (a fatal error in the step loop: exit() runs this) waits for it, so the
+ * checkpoint being written is published rather than left as a temp file. */
+static Trainer *g_exit_trainer = NULL;
+static void wait_at_exit(void) {
+    Trainer *t = g_exit_trainer;
+    if (!t || !mg_ckpt_async_pending(t->ckpt_writer)) return;
+    fprintf(stderr, "note: waiting for the %s checkpoint being written in the background before exiting\n",
+            t->ckpt_why);
+    MgCkptAsyncResult r;
+    if (mg_ckpt_async_wait(t->ckpt_writer, &r) && r.rc)
+        fprintf(stderr, "error: saving the %s checkpoint of step %lld failed in the background: %s (the previous "
+                        "checkpoint is intact)\n",
+                t->ckpt_why, (long long)r.step, r.err);
+}
+
+void trainer_ckpt_setup(Trainer *t) {
+    const MgConfig *c = &t->cfg;
+    if (!t->dist.is_root || !mg_train_ckpt_snapshot(c)) return;
+    const int64_t next = (t->step / c->ckpt_every + 1) * c->ckpt_every; /* the first periodic save ahead */
+    if (next >= t->last_step) return;
+    const int64_t n = mg_model_params_table(t->model)->total;
+    const size_t bytes = sizeof(float) * 3 * (size_t)n;
+    char b[32];
+    float *snap = malloc(bytes);
+    if (!snap) {
+        printf("note: no memory for the checkpoint snapshot (%s, ckpt_async): every checkpoint is written in the "
+               "step loop, which waits for it\n",
+               mg_format_bytes((double)bytes, b, sizeof b));
+        fflush(stdout);
+        return;
+    }
+    /* touch every page now: the first save's copy then does not pay the page faults in the step loop */
+    const int64_t B = (int64_t)1 << 18, nb = (3 * n + B - 1) / B;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nb; i++) memset(snap + i * B, 0, sizeof(float) * (size_t)MG_MIN(B, 3 * n - i * B));
+    t->ckpt_snap = snap;
+    t->ckpt_writer = mg_ckpt_async_create(on_written, t, 1);
+    static int registered = 0;
+    if (!registered && atexit(wait_at_exit) == 0) registered = 1;
+    g_exit_trainer = t;
+}
+
+void trainer_ckpt_finish(Trainer *t) {
+    if (g_exit_trainer == t) g_exit_trainer = NULL;
+    if (t->ckpt_writer) collect_write(t, 1);
+    mg_ckpt_async_free(t->ckpt_writer);
+    t->ckpt_writer = NULL;
+    free(t->ckpt_snap);
+    t->ckpt_snap = NULL;
 }
 
 /* Load weights (and moments if with_optimizer) from path into the trainer's model: into the fp32 masters

@@ -143,8 +143,13 @@ static void print_header(Trainer *t) {
         printf("megalodon train: %s, %d layers, d %d, %d heads, z %d, v %d, f %d%s, N %d, G %d, chunk %d\n", c->arch,
                c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->value_dim, c->ffn_hidden_dim,
                c->swiglu ? " (SwiGLU)" : "", c->cema_ndim, c->norm_num_groups, c->chunk_size);
-    printf("parameters: %lld (%s in fp32); optimizer state %s\n", (long long)pt->total,
+    char b3[32];
+    printf("parameters: %lld (%s in fp32); optimizer state %s", (long long)pt->total,
            mg_format_bytes(4.0 * (double)pt->total, b1, sizeof b1), mg_format_bytes(8.0 * (double)pt->total, b2, sizeof b2));
+    if (t->ckpt_snap)
+        printf("; checkpoint snapshot %s (host memory: periodic checkpoints are written in the background, ckpt_async)",
+               mg_format_bytes(12.0 * (double)pt->total, b3, sizeof b3));
+    printf("\n");
     printf("batch: %d x %d tokens per micro-batch, %d micro-batch%s per step = %lld tokens per step\n", c->batch_size,
            c->seq_len, t->n_micro, t->n_micro == 1 ? "" : "es", (long long)t->step_tokens);
     if (t->dist.P > 1)
@@ -179,6 +184,10 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     memset(t, 0, sizeof *t);
     mg_dist_start(&t->dist, &argc, &argv); /* an mpirun/srun launch: P ranks (docs/parallelism.md) */
     mg_signals_install(); /* first: a signal while loading a checkpoint stops the set-up cleanly */
+    /* A file size limit (ulimit -f) reached while writing makes the write fail (EFBIG): a checkpoint save
+     * then fails with its message and removes its temp file, in the background writer too, instead of
+     * SIGXFSZ ending the process mid-write. */
+    signal(SIGXFSZ, SIG_IGN);
     MgConfig *c = &t->cfg;
     char err[8192];
     mg_config_defaults(c);
@@ -222,11 +231,13 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
         t->log = mg_log_open(c->out_dir, resume_path[0] != 0, t->step);
         write_config_txt(c);
     }
+    trainer_ckpt_setup(t);
     print_header(t);
     t->t_start = mg_now();
 }
 
 static void trainer_free(Trainer *t) {
+    trainer_ckpt_finish(t); /* a checkpoint still being written is published (or its failure reported) first */
     if (t->log) fclose(t->log);
     mg_loader_close(t->train);
     if (t->val) mg_loader_close(t->val);
@@ -274,6 +285,7 @@ int cmd_train(int argc, char **argv) {
     while (t->step < t->last_step) {
         MgStepResult r = trainer_step(t);
         t->steps_run++;
+        trainer_ckpt_poll(t); /* a background write that failed ends the run here */
         const int64_t step = t->step;
 
         int do_eval = t->val && (every(step, c->eval_every) || step == c->max_steps);
@@ -288,16 +300,18 @@ int cmd_train(int argc, char **argv) {
         if (stop_now(t)) {
             printf("received %s at step %lld: writing a checkpoint and stopping\n", mg_stop_signal_name(),
                    (long long)step);
-            trainer_save(t, "signal");
+            trainer_save(t, "signal", 0); /* after the write in flight, if any */
             trainer_free(t);
             return 0;
         }
         if (every(step, c->ckpt_every) && step != t->last_step) {
-            trainer_save(t, "periodic");
+            trainer_save(t, "periodic", 1); /* in the background with ckpt_async */
             last_saved = step;
         }
     }
-    if (t->step > last_saved) trainer_save(t, t->step >= c->max_steps ? "final" : "stop_at");
+    /* the last save, after the write in flight if any: the process ends once it is written */
+    if (t->step > last_saved) trainer_save(t, t->step >= c->max_steps ? "final" : "stop_at", 0);
+    trainer_ckpt_finish(t); /* a periodic write still in flight (no final save: nothing trained) */
     printf("done: %lld steps, %lld tokens, %.1f s\n", (long long)t->step, (long long)t->tokens_seen,
            mg_now() - t->t_start);
     mg_dist_report(&t->dist, t->steps_run, c->n_layers, stdout);

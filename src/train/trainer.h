@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../checkpoint.h"
 #include "../config.h"
 #include "../data.h"
 #include "../model.h"
@@ -40,6 +41,13 @@ typedef struct {
     double t_start;          /* mg_now() when the step loop started */
     char init_from[MG_PATH_MAX];
     int interrupted;         /* set-up stopped on SIGINT/SIGTERM (while loading a checkpoint): nothing to save */
+    /* checkpoints written in the background (ckpt.c; docs/checkpoint.md, "Background saves") */
+    MgCkptAsync *ckpt_writer; /* rank 0 with a snapshot: periodic saves go to it; NULL: every save is synchronous */
+    float *ckpt_snap;        /* the host snapshot: fp32 masters, m, v (3 x parameters), owned */
+    /* the write in flight (set just before its writer starts; the writer prints them) */
+    char ckpt_why[16];       /* its occasion ("periodic") */
+    double ckpt_wait_s;      /* seconds the step loop waited for the write before it */
+    double ckpt_snap_s;      /* seconds the step loop was blocked for its snapshot (and the gather) */
 } Trainer;
 
 /* What one optimizer step measured. */
@@ -64,9 +72,22 @@ double mg_evaluate(MgModel *model, MgLoader *val, int B, int L, int batches, int
 int mg_eval_batches_effective(const MgLoader *val, int B, int requested, const char *what, FILE *f);
 
 /* ckpt.c */
+/* Set up background saves (after the start step and last_step are known): on rank 0, with ckpt_async and a
+ * periodic checkpoint ahead, the host snapshot (12 bytes per parameter) and the writer; without the memory
+ * for the snapshot, a note, and every save stays synchronous. */
+void trainer_ckpt_setup(Trainer *t);
 /* Write out_dir/ckpt_<step>.h5 (or say that this build cannot); `why` names the occasion in the message.
- * Exits with an error if saving fails (the previous checkpoint is intact). */
-void trainer_save(Trainer *t, const char *why);
+ * A write still in flight is waited for first (never two writers). background = 1 (periodic saves): with a
+ * writer, the step loop is blocked only while the state is copied into the snapshot, and the writer thread
+ * writes and publishes the file, printing "saved ..." then; otherwise (and for the saves the process ends
+ * after) the file is written here. Exits with an error if saving fails, or if the write it waited for had
+ * failed (the previous checkpoint is intact). */
+void trainer_save(Trainer *t, const char *why, int background);
+/* After each step: collect a background write that has ended; exits with an error if it failed. */
+void trainer_ckpt_poll(Trainer *t);
+/* Before the process ends: wait for the write in flight (exits with an error if it failed) and free the
+ * snapshot and the writer. */
+void trainer_ckpt_finish(Trainer *t);
 /* Continue the run of checkpoint `path`: weights, AdamW moments, step, tokens seen, data cursor. A stop
  * request while loading sets t->interrupted and returns (trainer_init_from too). */
 void trainer_resume(Trainer *t, const char *path);
