@@ -41,7 +41,7 @@ int cmd_bench(int argc, char **argv) {
     double fpt = mg_flops_per_token(&c, pt);
     printf("bench: %lld parameters, batch %d x %d tokens, %d threads, backend %s\n", (long long)pt->total, B, L,
            mg_get_threads(), be->name);
-    printf("FLOPs per token %.4g (6 x matmul params + causal chunk attention); %s\n", fpt, desc);
+    printf("FLOPs per token %.4g (6 x matmul params + causal attention); %s\n", fpt, desc);
     double best = 1e30, total = 0.0;
     for (int s = 0; s < warmup + steps; s++) {
         for (int i = 0; i < B * (L + 1); i++) tok[i] = (int32_t)(mg_rng_u64(&rng) % (uint64_t)c.vocab_size);

@@ -47,20 +47,21 @@ static const char *const GROUPS[] = {"model", "data", "optim", "eval", "run", "c
 
 static const KeyDef KEYS[] = {
     /* ---- model (defaults: official ModelConf where it has one; sizes have none and must be set) ---- */
-    {"arch", T_CHOICE, F(arch), "megalodon", "model", R_ANY, "megalodon", "model family"},
+    {"arch", T_CHOICE, F(arch), "megalodon", "model", R_ANY, "megalodon|llama", "model family: megalodon, or llama (the Llama-2 baseline; docs/model.md)"},
     {"vocab_size", T_INT, F(vocab_size), "32000", "model", R_NONNEG, NULL, "vocabulary size V (32000 = Llama-2 tokenizer)"},
-    {"n_layers", T_INT, F(n_layers), "0", "model", R_NONNEG, NULL, "number of Megalodon blocks (must be set)"},
+    {"n_layers", T_INT, F(n_layers), "0", "model", R_NONNEG, NULL, "number of blocks (must be set)"},
     {"model_dim", T_INT, F(model_dim), "0", "model", R_NONNEG, NULL, "model width d (must be set)"},
     {"num_heads", T_INT, F(num_heads), "0", "model", R_NONNEG, NULL, "attention heads H (must be set)"},
-    {"z_dim", T_INT, F(z_dim), "0", "model", R_NONNEG, NULL, "shared Q/K width z; per head z/H, even (must be set)"},
-    {"value_dim", T_INT, F(value_dim), "0", "model", R_NONNEG, NULL, "value width v; per head v/H (must be set)"},
+    {"num_kv_heads", T_INT, F(num_kv_heads), "0", "model", R_NONNEG, NULL, "llama: key/value heads (grouped-query attention), dividing num_heads; 0 = num_heads"},
+    {"z_dim", T_INT, F(z_dim), "0", "model", R_NONNEG, NULL, "megalodon: shared Q/K width z; per head z/H, even (must be set)"},
+    {"value_dim", T_INT, F(value_dim), "0", "model", R_NONNEG, NULL, "megalodon: value width v; per head v/H (must be set)"},
     {"ffn_hidden_dim", T_INT, F(ffn_hidden_dim), "0", "model", R_NONNEG, NULL, "FFN hidden width f (must be set)"},
-    {"cema_ndim", T_INT, F(cema_ndim), "16", "model", R_NONNEG, NULL, "CEMA order N per channel, 1..64"},
-    {"norm_num_groups", T_INT, F(norm_num_groups), "0", "model", R_NONNEG, NULL, "TimestepNorm groups G; divides d (must be set)"},
-    {"chunk_size", T_INT, F(chunk_size), "2048", "model", R_NONNEG, NULL, "attention chunk c; seq_len < c or seq_len % c == 0"},
+    {"cema_ndim", T_INT, F(cema_ndim), "16", "model", R_NONNEG, NULL, "megalodon: CEMA order N per channel, 1..64"},
+    {"norm_num_groups", T_INT, F(norm_num_groups), "0", "model", R_NONNEG, NULL, "megalodon: TimestepNorm groups G; divides d (must be set)"},
+    {"chunk_size", T_INT, F(chunk_size), "2048", "model", R_NONNEG, NULL, "megalodon: attention chunk c; seq_len < c or seq_len % c == 0 (llama attends over the whole sequence)"},
     {"rope_base", T_DOUBLE, F(rope_base), "10000", "model", R_POS, NULL, "RoPE base (paper 7B: 100000)"},
     {"norm_eps", T_DOUBLE, F(norm_eps), "1e-5", "model", R_POS, NULL, "epsilon of every normalization"},
-    {"swiglu", T_BOOL, F(swiglu), "false", "model", R_ANY, NULL, "SwiGLU FFN (fc1, fc3, fc2) instead of silu (fc1, fc2)"},
+    {"swiglu", T_BOOL, F(swiglu), "false", "model", R_ANY, NULL, "megalodon: SwiGLU FFN (fc1, fc3, fc2) instead of silu (fc1, fc2); llama always uses SwiGLU"},
     {"scale_emb", T_BOOL, F(scale_emb), "false", "model", R_ANY, NULL, "multiply embeddings by sqrt(d)"},
     {"share_emb", T_BOOL, F(share_emb), "false", "model", R_ANY, NULL, "tie the LM head to the embedding"},
     {"dropout", T_DOUBLE, F(dropout), "0", "model", R_PROB, NULL, "dropout on embeddings and residual branches, [0, 1)"},
@@ -135,7 +136,7 @@ static const struct {
     double max;
 } BOUNDS[] = {
     {"vocab_size", 16777216},     {"n_layers", 1024},           {"model_dim", 65536},
-    {"num_heads", 1024},          {"z_dim", 65536},             {"value_dim", 262144},
+    {"num_heads", 1024},          {"num_kv_heads", 1024},       {"z_dim", 65536},             {"value_dim", 262144},
     {"ffn_hidden_dim", 262144},   {"cema_ndim", 64},            {"norm_num_groups", 65536},
     {"chunk_size", 65536},        {"rope_base", 1e12},          {"norm_eps", 1},
     {"seq_len", 1048576},         {"batch_size", 65536},        {"batch_tokens", 1099511627776.0},
@@ -199,6 +200,7 @@ static const struct {
     {"num_hidden_layers", "n_layers"}, {"layers", "n_layers"}, {"depth", "n_layers"},
     {"hidden_size", "model_dim"}, {"d_model", "model_dim"}, {"n_embd", "model_dim"}, {"dim", "model_dim"},
     {"embed_dim", "model_dim"}, {"emb_dim", "model_dim"}, {"width", "model_dim"},
+    {"num_key_value_heads", "num_kv_heads"}, {"n_kv_heads", "num_kv_heads"}, {"kv_heads", "num_kv_heads"},
     {"n_heads", "num_heads"}, {"n_head", "num_heads"}, {"num_attention_heads", "num_heads"}, {"heads", "num_heads"},
     {"intermediate_size", "ffn_hidden_dim"}, {"ffn_dim", "ffn_hidden_dim"}, {"d_ff", "ffn_hidden_dim"},
     {"ffn_hidden_size", "ffn_hidden_dim"}, {"hidden_dim", "ffn_hidden_dim"}, {"mlp_dim", "ffn_hidden_dim"},
@@ -816,6 +818,46 @@ static void near_divisors(int n, int near, int *below, int *above) {
         }
 }
 
+/* The checks of Megalodon-only keys (TimestepNorm groups, CEMA order, the shared Q/K and value widths, chunks). */
+static void megalodon_checks(const MgConfig *c, Problems *p) {
+    const int H = c->num_heads;
+    if (c->cema_ndim < 1 || c->cema_ndim > 64)
+        problem(p, "cema_ndim = %d is out of range: the CEMA order N must be in [1, 64] (the official configs use 16)",
+                c->cema_ndim);
+    if (c->model_dim > 0 && c->norm_num_groups > 0 && c->model_dim % c->norm_num_groups) {
+        int lo, hi;
+        near_divisors(c->model_dim, c->norm_num_groups, &lo, &hi);
+        problem(p,
+                "model_dim %d is not divisible by norm_num_groups %d (TimestepNorm splits d into G equal groups): "
+                "set norm_num_groups to a divisor of %d, e.g. %d or %d",
+                c->model_dim, c->norm_num_groups, c->model_dim, lo, hi);
+    }
+    if (H > 0 && c->z_dim > 0 && c->z_dim % H)
+        problem(p, "z_dim %d is not divisible by num_heads %d: set z_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
+                c->z_dim, H, H, MG_MAX(H, c->z_dim / H * H), (long long)(c->z_dim / H + 1) * H);
+    if (H > 0 && c->value_dim > 0 && c->value_dim % H)
+        problem(p, "value_dim %d is not divisible by num_heads %d: set value_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
+                c->value_dim, H, H, MG_MAX(H, c->value_dim / H * H), (long long)(c->value_dim / H + 1) * H);
+    if (H > 0 && c->z_dim > 0 && c->z_dim % H == 0 && (c->z_dim / H) % 2)
+        problem(p, "the per-head Q/K width z_dim/num_heads = %d/%d = %d is odd; RoPE rotates pairs of coordinates, so it "
+                "must be even: e.g. z_dim %lld",
+                c->z_dim, H, c->z_dim / H, (long long)c->z_dim + H);
+    if (c->seq_len > 0 && c->chunk_size > 0 && c->seq_len >= c->chunk_size && c->seq_len % c->chunk_size) {
+        int s = c->seq_len, ch = c->chunk_size;
+        int below = 1;
+        for (int x = ch; x >= 1; x--)
+            if (s % x == 0) {
+                below = x;
+                break;
+            }
+        problem(p,
+                "seq_len %d does not fit chunk_size %d: attention works on whole chunks, so seq_len must be smaller "
+                "than chunk_size (one partial chunk) or a multiple of it: e.g. seq_len %d, %d or anything below %d "
+                "(or chunk_size %d, a divisor of %d)",
+                s, ch, s / ch * ch, (int)MG_MIN((int64_t)(s / ch + 1) * ch, INT_MAX), ch, below, s);
+    }
+}
+
 int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     Problems P = {err, errlen, 0, 0};
     if (err && errlen) err[0] = 0;
@@ -858,21 +900,25 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     }
 
     if (c->vocab_size <= 0) problem(&P, "set vocab_size (32000 for the Llama-2 tokenizer)");
+    /* Llama (src/model/llama.c) has no z_dim, value_dim, CEMA, TimestepNorm groups or chunks: those keys are
+     * Megalodon's and ignored for it, so they are neither needed nor checked. */
+    const int llama = !strcmp(c->arch, "llama");
     struct {
         const char *name;
         long long v;
-    } need[] = {{"n_layers", c->n_layers},           {"model_dim", c->model_dim},
-                {"num_heads", c->num_heads},         {"z_dim", c->z_dim},
-                {"value_dim", c->value_dim},         {"ffn_hidden_dim", c->ffn_hidden_dim},
-                {"norm_num_groups", c->norm_num_groups}, {"chunk_size", c->chunk_size},
-                {"seq_len", c->seq_len},             {"batch_size", c->batch_size},
-                {"max_steps", c->max_steps}};
+        int megalodon_only;
+    } need[] = {{"n_layers", c->n_layers, 0},           {"model_dim", c->model_dim, 0},
+                {"num_heads", c->num_heads, 0},         {"z_dim", c->z_dim, 1},
+                {"value_dim", c->value_dim, 1},         {"ffn_hidden_dim", c->ffn_hidden_dim, 0},
+                {"norm_num_groups", c->norm_num_groups, 1}, {"chunk_size", c->chunk_size, 1},
+                {"seq_len", c->seq_len, 0},             {"batch_size", c->batch_size, 0},
+                {"max_steps", c->max_steps, 0}};
     /* One message for all unset sizes: a config without any model gets one line, not ten. */
     char unset[512] = "";
     int nunset = 0;
     const char *last_unset = "";
     for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
-        if (need[i].v <= 0) {
+        if (need[i].v <= 0 && !(llama && need[i].megalodon_only)) {
             size_t u = strlen(unset);
             snprintf(unset + u, sizeof(unset) - u, "%s%s", nunset ? ", " : "", need[i].name);
             last_unset = need[i].name;
@@ -883,42 +929,39 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     else if (nunset > 1)
         problem(&P, "set %s (e.g. in a config file from configs/, or --KEY VALUE)", unset);
 
-    if (c->cema_ndim < 1 || c->cema_ndim > 64)
-        problem(&P, "cema_ndim = %d is out of range: the CEMA order N must be in [1, 64] (the official configs use 16)",
-                c->cema_ndim);
-    if (c->model_dim > 0 && c->norm_num_groups > 0 && c->model_dim % c->norm_num_groups) {
-        int lo, hi;
-        near_divisors(c->model_dim, c->norm_num_groups, &lo, &hi);
-        problem(&P,
-                "model_dim %d is not divisible by norm_num_groups %d (TimestepNorm splits d into G equal groups): "
-                "set norm_num_groups to a divisor of %d, e.g. %d or %d",
-                c->model_dim, c->norm_num_groups, c->model_dim, lo, hi);
-    }
     const int H = c->num_heads;
-    if (H > 0 && c->z_dim > 0 && c->z_dim % H)
-        problem(&P, "z_dim %d is not divisible by num_heads %d: set z_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
-                c->z_dim, H, H, MG_MAX(H, c->z_dim / H * H), (long long)(c->z_dim / H + 1) * H);
-    if (H > 0 && c->value_dim > 0 && c->value_dim % H)
-        problem(&P, "value_dim %d is not divisible by num_heads %d: set value_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
-                c->value_dim, H, H, MG_MAX(H, c->value_dim / H * H), (long long)(c->value_dim / H + 1) * H);
-    if (H > 0 && c->z_dim > 0 && c->z_dim % H == 0 && (c->z_dim / H) % 2)
-        problem(&P, "the per-head Q/K width z_dim/num_heads = %d/%d = %d is odd; RoPE rotates pairs of coordinates, so it "
-                "must be even: e.g. z_dim %lld",
-                c->z_dim, H, c->z_dim / H, (long long)c->z_dim + H);
-    if (c->seq_len > 0 && c->chunk_size > 0 && c->seq_len >= c->chunk_size && c->seq_len % c->chunk_size) {
-        int s = c->seq_len, ch = c->chunk_size;
-        int below = 1;
-        for (int x = ch; x >= 1; x--)
-            if (s % x == 0) {
-                below = x;
-                break;
-            }
-        problem(&P,
-                "seq_len %d does not fit chunk_size %d: attention works on whole chunks, so seq_len must be smaller "
-                "than chunk_size (one partial chunk) or a multiple of it: e.g. seq_len %d, %d or anything below %d "
-                "(or chunk_size %d, a divisor of %d)",
-                s, ch, s / ch * ch, (int)MG_MIN((int64_t)(s / ch + 1) * ch, INT_MAX), ch, below, s);
+    if (llama) {
+        const int kv = c->num_kv_heads > 0 ? c->num_kv_heads : H;
+        if (H > 0 && c->model_dim > 0 && c->model_dim % H)
+            problem(&P, "model_dim %d is not divisible by num_heads %d: with arch = llama the head width is "
+                    "model_dim / num_heads; set model_dim to a multiple of %d (e.g. %d or %lld) or change num_heads",
+                    c->model_dim, H, H, MG_MAX(H, c->model_dim / H * H), (long long)(c->model_dim / H + 1) * H);
+        else if (H > 0 && c->model_dim > 0 && (c->model_dim / H) % 2)
+            problem(&P, "the head width model_dim/num_heads = %d/%d = %d is odd; RoPE rotates pairs of coordinates, "
+                    "so it must be even: e.g. model_dim %lld",
+                    c->model_dim, H, c->model_dim / H, (long long)c->model_dim + H);
+        if (H > 0 && (kv > H || H % kv)) {
+            int lo, hi;
+            near_divisors(H, MG_MIN(kv, H), &lo, &hi);
+            problem(&P, "num_kv_heads %d does not divide num_heads %d: grouped-query attention shares each key/value "
+                    "head among num_heads / num_kv_heads query heads; use a divisor of %d, e.g. %d or %d (0 = %d, "
+                    "plain multi-head attention)",
+                    kv, H, H, lo, hi, H);
+        }
+        if (c->dropout > 0 || c->attention_dropout > 0 || c->hidden_dropout > 0)
+            problem(&P, "arch = llama has no dropout (Llama-2 trains without it): set dropout, attention_dropout and "
+                    "hidden_dropout to 0");
+        if (c->sp > 1)
+            problem(&P, "sp = %d with arch = llama: sequence parallelism is not available for llama yet (its "
+                    "attention spans the whole sequence and needs ring attention across ranks); use sp = 1 "
+                    "(data parallelism works)",
+                    c->sp);
+    } else if (c->num_kv_heads > 0 && c->num_kv_heads != H) {
+        problem(&P, "num_kv_heads = %d is a llama key (grouped-query attention); megalodon has one shared Q/K "
+                "projection: leave num_kv_heads at 0",
+                c->num_kv_heads);
     }
+    if (!llama) megalodon_checks(c, &P);
     if (c->batch_tokens > 0 && c->batch_size > 0 && c->seq_len > 0) {
         int64_t mb = (int64_t)c->batch_size * c->seq_len;
         if (c->batch_tokens % mb) {

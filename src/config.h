@@ -13,11 +13,12 @@
 
 typedef struct {
     /* ---- model ---- */
-    char arch[MG_NAME_MAX];      /* "megalodon" (a Llama-2 baseline comes later) */
+    char arch[MG_NAME_MAX];      /* "megalodon" | "llama" (the Llama-2 baseline, src/model/llama.c) */
     int vocab_size;              /* 32000 for the Llama-2 tokenizer */
     int n_layers;
     int model_dim;               /* d */
     int num_heads;               /* H */
+    int num_kv_heads;            /* llama: key/value heads (grouped-query attention); 0 = num_heads */
     int z_dim;                   /* shared Q/K width z (per head z/H) */
     int value_dim;               /* v (per head v/H) */
     int ffn_hidden_dim;          /* f */

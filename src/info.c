@@ -76,24 +76,31 @@ static const char *human_count(double x, char *buf, size_t n) {
 
 /* Per-layer modules, in the order of the parameter table; a parameter name after "layers.{i}." is matched
  * by prefix. */
-static const struct {
+typedef struct {
     const char *prefix, *label;
-} MODULES[] = {
+} Module;
+static const Module MODULES[] = {
     {"attn.norm.", "attn TimestepNorm"}, {"attn.cema.", "attn CEMA"},  {"attn.rmsnorm.", "attn RMSNorm"},
     {"attn.wz.", "attn wz (shared Q/K)"}, {"attn.wv.", "attn wv (values)"}, {"attn.wr.", "attn wr (reset gate)"},
     {"attn.wh1.", "attn wh1"},           {"attn.wh2.", "attn wh2"},   {"attn.qk_", "attn Q/K affine"},
     {"ffn.norm.", "ffn LayerNorm"},      {"ffn.fc1.", "ffn fc1"},     {"ffn.fc3.", "ffn fc3"},
     {"ffn.fc2.", "ffn fc2"},
 };
+static const Module LLAMA_MODULES[] = {
+    {"attn_norm.", "attn RMSNorm"}, {"attn.wq.", "attn wq"},        {"attn.wk.", "attn wk"},
+    {"attn.wv.", "attn wv"},        {"attn.wo.", "attn wo"},        {"ffn_norm.", "ffn RMSNorm"},
+    {"ffn.fc1.", "ffn fc1 (w1, gate)"}, {"ffn.fc3.", "ffn fc3 (w3, up)"}, {"ffn.fc2.", "ffn fc2 (w2, down)"},
+};
 #define NMODULES ((int)(sizeof(MODULES) / sizeof(MODULES[0])))
+#define NLLAMA_MODULES ((int)(sizeof(LLAMA_MODULES) / sizeof(LLAMA_MODULES[0])))
 
-static int module_of(const char *name) {
+static int module_of(const Module *mods, int n, const char *name) {
     const char *p = strchr(name, '.'); /* after "layers" */
     p = p ? strchr(p + 1, '.') : NULL; /* after the layer index */
     if (!p) return -1;
     p++;
-    for (int i = 0; i < NMODULES; i++)
-        if (!strncmp(p, MODULES[i].prefix, strlen(MODULES[i].prefix))) return i;
+    for (int i = 0; i < n; i++)
+        if (!strncmp(p, mods[i].prefix, strlen(mods[i].prefix))) return i;
     return -1;
 }
 
@@ -102,12 +109,24 @@ void mg_info_print(const MgConfig *c, FILE *f) {
     mg_param_table_build(c, &t);
     char a[64], b[64], e[64], g[64];
 
-    fprintf(f, "model: %s, %d layers, d %d, %d heads, z %d (%d per head), v %d (%d per head), f %d %s, "
-               "N %d, G %d, chunk %d, V %d, rope_base %g, %s head%s\n",
-            c->arch, c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->z_dim / c->num_heads, c->value_dim,
-            c->value_dim / c->num_heads, c->ffn_hidden_dim, c->swiglu ? "SwiGLU" : "silu", c->cema_ndim,
-            c->norm_num_groups, c->chunk_size, c->vocab_size, c->rope_base, c->share_emb ? "tied" : "untied",
-            c->scale_emb ? ", embeddings scaled by sqrt(d)" : "");
+    const int llama = !strcmp(c->arch, "llama");
+    const Module *mods = llama ? LLAMA_MODULES : MODULES;
+    const int nmods = llama ? NLLAMA_MODULES : NMODULES;
+    if (llama) {
+        const int kv = c->num_kv_heads > 0 ? c->num_kv_heads : c->num_heads;
+        fprintf(f, "model: %s, %d layers, d %d, %d heads (%d per head), %d key/value head%s%s, f %d SwiGLU, "
+                   "context %d, V %d, rope_base %g, %s head%s\n",
+                c->arch, c->n_layers, c->model_dim, c->num_heads, c->model_dim / c->num_heads, kv, kv == 1 ? "" : "s",
+                kv < c->num_heads ? " (grouped-query)" : "", c->ffn_hidden_dim, c->seq_len, c->vocab_size,
+                c->rope_base, c->share_emb ? "tied" : "untied", c->scale_emb ? ", embeddings scaled by sqrt(d)" : "");
+    } else {
+        fprintf(f, "model: %s, %d layers, d %d, %d heads, z %d (%d per head), v %d (%d per head), f %d %s, "
+                   "N %d, G %d, chunk %d, V %d, rope_base %g, %s head%s\n",
+                c->arch, c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->z_dim / c->num_heads, c->value_dim,
+                c->value_dim / c->num_heads, c->ffn_hidden_dim, c->swiglu ? "SwiGLU" : "silu", c->cema_ndim,
+                c->norm_num_groups, c->chunk_size, c->vocab_size, c->rope_base, c->share_emb ? "tied" : "untied",
+                c->scale_emb ? ", embeddings scaled by sqrt(d)" : "");
+    }
 
     /* ---- parameters ---- */
     int64_t embed = 0, head = 0, final_norm = 0, layers = 0, other = 0, mod[NMODULES] = {0}, unmatched = 0;
@@ -115,7 +134,7 @@ void mg_info_print(const MgConfig *c, FILE *f) {
         const MgParam *p = &t.params[i];
         if (p->layer >= 0) {
             layers += p->numel;
-            int m = module_of(p->name);
+            int m = module_of(mods, nmods, p->name);
             if (m >= 0) mod[m] += p->numel;
             else unmatched += p->numel;
         } else if (!strncmp(p->name, "embed.", 6)) {
@@ -134,14 +153,14 @@ void mg_info_print(const MgConfig *c, FILE *f) {
     const int L = c->n_layers;
     fprintf(f, "  %-26s %16s  %5.1f%%   (%s per layer)\n", "layers", commas(layers, a, sizeof(a)),
             100.0 * layers / total, commas(L ? layers / L : 0, b, sizeof(b)));
-    for (int m = 0; m < NMODULES; m++) {
+    for (int m = 0; m < nmods; m++) {
         if (!mod[m]) continue;
-        fprintf(f, "    %-24s %16s per layer  %5.1f%%\n", MODULES[m].label, commas(L ? mod[m] / L : 0, a, sizeof(a)),
+        fprintf(f, "    %-24s %16s per layer  %5.1f%%\n", mods[m].label, commas(L ? mod[m] / L : 0, a, sizeof(a)),
                 100.0 * mod[m] / total);
     }
     if (unmatched)
         fprintf(f, "    %-24s %16s per layer\n", "other", commas(L ? unmatched / L : 0, a, sizeof(a)));
-    fprintf(f, "  %-26s %16s  %5.1f%%\n", "final TimestepNorm", commas(final_norm, a, sizeof(a)), 100.0 * final_norm / total);
+    fprintf(f, "  %-26s %16s  %5.1f%%\n", llama ? "final RMSNorm" : "final TimestepNorm", commas(final_norm, a, sizeof(a)), 100.0 * final_norm / total);
     if (c->share_emb)
         fprintf(f, "  %-26s %16s   (tied to the embedding)\n", "LM head (V x d)", "0");
     else
@@ -152,17 +171,26 @@ void mg_info_print(const MgConfig *c, FILE *f) {
 
     /* ---- FLOPs ---- */
     const double fpt = mg_flops_per_token(c, &t);
-    const int c_eff = MG_MIN(c->chunk_size, c->seq_len);
-    const double attn = 6.0 * (c_eff / 2.0) * (double)(c->z_dim + c->value_dim) * L;
+    const double attn = fpt - 6.0 * (double)t.matmul_total;
     const int64_t micro = (int64_t)c->batch_size * c->seq_len;
     const int64_t step_tokens = c->batch_tokens > 0 ? c->batch_tokens : micro;
-    fprintf(f, "\nFLOPs per token (training): %s = 6 x %s matmul params (%s) + chunk attention %s\n",
+    fprintf(f, "\nFLOPs per token (training): %s = 6 x %s matmul params (%s) + %s %s\n",
             si(fpt, "FLOP", a, sizeof(a)), commas(t.matmul_total, b, sizeof(b)),
-            si(6.0 * (double)t.matmul_total, "FLOP", e, sizeof(e)), si(attn, "FLOP", g, sizeof(g)));
-    fprintf(f, "  convention: 6 x (parameters in matrix products, incl. the LM head) + per layer 6*(c/2)*(z+v)\n"
-               "  for chunk attention (QK^T and PV, forward + 2x backward, causal useful FLOPs) with\n"
-               "  c = min(chunk_size, seq_len) = %d; CEMA, norms and the embedding lookup are not counted\n",
-            c_eff);
+            si(6.0 * (double)t.matmul_total, "FLOP", e, sizeof(e)), llama ? "causal attention" : "chunk attention",
+            si(attn, "FLOP", g, sizeof(g)));
+    if (llama) {
+        fprintf(f, "  convention: 6 x (parameters in matrix products, incl. the LM head) + per layer 6*(L/2)*2d\n"
+                   "  for causal attention over the whole sequence (QK^T and PV over the H query heads, forward +\n"
+                   "  2x backward, causal useful FLOPs) with L = seq_len = %d; norms and the embedding lookup are\n"
+                   "  not counted\n",
+                c->seq_len);
+    } else {
+        const int c_eff = MG_MIN(c->chunk_size, c->seq_len);
+        fprintf(f, "  convention: 6 x (parameters in matrix products, incl. the LM head) + per layer 6*(c/2)*(z+v)\n"
+                   "  for chunk attention (QK^T and PV, forward + 2x backward, causal useful FLOPs) with\n"
+                   "  c = min(chunk_size, seq_len) = %d; CEMA, norms and the embedding lookup are not counted\n",
+                c_eff);
+    }
     fprintf(f, "tokens per step: %s = %" PRId64 " micro-batch%s of %d x %d (batch_size x seq_len)\n",
             commas(step_tokens, a, sizeof(a)), step_tokens / micro, step_tokens / micro == 1 ? "" : "es",
             c->batch_size, c->seq_len);

@@ -202,7 +202,8 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
         fprintf(f, "%s%-34s %12s\n", indent, "checkpoint snapshot (ckpt_async)", mg_format_bytes(m->snapshot, a, sizeof a));
     const int S = use == MG_MEM_TRAIN && m->ranks > 1 && c->sp > 1 ? c->sp : 1;
     if (use == MG_MEM_SAMPLE)
-        snprintf(lbl, sizeof lbl, "decoder (attention cache, chunk %d)", c->chunk_size);
+        snprintf(lbl, sizeof lbl, "decoder (attention cache, %s %d)", strcmp(c->arch, "llama") ? "chunk" : "context",
+                 strcmp(c->arch, "llama") ? c->chunk_size : c->seq_len);
     else
         snprintf(lbl, sizeof lbl, "activations (%d x %d tokens)", c->batch_size, c->seq_len / S);
     fprintf(f, "%s%-34s %12s\n", indent, lbl, mg_format_bytes(m->activations, a, sizeof a));

@@ -165,7 +165,8 @@ void mg_model_forward_logits(MgModel *m, const int32_t *tokens, int B, int L, co
                              MgModelState *state_out, void *logits_host);
 
 /* ---- the model ------------------------------------------------------------------------------------------ */
-/* The architecture is cfg->arch ("megalodon"); an unknown one is a fatal error naming the known ones. */
+/* The architecture is cfg->arch ("megalodon" or "llama"); an unknown one is a fatal error naming the known
+ * ones. */
 MgModel *mg_model_create(const MgConfig *cfg, const MgBackend *be);
 void mg_model_free(MgModel *m);
 
@@ -233,6 +234,9 @@ void mg_decoder_step(MgDecoder *d, const int32_t *tokens, int n, void *logits_ho
 /* Logits of the last consumed position (B x V, host float32). */
 const float *mg_decoder_last_logits(const MgDecoder *d);
 int64_t mg_decoder_position(const MgDecoder *d);
+/* The most tokens per sequence the decoder can consume (llama: seq_len, its key/value cache), 0 = unlimited
+ * (megalodon). Stepping past it is a fatal error. */
+int64_t mg_decoder_context(const MgDecoder *d);
 /* Backend bytes the decoder allocated (state, caches, work buffers). */
 size_t mg_decoder_bytes(const MgDecoder *d);
 /* Without a model: the backend bytes mg_decoder_create(m, B) allocates for its caches and work buffers

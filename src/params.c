@@ -37,7 +37,7 @@ MgParam *mg_param_add(MgParamTable *t, int layer, MgInit init, int64_t fan_in, i
 void mg_param_table_build(const MgConfig *c, MgParamTable *t) {
     memset(t, 0, sizeof(*t));
     const MgArch *a = mg_arch_find(c->arch);
-    if (!a) mg_fatal("arch '%s' is not supported (known: megalodon)", c->arch);
+    if (!a) mg_fatal("arch '%s' is not supported (known: %s)", c->arch, mg_arch_names());
     a->declare_params(c, t);
 }
 
@@ -59,7 +59,7 @@ const MgParam *mg_param_get(const MgParamTable *t, const char *name) {
 }
 
 double mg_flops_per_token(const MgConfig *c, const MgParamTable *t) {
-    double c_eff = (double)MG_MIN(c->chunk_size, c->seq_len > 0 ? c->seq_len : c->chunk_size);
-    double attn = 3.0 * 2.0 * (c_eff / 2.0) * (double)(c->z_dim + c->value_dim) * c->n_layers;
-    return 6.0 * (double)t->matmul_total + attn;
+    const MgArch *a = mg_arch_find(c->arch);
+    if (!a) mg_fatal("arch '%s' is not supported (known: %s)", c->arch, mg_arch_names());
+    return 6.0 * (double)t->matmul_total + a->attn_flops_per_token(c);
 }

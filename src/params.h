@@ -17,6 +17,7 @@ typedef enum {
     MG_INIT_CEMA_THETA,   /* logit of a random permutation of d^(-k/d), k = 1..d */
     MG_INIT_CEMA_GAMMA,   /* real part N(0,1), imaginary part 0 */
     MG_INIT_CEMA_OMEGA,   /* truncated normal std 0.25 on [-1, 1] */
+    MG_INIT_NORMAL_0_02,  /* normal, std 0.02 (Llama-2: every matrix and the embedding) */
 } MgInit;
 
 typedef struct {
@@ -50,8 +51,9 @@ int mg_param_find(const MgParamTable *t, const char *name);
 /* Like mg_param_find, but a missing name is a fatal programming error. */
 const MgParam *mg_param_get(const MgParamTable *t, const char *name);
 
-/* Training FLOPs per token (design.md convention): 6 * matmul parameters + per layer
- * 3 * 2 * (c_eff/2) * (z + v) for chunk attention, c_eff = min(chunk_size, seq_len). */
+/* Training FLOPs per token (design.md convention): 6 * matmul parameters + the architecture's attention
+ * (Megalodon: per layer 3 * 2 * (c_eff/2) * (z + v) for chunk attention, c_eff = min(chunk_size, seq_len);
+ * Llama: per layer 3 * 2 * (seq_len/2) * 2d for causal attention over the whole sequence). */
 double mg_flops_per_token(const MgConfig *c, const MgParamTable *t);
 
 #endif

@@ -76,6 +76,18 @@ static int generate(MgModel *m, MgTokenizer *tok, const int32_t *prompt, int n_p
                     const MgSamplerOpts *so, MgRng *rng, FILE *out, double *seconds) {
     const int V = mg_model_config(m)->vocab_size;
     MgDecoder *d = mg_decoder_create(m, 1);
+    const int64_t ctx = mg_decoder_context(d); /* llama: its key/value cache holds seq_len positions */
+    if (ctx > 0) {
+        if (n_prompt > ctx)
+            mg_fatal("the prompt has %d tokens but this %s model's context is %lld (seq_len): shorten the prompt",
+                     n_prompt, mg_model_config(m)->arch, (long long)ctx);
+        if (n_prompt + max_new > ctx) {
+            fprintf(stderr, "note: generating at most %lld tokens: the prompt (%d) and the new tokens fill the "
+                            "context of %lld positions (seq_len)\n",
+                    (long long)(ctx - n_prompt), n_prompt, (long long)ctx);
+            max_new = (int)(ctx - n_prompt);
+        }
+    }
     double t0 = mg_now();
     mg_decoder_step(d, prompt, n_prompt, NULL);
     float *logits = mg_malloc(sizeof(float) * (size_t)V);

@@ -30,6 +30,16 @@ static void gradcheck_model(const char *tag, MgConfig *cfg, int B, int L, double
     MgModel *m = mg_model_create(cfg, &mg_cpu_backend_f64);
     mg_model_init_weights(m, 7);
     tu_perturb_zero_init(mg_model_params_table(m), mg_model_params(m), 0.1);
+    if (!strcmp(cfg->arch, "llama")) {
+        /* Llama's N(0, 0.02^2) weights x 10: with entries of 0.02 the finite-difference steps below (1e-3
+         * on every element of a tensor at once) would be 5 % of the values, far outside the stencils'
+         * range; at 0.2 the model is also far from uniform attention and linear FFN gates. */
+        const MgParamTable *pt = mg_model_params_table(m);
+        for (int i = 0; i < pt->count; i++)
+            if (pt->params[i].init == MG_INIT_NORMAL_0_02)
+                for (int64_t j = 0; j < pt->params[i].numel; j++)
+                    ((double *)mg_model_params(m))[pt->params[i].offset + j] *= 10.0;
+    }
     int64_t T = (int64_t)B * L;
     int32_t *tok = mg_malloc(sizeof(int32_t) * (size_t)T), *tgt = mg_malloc(sizeof(int32_t) * (size_t)T);
     /* A small set of token ids so embedding and head rows get several contributions. */
@@ -237,6 +247,144 @@ static void test_decoder(void) {
     mg_model_free(m);
 }
 
+/* ---- llama --------------------------------------------------------------------------------------------- */
+/* Grouped-query attention is multi-head attention whose key/value heads repeat: a model with kv heads
+ * equals the kv = H model whose wk, wv rows of head h are those of key/value head h / (H / kv). */
+static void test_llama_gqa_equals_repeated_mha(void) {
+    MgConfig cg, cm;
+    tu_tiny_llama(&cg, 512, 2);
+    tu_tiny_llama(&cm, 512, 0);
+    MgModel *g = mg_model_create(&cg, &mg_cpu_backend_f64), *m = mg_model_create(&cm, &mg_cpu_backend_f64);
+    mg_model_init_weights(g, 21);
+    tu_perturb_zero_init(mg_model_params_table(g), mg_model_params(g), 0.1);
+    const MgParamTable *tm = mg_model_params_table(m);
+    const int d = cg.model_dim, dh = d / cg.num_heads, grp = cg.num_heads / cg.num_kv_heads;
+    for (int i = 0; i < tm->count; i++) {
+        const MgParam *q = &tm->params[i];
+        double *dst = (double *)mg_model_params(m) + q->offset;
+        const double *src = mg_model_param(g, q->name);
+        if (strstr(q->name, ".attn.wk.") || strstr(q->name, ".attn.wv.")) {
+            for (int h = 0; h < cm.num_heads; h++)
+                memcpy(dst + (size_t)h * dh * d, src + (size_t)(h / grp) * dh * d, sizeof(double) * (size_t)dh * d);
+        } else {
+            memcpy(dst, src, sizeof(double) * (size_t)q->numel);
+        }
+    }
+    const int B = 2, L = 24, V = cg.vocab_size;
+    int32_t tok[2 * 24];
+    tu_random_ids(tok, B * L, V);
+    double *a = mg_malloc(sizeof(double) * (size_t)B * L * V), *b = mg_malloc(sizeof(double) * (size_t)B * L * V);
+    mg_model_forward_logits(g, tok, B, L, NULL, NULL, a);
+    mg_model_forward_logits(m, tok, B, L, NULL, NULL, b);
+    double e = tu_max_rel_err(a, b, (size_t)B * L * V, tu_max_abs(b, (size_t)B * L * V));
+    tu_check_err("llama grouped-query (4 heads, 2 kv heads) == multi-head with repeated wk/wv rows (float64 logits)",
+                 e, 1e-13);
+    free(a);
+    free(b);
+    mg_model_free(g);
+    mg_model_free(m);
+}
+
+/* Token-by-token decoding with the KV cache, and a prefill followed by single tokens, equal the full
+ * causal forward (fp32, normwise); the cache holds seq_len positions. */
+static void test_llama_decoder(int kv) {
+    MgConfig cfg;
+    tu_tiny_llama(&cfg, 2000, kv);
+    MgModel *m = mg_model_create(&cfg, &mg_cpu_backend_f32);
+    mg_model_init_weights(m, 5);
+    const MgParamTable *pt = mg_model_params_table(m);
+    for (int i = 0; i < pt->count; i++) /* norm scales other than 1 */
+        if (pt->params[i].init == MG_INIT_ZERO)
+            for (int64_t j = 0; j < pt->params[i].numel; j++)
+                ((float *)mg_model_params(m))[pt->params[i].offset + j] = (float)(0.1 * tu_normal());
+    const int B = 2, L = cfg.seq_len, V = cfg.vocab_size;
+    int32_t *tok = mg_malloc(sizeof(int32_t) * (size_t)B * L);
+    tu_random_ids(tok, B * L, V);
+    float *full = mg_malloc(sizeof(float) * (size_t)B * L * V);
+    mg_model_forward_logits(m, tok, B, L, NULL, NULL, full);
+    double *fd = mg_malloc(sizeof(double) * (size_t)B * L * V);
+    tu_from_f32(fd, full, (size_t)B * L * V);
+    const double floor = tu_max_abs(fd, (size_t)B * L * V);
+
+    MgDecoder *d = mg_decoder_create(m, B);
+    tu_check(mg_decoder_context(d) == L, "llama decoder context is seq_len", "%lld", (long long)mg_decoder_context(d));
+    float *lg = mg_malloc(sizeof(float) * (size_t)B * V);
+    double worst = 0.0;
+    for (int t = 0; t < L; t++) { /* the whole context, one token at a time */
+        int32_t one[2] = {tok[t], tok[L + t]};
+        mg_decoder_step(d, one, 1, lg);
+        for (int b = 0; b < B; b++)
+            worst = fmax(worst, tu_max_rel_err_f32(lg + (size_t)b * V, fd + ((size_t)b * L + t) * V, (size_t)V, floor));
+    }
+    char name[160];
+    snprintf(name, sizeof name, "llama decoder (kv heads %d) token-by-token over the whole context == full forward "
+                                "(fp32, normwise)", kv ? kv : cfg.num_heads);
+    tu_check_err(name, worst, 1e-4);
+
+    mg_decoder_reset(d);
+    const int P = 13;
+    int32_t pre[2 * 13];
+    for (int b = 0; b < B; b++) memcpy(pre + b * P, tok + b * L, sizeof(int32_t) * P);
+    float *pl = mg_malloc(sizeof(float) * (size_t)B * P * V);
+    mg_decoder_step(d, pre, P, pl);
+    worst = 0.0;
+    for (int b = 0; b < B; b++)
+        worst = fmax(worst, tu_max_rel_err_f32(pl + (size_t)b * P * V, fd + (size_t)b * L * V, (size_t)P * V, floor));
+    for (int t = P; t < L; t++) {
+        int32_t one[2] = {tok[t], tok[L + t]};
+        mg_decoder_step(d, one, 1, NULL);
+        const float *last = mg_decoder_last_logits(d);
+        for (int b = 0; b < B; b++)
+            worst = fmax(worst, tu_max_rel_err_f32(last + (size_t)b * V, fd + ((size_t)b * L + t) * V, (size_t)V, floor));
+    }
+    snprintf(name, sizeof name, "llama decoder (kv heads %d) prefill of %d + single steps == full forward (normwise)",
+             kv ? kv : cfg.num_heads, P);
+    tu_check_err(name, worst, 1e-4);
+    mg_decoder_free(d);
+    free(pl);
+    free(lg);
+    free(fd);
+    free(full);
+    free(tok);
+    mg_model_free(m);
+}
+
+static MgModel *g_llama;
+static void run_llama_past_context(void *ctx) {
+    (void)ctx;
+    MgDecoder *d = mg_decoder_create(g_llama, 1);
+    int32_t tok[40] = {0};
+    mg_decoder_step(d, tok, 40, NULL);
+}
+static void run_llama_piece(void *ctx) {
+    (void)ctx;
+    int32_t tok[16] = {0}, tgt[16] = {0};
+    MgForwardOpts o = {.pos0 = 16, .seq_len = 32};
+    int64_t n;
+    mg_model_forward_loss(g_llama, tok, tgt, 1, 16, &o, NULL, NULL, &n);
+}
+
+static void test_llama(void) {
+    MgConfig cfg;
+    tu_tiny_llama(&cfg, 512, 2);
+    gradcheck_model("(llama tiny, 4 heads sharing 2 kv heads, float64, B=2 L=12)", &cfg, 2, 12, 0.0);
+    tu_tiny_llama(&cfg, 512, 0);
+    cfg.share_emb = 1;
+    cfg.scale_emb = 1;
+    gradcheck_model("(llama tiny, multi-head, tied + scaled embedding, float64, B=1 L=16)", &cfg, 1, 16, 0.0);
+    test_llama_gqa_equals_repeated_mha();
+    test_llama_decoder(2);
+    test_llama_decoder(0);
+    tu_tiny_llama(&cfg, 512, 1);
+    g_llama = mg_model_create(&cfg, &mg_cpu_backend_f32);
+    mg_model_init_weights(g_llama, 1);
+    tu_expect_failure("llama decoding past its context (seq_len) is refused", run_llama_past_context, NULL,
+                      "context");
+    tu_expect_failure("llama pass over a piece of a sequence is refused", run_llama_piece, NULL,
+                      "whole sequences only");
+    mg_model_free(g_llama);
+}
+
 static MgModel *g_bad_model;
 static void run_bad_token(void *ctx) {
     (void)ctx;
@@ -267,6 +415,7 @@ int main(void) {
     gradcheck_model("(tiny without SwiGLU, tied + scaled embedding, all three dropouts 0.1)", &cfg, 2, 16, 0.1);
     test_state_carry();
     test_decoder();
+    test_llama();
 
     tu_tiny_megalodon(&cfg, 32000);
     g_bad_model = mg_model_create(&cfg, &mg_cpu_backend_f32);

@@ -216,6 +216,21 @@ void tu_tiny_megalodon(MgConfig *c, int vocab) {
     c->batch_size = 1;
 }
 
+void tu_tiny_llama(MgConfig *c, int vocab, int kv_heads) {
+    memset(c, 0, sizeof(*c));
+    strcpy(c->arch, "llama");
+    c->vocab_size = vocab;
+    c->n_layers = 2;
+    c->model_dim = 32;
+    c->num_heads = 4;
+    c->num_kv_heads = kv_heads;
+    c->ffn_hidden_dim = 48;
+    c->rope_base = 10000.0;
+    c->norm_eps = 1e-5;
+    c->seq_len = 32;
+    c->batch_size = 1;
+}
+
 void tu_random_ids(int32_t *ids, int64_t n, int V) {
     for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)(tu_uniform() * V);
 }

@@ -81,6 +81,9 @@ double tu_grad_check(const char *name, double *x, size_t n, const double *analyt
 /* The architecture of configs/tiny.conf (2 layers, d 64, chunk 16) with the given vocabulary, filled in
  * by hand so model tests do not depend on parsing; seq_len 32, batch 1. */
 void tu_tiny_megalodon(MgConfig *c, int vocab);
+/* A tiny Llama (arch = llama): 2 layers, d 32, 4 heads, kv_heads key/value heads (0 = 4), f 48,
+ * context (seq_len) 32. */
+void tu_tiny_llama(MgConfig *c, int vocab, int kv_heads);
 /* n random token ids in [0, V). */
 void tu_random_ids(int32_t *ids, int64_t n, int V);
 /* Entries of dir whose name matches the POSIX basic regular expression `re` (as grep would: anywhere in the

@@ -1,6 +1,6 @@
 /* What an architecture provides to the model driver, and the driver's internals they share.
  *
- * An architecture (megalodon.c; the next one is llama.c) is a table of functions and sizes (MgArch):
+ * An architecture (megalodon.c, llama.c) is a table of functions and sizes (MgArch):
  *   - its parameters (declare_params: names, shapes, initialisation kinds; the driver lays them out);
  *   - per-layer views of the parameter/gradient arenas (resolve_layer into a struct of its own);
  *   - its carried state (a list of per-layer and final tensors with their fresh values and groups);
@@ -169,11 +169,20 @@ typedef struct MgArch {
     void (*plan_cache)(const MgConfig *c, MgPlan *p, void *cache, int B);
     int (*decode_piece_max)(const MgConfig *c);
     int (*decode_room)(const MgConfig *c, int64_t pos);
+    /* The most tokens a decoder can consume per sequence (Llama: its KV cache of seq_len positions); NULL =
+     * unlimited (Megalodon: the state carries the context). */
+    int64_t (*decode_context)(const MgConfig *c);
+
+    /* Training FLOPs per token of the attention (design.md convention: causal useful FLOPs of QK^T and PV,
+     * forward + 2x backward); mg_flops_per_token adds 6 x the matrix-product parameters. */
+    double (*attn_flops_per_token)(const MgConfig *c);
 } MgArch;
 
 extern const MgArch mg_arch_megalodon;
-/* The architecture of a name, or NULL. */
+extern const MgArch mg_arch_llama;
+/* The architecture of a name, or NULL; the known names as "megalodon, llama". */
 const MgArch *mg_arch_find(const char *name);
+const char *mg_arch_names(void);
 
 /* ---- the driver's model (shared with the decoder) ---------------------------------------------------------- */
 struct MgModel {

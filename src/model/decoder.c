@@ -46,7 +46,7 @@ static void decoder_plan(const MgConfig *c, const MgArch *a, MgPlan *p, char *ca
 
 size_t mg_decoder_plan_bytes(const MgConfig *c, MgDtype compute, MgDtype state, int B) {
     const MgArch *a = mg_arch_find(c->arch);
-    if (!a) mg_fatal("arch '%s' is not supported (known: megalodon)", c->arch);
+    if (!a) mg_fatal("arch '%s' is not supported (known: %s)", c->arch, mg_arch_names());
     const int cap = a->decode_piece_max(c);
     char *caches = mg_calloc((size_t)MG_MAX(c->n_layers, 1), MG_MAX(a->cache_size, 1));
     void *act = mg_calloc(1, MG_MAX(a->act_size, 1)), *fin = mg_calloc(1, MG_MAX(a->final_size, 1));
@@ -114,6 +114,9 @@ void mg_decoder_reset(MgDecoder *d) {
 }
 
 int64_t mg_decoder_position(const MgDecoder *d) { return d->pos; }
+int64_t mg_decoder_context(const MgDecoder *d) {
+    return d->m->arch->decode_context ? d->m->arch->decode_context(&d->m->cfg) : 0;
+}
 size_t mg_decoder_bytes(const MgDecoder *d) { return d->bytes; }
 const float *mg_decoder_last_logits(const MgDecoder *d) { return d->last_logits; }
 
@@ -180,6 +183,11 @@ void mg_decoder_step(MgDecoder *d, const int32_t *tokens, int n, void *logits_ho
     char err[256];
     if (mg_check_ids(tokens, (int64_t)d->B * n, m->cfg.vocab_size, INT32_MIN, "token", err, sizeof err))
         mg_fatal("%s: the prompt does not match this model's vocab_size", err);
+    const int64_t ctx = mg_decoder_context(d);
+    if (ctx > 0 && d->pos + n > ctx)
+        mg_fatal("decoding: %lld tokens per sequence would pass the context of this %s model (%lld positions, "
+                 "seq_len: its key/value cache holds no more); use a shorter prompt or fewer new tokens",
+                 (long long)(d->pos + n), m->cfg.arch, (long long)ctx);
     const int B = d->B;
     int done = 0;
     while (done < n && !mg_stop_requested()) {

@@ -49,13 +49,15 @@ void mg_plan_place(const MgPlan *p, void *base) {
 }
 
 /* ---- architectures --------------------------------------------------------------------------------------- */
-static const MgArch *const g_archs[] = {&mg_arch_megalodon};
+static const MgArch *const g_archs[] = {&mg_arch_megalodon, &mg_arch_llama};
 
 const MgArch *mg_arch_find(const char *name) {
     for (size_t i = 0; i < sizeof g_archs / sizeof g_archs[0]; i++)
         if (!strcmp(g_archs[i]->name, name)) return g_archs[i];
     return NULL;
 }
+
+const char *mg_arch_names(void) { return "megalodon, llama"; }
 
 /* ---- small helpers ---------------------------------------------------------------------------------------- */
 void *mg_act_at(const MgModel *m, const void *base, int64_t elems) { return (char *)base + (size_t)elems * m->es; }
@@ -134,7 +136,7 @@ static void grads_ready(const MgPass *ps, int bucket) {
 /* ---- create / free ------------------------------------------------------------------------------------------ */
 MgModel *mg_model_create(const MgConfig *cfg, const MgBackend *be) {
     const MgArch *arch = mg_arch_find(cfg->arch);
-    if (!arch) mg_fatal("arch '%s' is not supported (known: megalodon)", cfg->arch);
+    if (!arch) mg_fatal("arch '%s' is not supported (known: %s)", cfg->arch, mg_arch_names());
     MgModel *m = mg_calloc(1, sizeof(MgModel));
     m->cfg = *cfg;
     m->arch = arch;
@@ -250,6 +252,9 @@ static void init_values(const MgParam *p, int64_t d, MgRng *rng, double *h) {
     case MG_INIT_CEMA_OMEGA:
         for (int64_t i = 0; i < p->numel; i++) h[i] = mg_rng_trunc_normal(rng, 0.25, -1.0, 1.0);
         break;
+    case MG_INIT_NORMAL_0_02:
+        for (int64_t i = 0; i < p->numel; i++) h[i] = 0.02 * mg_rng_normal(rng);
+        break;
     }
 }
 
@@ -323,7 +328,7 @@ static void plan_without_model(const MgConfig *cfg, MgDtype compute, MgDtype sta
     memset(&tmp, 0, sizeof tmp);
     tmp.cfg = *cfg;
     tmp.arch = mg_arch_find(cfg->arch);
-    if (!tmp.arch) mg_fatal("arch '%s' is not supported (known: megalodon)", cfg->arch);
+    if (!tmp.arch) mg_fatal("arch '%s' is not supported (known: %s)", cfg->arch, mg_arch_names());
     mg_plan_init(p, compute, state);
     plan_all(&tmp, p, (int64_t)B * L, B);
     free(tmp.x);
@@ -694,12 +699,8 @@ static void check_state(const MgModelState *s, int B, const char *what) {
 /* Shapes, layout, ids and states of a pass, checked on the host before anything runs. */
 static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) {
     const MgConfig *c = &m->cfg;
-    const int B = a->B, L = a->L, ch = c->chunk_size;
+    const int B = a->B, L = a->L;
     MG_CHECK(B >= 1 && L >= 1, "model: batch %d x length %d must be positive", B, L);
-    if (L > ch && L % ch != 0)
-        mg_fatal("sequence length %d cannot be split into attention chunks of %d: use a length below %d or a "
-                 "multiple of it (e.g. %d or %d)",
-                 L, ch, ch, (L / ch) * ch, (L / ch + 1) * ch);
     char err[1024];
     const int64_t Lg = a->opts.seq_len > 0 ? a->opts.seq_len : L;
     if (a->opts.pos0 < 0 || a->opts.seq0 < 0 || a->opts.pos0 + L > Lg)

@@ -128,6 +128,11 @@ static void describe_state(const MgConfig *c, MgStateSpec *layer, int *n_layer, 
 static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
                         size_t errlen) {
     const int ch = c->chunk_size;
+    if (L > ch && L % ch != 0)
+        return mg_errf(err, errlen,
+                       "sequence length %d cannot be split into attention chunks of %d: use a length below %d or a "
+                       "multiple of it (e.g. %d or %d)",
+                       L, ch, ch, (L / ch) * ch, (L / ch + 1) * ch);
     if (pos0 == 0 && Lg == L) return 0;
     const int64_t cg = MG_MIN((int64_t)ch, Lg); /* the chunk's length */
     if (attn_split && L < cg) { /* a piece of a chunk, its earlier keys and values brought by the hooks */
@@ -565,6 +570,12 @@ static void final_backward(MgPass *ps, void *finv, const void *x, const void *dy
     tsn_backward(ps, ps->c->n_layers, &fn, st);
 }
 
+/* Chunk attention, per layer 3 * 2 * (c/2) * (z + v) with c = min(chunk_size, seq_len) (design.md). */
+static double attn_flops_per_token(const MgConfig *c) {
+    double c_eff = (double)MG_MIN(c->chunk_size, c->seq_len > 0 ? c->seq_len : c->chunk_size);
+    return 3.0 * 2.0 * (c_eff / 2.0) * (double)(c->z_dim + c->value_dim) * c->n_layers;
+}
+
 const MgArch mg_arch_megalodon = {
     .name = "megalodon",
     .declare_params = declare_params,
@@ -586,4 +597,5 @@ const MgArch mg_arch_megalodon = {
     .plan_cache = plan_cache,
     .decode_piece_max = decode_piece_max,
     .decode_room = decode_room,
+    .attn_flops_per_token = attn_flops_per_token,
 };

@@ -135,9 +135,14 @@ static void print_header(Trainer *t) {
     const MgConfig *c = &t->cfg;
     const MgParamTable *pt = mg_model_params_table(t->model);
     char b1[32], b2[32];
-    printf("megalodon train: %s, %d layers, d %d, %d heads, z %d, v %d, f %d%s, N %d, G %d, chunk %d\n", c->arch,
-           c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->value_dim, c->ffn_hidden_dim,
-           c->swiglu ? " (SwiGLU)" : "", c->cema_ndim, c->norm_num_groups, c->chunk_size);
+    if (!strcmp(c->arch, "llama"))
+        printf("megalodon train: %s, %d layers, d %d, %d heads, %d key/value heads, f %d (SwiGLU), context %d\n",
+               c->arch, c->n_layers, c->model_dim, c->num_heads, c->num_kv_heads > 0 ? c->num_kv_heads : c->num_heads,
+               c->ffn_hidden_dim, c->seq_len);
+    else
+        printf("megalodon train: %s, %d layers, d %d, %d heads, z %d, v %d, f %d%s, N %d, G %d, chunk %d\n", c->arch,
+               c->n_layers, c->model_dim, c->num_heads, c->z_dim, c->value_dim, c->ffn_hidden_dim,
+               c->swiglu ? " (SwiGLU)" : "", c->cema_ndim, c->norm_num_groups, c->chunk_size);
     char b3[32];
     printf("parameters: %lld (%s in fp32); optimizer state %s", (long long)pt->total,
            mg_format_bytes(4.0 * (double)pt->total, b1, sizeof b1), mg_format_bytes(8.0 * (double)pt->total, b2, sizeof b2));
@@ -164,7 +169,7 @@ static void print_header(Trainer *t) {
     char desc[256];
     t->peak_flops = mg_peak_flops(c, desc, sizeof desc) * t->dist.P; /* every rank brings its own peak */
     t->flops_per_token = mg_flops_per_token(c, pt);
-    printf("MFU: %.3g FLOPs per token (6 x matmul params + causal chunk attention, design.md) / %s%s\n",
+    printf("MFU: %.3g FLOPs per token (6 x matmul params + causal attention, design.md) / %s%s\n",
            t->flops_per_token, desc, t->dist.P > 1 ? " per rank, x the ranks" : "");
     printf("schedule: %s, peak lr %g, warm-up %lld steps, floor %g x lr, %lld steps%s\n", c->lr_schedule,
            t->sched.peak_lr, (long long)t->sched.warmup_steps, t->sched.min_lr_ratio, (long long)t->sched.max_steps,

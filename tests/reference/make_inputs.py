@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import megalodon_ref as R  # noqa: E402
+import llama_ref  # noqa: E402
+import megalodon_ref as R  # noqa: E402  (replaced by llama_ref for `arch = llama` configs)
 
 
 def write_inputs(path, cfg, params, tokens, targets):
@@ -53,6 +54,8 @@ def main():
     ap.add_argument("--perturb", type=float, default=0.0)
     ap.add_argument("--ignore_frac", type=float, default=0.0)
     a = ap.parse_args()
+    global R
+    R = llama_ref.model_module(a.config)
     cfg = R.load_config(a.config, {"batch_size": a.batch_size, "seq_len": a.seq_len})
     if cfg.seq_len is None:
         sys.exit("make_inputs: the config has no seq_len; pass --seq_len")

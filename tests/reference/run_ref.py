@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Loss and gradients of the reference MEGALODON model for weights and a batch given in HDF5.
+"""Loss and gradients of the reference model (MEGALODON, or Llama-2 for `arch = llama` configs) for weights
+and a batch given in HDF5.
 
   /usr/bin/python3 tests/reference/run_ref.py --config F --in IN.h5 --out OUT.h5
       [--dtype float32|float64] [--threads n] [--logits] [--acts]
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import megalodon_ref as R  # noqa: E402
+import llama_ref  # noqa: E402
+import megalodon_ref as R  # noqa: E402  (replaced by llama_ref for `arch = llama` configs)
 
 
 def read_inputs(path, cfg, dtype):
@@ -77,6 +79,8 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dtype = torch.float32 if a.dtype == "float32" else torch.float64
+    global R
+    R = llama_ref.model_module(a.config)
     cfg = R.load_config(a.config)
     params, tokens, targets = read_inputs(a.inp, cfg, dtype)
     if (targets == -1).all():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import llama_ref as LR  # noqa: E402
 import megalodon_ref as R  # noqa: E402
 import make_inputs  # noqa: E402
 
@@ -348,6 +349,65 @@ def t_run_ref_cli():
                    f"(tol {tol_l:.0e}), worst grad rel err {worst:.1e} (tol {tol_g:.0e})")
 
 
+# ---------------------------------------------------------------------------------------------- llama
+
+def llama_case(kv, share=False, B=2, L=12, seed=5):
+    cfg = LR.make_config(dict(vocab_size=40, n_layers=2, model_dim=24, num_heads=4, num_kv_heads=kv,
+                              ffn_hidden_dim=20, rope_base=100.0, share_emb=share, scale_emb=share))
+    P = {k: v.to(DT) for k, v in LR.init_params(cfg, seed=seed, perturb=0.2).items()}
+    for k in P:  # larger weights than the 0.02 init, so attention patterns and FFN gates are not trivial
+        if P[k].dim() == 2:
+            P[k] = P[k] * 10.0
+    g = torch.Generator().manual_seed(seed + 1)
+    tokens = torch.randint(0, cfg.vocab_size, (B, L), generator=g)
+    targets = torch.randint(0, cfg.vocab_size, (B, L), generator=g)
+    targets[0, 3] = -1
+    return cfg, P, tokens, targets
+
+
+def t_llama():
+    # the 7B's parameter count
+    c7 = LR.make_config(dict(vocab_size=32000, n_layers=32, model_dim=4096, num_heads=32, ffn_hidden_dim=11008))
+    got = LR.count_params(c7)
+    report("llama_param_count_7b", got == 6738415616, f"{got} vs 6,738,415,616 (Llama-2 7B)")
+    # RoPE: complex form vs rotation matrices of the interleaved pairs (megalodon_ref's, c = L)
+    x = rnd(2, 10, 3, 8)
+    check_close("llama_rope_complex_vs_rotation_matrices", LR.rope(x, 100.0), R.rope_matrix(x, 10, 100.0), 1e-14)
+    for kv in (4, 2, 1):
+        cfg, P, tokens, targets = llama_case(kv)
+        tag = f"H4_kv{kv}"
+        out = {}
+        for form in ("fast", "hf", "slow"):
+            Pg = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+            loss = LR.loss_fn(cfg, Pg, tokens, targets, hf=form == "hf", slow=form == "slow")
+            loss.backward()
+            out[form] = (loss.item(), {k: v.grad for k, v in Pg.items()})
+        for form in ("hf", "slow"):
+            err_l = abs(out[form][0] - out["fast"][0]) / abs(out["fast"][0])
+            worst = max((out[form][1][k] - out["fast"][1][k]).abs().max().item()
+                        / max(out["fast"][1][k].abs().max().item(), 1e-30) for k in P)
+            what = ("Hugging Face layout (permuted q/k rows, rotate-half RoPE)" if form == "hf"
+                    else "grouped attention without repeated keys")
+            report(f"llama_{form}_vs_fast[{tag}]", err_l < 1e-13 and worst < 1e-11,
+                   f"{what}: loss rel err {err_l:.1e} (tol 1e-13), worst grad rel err {worst:.1e} (tol 1e-11)")
+    # causality: changing the last token changes no earlier logit
+    cfg, P, tokens, targets = llama_case(2)
+    t2 = tokens.clone()
+    t2[:, -1] = (t2[:, -1] + 1) % cfg.vocab_size
+    a, b = LR.forward(cfg, P, tokens), LR.forward(cfg, P, t2)
+    report("llama_causal", torch.equal(a[:, :-1], b[:, :-1]) and not torch.equal(a[:, -1], b[:, -1]),
+           "earlier logits unchanged by the last token, the last one changed")
+    # whole-model gradcheck (grouped-query, tied + scaled embedding)
+    cfg, P, tokens, targets = llama_case(2, share=True, L=6)
+    names = list(P.keys())
+    args = [P[k].clone().requires_grad_(True) for k in names]
+    # eps 1e-5 and atol 1e-8: with a loss of ~4 the central difference's rounding noise is ~1e-16 * 4 / eps
+    ok = torch.autograd.gradcheck(lambda *a: LR.loss_fn(cfg, dict(zip(names, a)), tokens, targets), args,
+                                  eps=1e-5, atol=1e-8, rtol=1e-6, raise_exception=False)
+    report("llama_gradcheck_whole_model[kv2_tied]", ok,
+           f"torch.autograd.gradcheck over all {sum(a.numel() for a in args)} parameters, eps 1e-5, atol 1e-8")
+
+
 def main():
     t0 = time.time()
     print(f"reference self-check: torch {torch.__version__}, seed {SEED}")
@@ -356,7 +416,7 @@ def main():
                      ("param_count", t_param_count), ("fast_vs_slow", t_fast_vs_slow),
                      ("gradcheck_model", t_gradcheck_model), ("f32_vs_f64", t_f32_vs_f64),
                      ("loss_at_init", t_loss_at_init), ("ignore_index", t_ignore_index), ("fused_head", t_fused_head),
-                     ("run_ref_cli", t_run_ref_cli)]:
+                     ("run_ref_cli", t_run_ref_cli), ("llama", t_llama)]:
         run(name, fn)
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed ({time.time() - t0:.1f} s)")
     return 0 if all(results) else 1
