@@ -951,11 +951,6 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
         if (c->dropout > 0 || c->attention_dropout > 0 || c->hidden_dropout > 0)
             problem(&P, "arch = llama has no dropout (Llama-2 trains without it): set dropout, attention_dropout and "
                     "hidden_dropout to 0");
-        if (c->sp > 1)
-            problem(&P, "sp = %d with arch = llama: sequence parallelism is not available for llama yet (its "
-                    "attention spans the whole sequence and needs ring attention across ranks); use sp = 1 "
-                    "(data parallelism works)",
-                    c->sp);
     } else if (c->num_kv_heads > 0 && c->num_kv_heads != H) {
         problem(&P, "num_kv_heads = %d is a llama key (grouped-query attention); megalodon has one shared Q/K "
                 "projection: leave num_kv_heads at 0",

@@ -38,10 +38,12 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
     if (P > 1) {
         /* the gradients staged on the host, the reduce-scatter's P copies of the shard, the reduced shard */
         m->dist = 2.0 * n * es + ceil(n / P) * es;
-        const double Ls = L / S, cg = fmin((double)c->chunk_size, L);
+        const int llama = !strcmp(c->arch, "llama");
+        const double Ls = L / S, cg = llama ? L : fmin((double)c->chunk_size, L);
         if (S > 1 && Ls < cg) { /* a chunk over k ranks (docs/parallelism.md, "Attention across ranks") */
             const int k = (int)(cg / Ls), heads_divide = c->num_heads % k == 0;
-            const double kv = B * (c->z_dim + c->value_dim) * es; /* keys and values of one token */
+            /* keys and values of one token (llama: expanded to every query head, 2 x model_dim) */
+            const double kv = B * (llama ? 2.0 * c->model_dim : (double)(c->z_dim + c->value_dim)) * es;
             if (!strcmp(c->sp_attention, "gather")) /* the chunk's context kept per layer, its gradients */
                 m->dist += cg * kv * (c->n_layers + 2.0);
             else if (!strcmp(c->sp_attention, "alltoall") || (!strcmp(c->sp_attention, "auto") && heads_divide))

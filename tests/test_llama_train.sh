@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end `megalodon train / eval / sample` with arch = llama (configs/llama-tiny.conf) on the default
 # corpus: the loss falls, the run resumes bit-identically from a checkpoint (losses, weights, moments),
-# eval and greedy sampling work (sampling stops at the context), and what llama does not support
-# (sequence parallelism, dropout, a bad num_kv_heads) is refused with a message that says why.
+# eval and greedy sampling work (sampling stops at the context), what llama does not support (dropout, a
+# bad num_kv_heads) is refused with a message that says why; under MPI, data and sequence parallelism
+# (the attention over the whole sequence across ranks: all-to-all, ring) give the losses of one process.
 set -u
 BUILD=${MG_BUILD:-build}
 M=$BUILD/megalodon
@@ -29,7 +30,6 @@ losses() { $PY -c 'import json,sys; print(" ".join(repr(json.loads(l)["loss"]) f
 
 # refusals need no checkpoints
 LT=(--config configs/llama-tiny.conf --threads 2 --eval_batches 2)
-expect_fail "llama refuses sp > 1" "sequence parallelism is not available for llama" $M train "${LT[@]}" --out_dir "$T/x1" --sp 2
 expect_fail "llama refuses dropout" "arch = llama has no dropout" $M train "${LT[@]}" --out_dir "$T/x2" --dropout 0.1
 expect_fail "llama refuses num_kv_heads that does not divide num_heads" "num_kv_heads 3 does not divide num_heads 4" \
     $M info "${LT[@]}" --num_kv_heads 3
@@ -94,14 +94,31 @@ if command -v mpirun >/dev/null 2>&1 && $M features 2>/dev/null | grep -q '^MPI:
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
     DP=(--config configs/llama-tiny.conf --threads 1 --batch_tokens 256 --max_steps 4 --warmup_steps 1 --eval_batches 1)
     $M train "${DP[@]}" --out_dir "$T/d1" >/dev/null 2>&1
-    mpirun -np 2 $M train "${DP[@]}" --out_dir "$T/d2" >"$T/d2.log" 2>&1
-    $PY - "$T/d1/log.jsonl" "$T/d2/log.jsonl" <<'PYEOF'
+    # name, ranks, extra arguments: DP 2; SP 2 (auto: all-to-all over the 4 heads); DP 2 x SP 2; SP 4 by the ring
+    for run in "dp2 2" "sp2 2 --sp 2" "dp2_sp2 4 --sp 2" "sp4_ring 4 --sp 4 --sp_attention ring"; do
+        set -- $run
+        name=$1 np=$2
+        shift 2
+        mpirun -np "$np" $M train "${DP[@]}" "$@" --out_dir "$T/$name" >"$T/$name.log" 2>&1
+        $PY - "$T/d1/log.jsonl" "$T/$name/log.jsonl" "$name" "$np" <<'PYEOF'
 import json, sys
-a, b = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+try:
+    a, b = ([json.loads(l)["loss"] for l in open(p)] for p in sys.argv[1:3])
+except OSError as e:
+    a, b = [], []
 err = max((abs(x - y) / abs(x) for x, y in zip(a, b)), default=1.0)
 ok = len(a) == len(b) == 4 and err <= 1e-5
-print(("PASS" if ok else "FAIL") + f" llama data parallel on 2 ranks == 1 process (4 steps, worst relative loss difference {err:.1e}, tolerance 1e-5)")
+print(("PASS" if ok else "FAIL") + f" llama_{sys.argv[3]} on {sys.argv[4]} ranks == 1 process (4 steps, worst relative loss difference {err:.1e}, tolerance 1e-5)")
 PYEOF
+        if grep -q 'error' "$T/$name.log"; then echo "#   $(grep -m1 error "$T/$name.log")"; fi
+        sp=1
+        [ "${1:-}" = --sp ] && sp=$2
+        if grep -q "^ranks: $np = $((np / sp)) data-parallel group.* x sp $sp" "$T/$name.log"; then
+            pass "llama_${name}_layout" "$(grep -m1 '^ranks:' "$T/$name.log" | cut -c1-120)"
+        else
+            fail "llama_${name}_layout" "$(grep -m1 '^ranks:' "$T/$name.log")"
+        fi
+    done
 else
     echo "SKIP llama_data_parallel (no mpirun or a build without MPI)"
 fi

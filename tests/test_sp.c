@@ -110,15 +110,22 @@ static double grads_diff(const MgParamTable *t, const double *a, const double *b
 }
 
 static int g_scan_bwd; /* the backward by reverse scans instead of the reverse chain */
+static int g_llama = -1; /* >= 0: arch llama with this many key/value heads (0 = every head), no dropout */
 
 static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgSpAttn attn, int heads, double tol_loss,
                      double tol_grad) {
     MgConfig cfg;
-    tu_tiny_megalodon(&cfg, 512);
-    cfg.chunk_size = chunk;
-    cfg.num_heads = heads;
-    cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
     const int L = P * PER_RANK;
+    if (g_llama >= 0) { /* the attention spans the whole sequence: a chunk over every rank */
+        tu_tiny_llama(&cfg, 512, g_llama);
+        cfg.num_heads = heads;
+        chunk = L;
+    } else {
+        tu_tiny_megalodon(&cfg, 512);
+        cfg.chunk_size = chunk;
+        cfg.num_heads = heads;
+        cfg.dropout = cfg.hidden_dropout = cfg.attention_dropout = 0.1;
+    }
     cfg.seq_len = L;
     int32_t *tok = malloc(sizeof(int32_t) * B * (size_t)L), *tgt = malloc(sizeof(int32_t) * B * (size_t)L);
     tu_random_ids(tok, (int64_t)B * L, cfg.vocab_size);
@@ -158,7 +165,11 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
         for (int64_t j = 0; j < pt->total; j++) g_sum[j] += r[i].grads[j];
     }
     char name[200], what[96];
-    if (chunk > PER_RANK)
+    if (g_llama >= 0)
+        snprintf(what, sizeof what, "%s, llama (%d heads, %d key/value heads), SP %d (%s)", backend, heads,
+                 g_llama ? g_llama : heads, P,
+                 attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : attn == MG_SP_ATTN_RING ? "ring" : attn == MG_SP_ATTN_AUTO ? "auto" : "gather");
+    else if (chunk > PER_RANK)
         snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks (%s, %d heads)", backend, P,
                  mg_scan_algo_name(algo), chunk / PER_RANK,
                  attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : attn == MG_SP_ATTN_RING ? "ring" : attn == MG_SP_ATTN_AUTO ? "auto: ring" : "gather",
@@ -176,7 +187,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     tu_check_err(name, e, tol_grad);
     /* traffic: every rank ran one scan per layer and group forward; all but rank 0 sent one gradient
      * message per layer and group backward */
-    const int groups = 2 * cfg.n_layers + 1;
+    const int groups = g_llama >= 0 ? 0 : 2 * cfg.n_layers + 1; /* llama carries no state */
     int ok = 1;
     for (int i = 0; i < P; i++)
         ok &= r[i].st.fwd_scans == groups && r[i].st.bwd_messages == (i == 0 && !g_scan_bwd ? 0 : groups);
@@ -229,6 +240,20 @@ int main(void) {
             run_case("cpu-f32", P, (MgScanAlgo)algo, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
         }
     g_scan_bwd = 0;
+    /* llama: no state; its attention over the whole sequence crosses every rank (P, ranks, path, heads;
+     * key/value heads: 2 = grouped-query, 0 = one per head) */
+    const struct {
+        int P;
+        MgSpAttn attn;
+        int heads, kv;
+    } lla[] = {{2, MG_SP_ATTN_RING, 4, 2}, {4, MG_SP_ATTN_RING, 4, 0}, {3, MG_SP_ATTN_AUTO, 4, 2},
+               {2, MG_SP_ATTN_ALLTOALL, 4, 2}, {4, MG_SP_ATTN_GATHER, 4, 2}};
+    for (size_t i = 0; i < sizeof lla / sizeof lla[0]; i++) {
+        g_llama = lla[i].kv;
+        run_case("cpu-f64", lla[i].P, MG_SCAN_CHAIN, 0, lla[i].attn, lla[i].heads, 1e-12, 1e-12);
+        run_case("cpu-f32", lla[i].P, MG_SCAN_CHAIN, 0, lla[i].attn, lla[i].heads, 1e-6, 1e-5);
+    }
+    g_llama = -1;
     /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values, all-to-all over
      * heads, or the ring (auto with 2 heads over 3 ranks: the ring) (P, ranks per chunk, path, heads) */
     const struct {

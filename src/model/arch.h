@@ -122,6 +122,8 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
 void mg_pass_attention_forward(MgPass *ps, int layer, MgAttentionArgs *at);
 void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at);
 int64_t mg_pass_rope_offset(const MgPass *ps);
+/* The length of the pass's sequences (MgForwardOpts.seq_len when set, else the pass's own L). */
+int64_t mg_pass_global_len(const MgPass *ps);
 
 /* Shorthands over the backend. */
 void mg_linear_fwd(const MgPass *ps, int64_t T, int in, int out, const void *x, const void *w, const void *b,

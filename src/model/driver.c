@@ -461,6 +461,7 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
 
 /* ---- attention across ranks -------------------------------------------------------------------------------- */
 int64_t mg_pass_rope_offset(const MgPass *ps) { return ps->opts ? ps->opts->pos0 : 0; }
+int64_t mg_pass_global_len(const MgPass *ps) { return ps->opts ? global_len(ps) : ps->L; }
 
 static int attn_split(const MgPass *ps) {
     return ps->hooks && ((ps->hooks->attn_kv && ps->hooks->attn_kv_grad) ||

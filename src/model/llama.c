@@ -87,14 +87,18 @@ static void describe_state(const MgConfig *c, MgStateSpec *layer, int *n_layer, 
 }
 
 /* A pass holds whole sequences: without carried state, a piece of a sequence would not see the keys and
- * values of the pieces before it. */
+ * values of the pieces before it. Except across ranks (sequence parallelism): with the attention hooks
+ * (attn_split) a pass holds one of Lg / L equal slices and its attention sees the earlier slices' keys and
+ * values through them (the ring or all-to-all of parallel/sp.c: the whole sequence is one chunk). */
 static int check_layout(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
                         size_t errlen) {
     (void)c;
+    if (attn_split && Lg % L == 0 && pos0 % L == 0) return 0;
     if (attn_split)
         return mg_errf(err, errlen,
-                       "arch llama cannot split a sequence across ranks: sequence parallelism for llama needs ring "
-                       "attention, which is not implemented yet (use sp = 1)");
+                       "arch llama across ranks needs equal slices: a pass of %d tokens at position %lld of "
+                       "sequences of %lld is not one of them (use an sp that divides seq_len)",
+                       L, (long long)pos0, (long long)Lg);
     if (pos0 != 0 || Lg != L)
         return mg_errf(err, errlen,
                        "arch llama runs whole sequences only: a pass of %d tokens at position %lld of sequences of "
@@ -259,21 +263,23 @@ static void decoder_attention(MgPass *ps, int l, const LayerAct *a) {
 }
 
 /* ---- the layer ------------------------------------------------------------------------------------------------ */
-/* RoPE over a B x L x heads x dh tensor at the pass's positions: 0.. in training (the chunk is the whole
- * pass), pos.. in decoding (the chunk is the cache's seq_len positions). */
+/* RoPE over a B x L x heads x dh tensor at the pass's positions: pos0.. in training (0 unless the pass is
+ * a rank's slice; the chunk is the whole sequence), pos.. in decoding (the chunk is the cache's seq_len
+ * positions). */
 static MgRopeArgs rope_args(const MgPass *ps, int heads) {
     const MgConfig *c = ps->c;
     MgRopeArgs r = {.B = ps->B, .L = ps->L, .H = heads, .dh = head_dim(c), .base = c->rope_base};
-    r.chunk = ps->dec ? c->seq_len : ps->L;
-    r.pos_offset = ps->dec ? ps->dec->pos : 0;
+    r.chunk = ps->dec ? c->seq_len : (int)mg_pass_global_len(ps);
+    r.pos_offset = ps->dec ? ps->dec->pos : mg_pass_rope_offset(ps);
     return r;
 }
 
 static MgAttentionArgs attn_args(const MgPass *ps, const LayerAct *a) {
     const MgConfig *c = ps->c;
     const int dh = head_dim(c);
+    /* chunk = the whole sequence: a rank's slice (L < chunk) attends across ranks (mg_pass_attention_*) */
     MgAttentionArgs at = {.B = ps->B, .H = c->num_heads, .Dqk = dh, .Dv = dh, .Lq = ps->L, .Lk = ps->L,
-                          .chunk = ps->L, .scale = 1.0 / sqrt((double)dh), .q = a->q, .k = a->k, .v = a->v,
+                          .chunk = (int)mg_pass_global_len(ps), .scale = 1.0 / sqrt((double)dh), .q = a->q, .k = a->k, .v = a->v,
                           .o = a->o, .saved_lse = a->lse};
     return at;
 }
@@ -313,7 +319,7 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
         decoder_attention(ps, l, a);
     } else {
         MgAttentionArgs at = attn_args(ps, a);
-        be->attention_forward(be, &at);
+        mg_pass_attention_forward(ps, l, &at);
     }
     mg_linear_fwd(ps, T, d, d, a->o, w->wo, NULL, a->h);
     be->axpy(be, T * d, 1.0, x, a->h);
@@ -357,7 +363,7 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
     at.dq = s->gq;
     at.dk = s->gk;
     at.dv = s->gv;
-    be->attention_backward(be, &at);
+    mg_pass_attention_backward(ps, l, &at);
     void *gkk = s->gk, *gvv = s->gv; /* key/value gradients of the Hkv heads */
     if (group(c) > 1) {
         gkk = s->gkk;

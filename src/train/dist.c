@@ -61,12 +61,18 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
     if (mg_grid_shape(P, c->sp, &dp, err, n)) return -1;
     const int S = c->sp, L = c->seq_len, ch = c->chunk_size;
     if (S > 1) {
+        if (L % S && !strcmp(c->arch, "llama"))
+            return mg_errf(err, n,
+                           "seq_len %d cannot be cut into sp = %d equal slices: use a seq_len that is a multiple of "
+                           "sp, or another sp",
+                           L, S);
         if (L % S)
             return mg_errf(err, n,
                            "seq_len %d cannot be cut into sp = %d equal slices: use a seq_len that is a multiple of "
                            "sp x chunk_size = %lld, or another sp",
                            L, S, (long long)S * ch);
-        const int Ls = L / S, cg = L < ch ? L : ch; /* the slice; the chunk's length */
+        /* the slice; the attention chunk's length (llama: the whole sequence) */
+        const int Ls = L / S, cg = L < ch || !strcmp(c->arch, "llama") ? L : ch;
         if (Ls >= cg ? Ls % cg != 0 : cg % Ls != 0)
             return mg_errf(err, n,
                            "with sp = %d each rank holds %d tokens of every sequence, which neither is a whole number "
