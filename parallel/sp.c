@@ -646,37 +646,62 @@ static MgAttentionArgs ring_args(const MgSp *s, const MgAttnExchange *x, const M
     return a;
 }
 
+/* The key/value pipeline of a pass: rank j sends its own block to j + 1, then receives blocks j - 1 .. 0
+ * from j - 1 in turn, forwarding each to j + 1 before it is used (two host buffers: the receive of the
+ * next block is posted while the current one is in use and forwarded). */
+typedef struct {
+    MgTpRequest *sreq, *rreq;
+    size_t nk, nv, msg;
+    int j, k;
+} RingPipe;
+
+static RingPipe ring_start(MgSp *s, const MgAttnExchange *x, const void *k, const void *v) {
+    const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * x->L * x->H;
+    RingPipe p = {.nk = tok * x->Dqk * es, .nv = tok * x->Dv * es, .j = s->cg->rank, .k = s->cg_k};
+    p.msg = p.nk + p.nv;
+    if (p.j + 1 < p.k) {
+        ring_pack(s, s->rh[0], k, v, p.nk, p.nv);
+        p.sreq = mg_tp_isend(s->cg, p.j + 1, TAG_RING_KV, s->rh[0], p.msg);
+    }
+    if (p.j > 0) p.rreq = mg_tp_irecv(s->cg, p.j - 1, TAG_RING_KV, s->rh[1], p.msg);
+    return p;
+}
+
+/* Step st (1 .. j): block j - st into s->rk, s->rv, forwarded to j + 1. */
+static void ring_next(MgSp *s, RingPipe *p, int st) {
+    const int cur = st % 2;
+    mg_tp_wait(s->cg, p->rreq);
+    p->rreq = NULL;
+    if (p->j + 1 < p->k) {
+        mg_tp_wait(s->cg, p->sreq); /* the other buffer is free again */
+        p->sreq = mg_tp_isend(s->cg, p->j + 1, TAG_RING_KV, s->rh[cur], p->msg);
+        s->st.bytes_sent += (int64_t)p->msg;
+    }
+    if (st < p->j) p->rreq = mg_tp_irecv(s->cg, p->j - 1, TAG_RING_KV, s->rh[1 - cur], p->msg);
+    ring_unpack(s, s->rh[cur], s->rk, s->rv, p->nk, p->nv);
+}
+
+static void ring_end(MgSp *s, RingPipe *p) {
+    if (p->sreq) mg_tp_wait(s->cg, p->sreq);
+    if (p->j + 1 < p->k) s->st.bytes_sent += (int64_t)p->msg;
+    p->sreq = NULL;
+}
+
 static void ring_forward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
     const MgBackend *be = s->be;
     const int k = s->cg_k, j = s->cg->rank;
     MG_CHECK(k <= RING_MAX_K, "sequence parallel: ring attention over %d ranks of a chunk (at most %d)", k, RING_MAX_K);
     ring_buffers(s, x, 0);
-    const size_t es = mg_dtype_size(be->dtype), tok = (size_t)x->B * x->L * x->H;
-    const size_t nk = tok * x->Dqk * es, nv = tok * x->Dv * es, msg = nk + nv;
     double tc = mg_now();
-    MgTpRequest *sreq = NULL, *rreq = NULL;
-    if (j + 1 < k) {
-        ring_pack(s, s->rh[0], at->k, at->v, nk, nv);
-        sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[0], msg);
-    }
-    if (j > 0) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1], msg);
+    RingPipe p = ring_start(s, x, at->k, at->v);
     s->st.fwd_seconds += mg_now() - tc;
     MgAttentionArgs a = ring_args(s, x, at);
     void *lse = at->saved_lse ? at->saved_lse : s->rlse_acc; /* the merge needs it even without a backward */
     a.saved_lse = lse;
     be->attention_forward(be, &a); /* own block: causal */
     for (int st = 1; st <= j; st++) {
-        const int cur = st % 2;
         tc = mg_now();
-        mg_tp_wait(s->cg, rreq); /* block j - st */
-        rreq = NULL;
-        if (j + 1 < k) {
-            mg_tp_wait(s->cg, sreq); /* the other buffer is free again */
-            sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[cur], msg);
-            s->st.bytes_sent += (int64_t)msg;
-        }
-        if (st < j) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1 - cur], msg);
-        ring_unpack(s, s->rh[cur], s->rk, s->rv, nk, nv);
+        ring_next(s, &p, st); /* block j - st */
         s->st.fwd_seconds += mg_now() - tc;
         a.k = s->rk;
         a.v = s->rv;
@@ -690,8 +715,7 @@ static void ring_forward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs
         be->attention_merge(be, &m);
     }
     tc = mg_now();
-    if (sreq) mg_tp_wait(s->cg, sreq);
-    if (j + 1 < k) s->st.bytes_sent += (int64_t)msg;
+    ring_end(s, &p);
     s->st.fwd_seconds += mg_now() - tc;
 }
 
@@ -699,19 +723,15 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     const MgBackend *be = s->be;
     const int k = s->cg_k, j = s->cg->rank;
     ring_buffers(s, x, 1);
-    const size_t es = mg_dtype_size(be->dtype), tok = (size_t)x->B * x->L * x->H;
-    const size_t nk = tok * x->Dqk * es, nv = tok * x->Dv * es, msg = nk + nv;
+    const size_t tok = (size_t)x->B * x->L * x->H;
     const int64_t ek = (int64_t)(tok * x->Dqk), ev = (int64_t)(tok * x->Dv);
     MG_CHECK(at->saved_lse && at->o && at->dq && at->dk && at->dv,
              "sequence parallel: ring attention backward needs the forward's lse and output and every gradient");
     double tc = mg_now();
-    MgTpRequest *sreq = NULL, *rreq = NULL, *own = NULL, *dsend[2] = {NULL, NULL};
-    if (j + 1 < k) {
-        ring_pack(s, s->rh[0], at->k, at->v, nk, nv);
-        sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[0], msg);
-        own = mg_tp_irecv(s->cg, j + 1, TAG_RING_DKV + j, s->rh[4], msg); /* the later ranks' share of my block */
-    }
-    if (j > 0) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1], msg);
+    RingPipe p = ring_start(s, x, at->k, at->v);
+    const size_t nk = p.nk, nv = p.nv, msg = p.msg;
+    MgTpRequest *own = NULL, *dsend[2] = {NULL, NULL};
+    if (j + 1 < k) own = mg_tp_irecv(s->cg, j + 1, TAG_RING_DKV + j, s->rh[4], msg); /* the later ranks' share of my block */
     s->st.bwd_seconds += mg_now() - tc;
     MgAttentionArgs a = ring_args(s, x, at);
     be->attention_backward(be, &a); /* own block: dq, dk, dv (+= when at->accumulate) */
@@ -721,15 +741,7 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     for (int st = 1; st <= j; st++) {
         const int cur = st % 2, blk = j - st;
         tc = mg_now();
-        mg_tp_wait(s->cg, rreq);
-        rreq = NULL;
-        if (j + 1 < k) {
-            mg_tp_wait(s->cg, sreq);
-            sreq = mg_tp_isend(s->cg, j + 1, TAG_RING_KV, s->rh[cur], msg);
-            s->st.bytes_sent += (int64_t)msg;
-        }
-        if (st < j) rreq = mg_tp_irecv(s->cg, j - 1, TAG_RING_KV, s->rh[1 - cur], msg);
-        ring_unpack(s, s->rh[cur], s->rk, s->rv, nk, nv);
+        ring_next(s, &p, st);
         s->st.bwd_seconds += mg_now() - tc;
         a.k = s->rk;
         a.v = s->rv;
@@ -761,8 +773,7 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
         be->to_device(be, s->rtmp, (char *)s->rh[4] + nk, nv);
         be->axpy(be, ev, 1.0, s->rtmp, at->dv);
     }
-    if (sreq) mg_tp_wait(s->cg, sreq);
-    if (j + 1 < k) s->st.bytes_sent += (int64_t)msg;
+    ring_end(s, &p);
     for (int i = 0; i < 2; i++)
         if (dsend[i]) mg_tp_wait(s->cg, dsend[i]);
     s->st.bwd_seconds += mg_now() - tc;
