@@ -16,6 +16,8 @@ int cmd_tokenize(int argc, char **argv); /* src/cmd_prepare.c */
 int cmd_train(int argc, char **argv);    /* src/train/trainer.c */
 int cmd_eval(int argc, char **argv);     /* src/train/eval.c */
 int cmd_sample(int argc, char **argv);   /* src/sample.c */
+int cmd_eval_positions(int argc, char **argv); /* src/long_eval.c */
+int cmd_passkey(int argc, char **argv);  /* src/long_eval.c */
 int cmd_bench(int argc, char **argv);    /* src/bench.c */
 int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */
 

@@ -14,6 +14,8 @@
 static const MgCommand COMMANDS[] = {
     {"train", cmd_train, "train a model: --config F [--key value ...] (docs/training.md)"},
     {"eval", cmd_eval, "validation loss of a checkpoint: --ckpt F --data PATH"},
+    {"eval-positions", cmd_eval_positions, "validation loss by position in a context of --context N tokens (may exceed seq_len)"},
+    {"passkey", cmd_passkey, "synthetic pass-key retrieval accuracy by depth and context length"},
     {"sample", cmd_sample, "generate text from a checkpoint: --ckpt F --prompt TEXT"},
     {"features", cmd_features, "print what this build was compiled with (BLAS, OpenMP, MPI, HDF5, CUDA)"},
     {"info", cmd_info, "parameter count, FLOPs and memory of a config, without allocating the model"},
@@ -27,7 +29,7 @@ static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
 
 static void usage(FILE *f) {
     fprintf(f, "usage: megalodon <command> [options]\n\ncommands:\n");
-    for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    for (int i = 0; i < NCOMMANDS; i++) fprintf(f, "  %-14s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
     fprintf(f, "\n`megalodon <command> --help` describes a command's options.\n");
 }
 

@@ -145,6 +145,8 @@ typedef struct {
     const MgModelState *dstate_out; /* backward: gradient w.r.t. state_out (NULL: 0) */
     MgModelState *dstate_in;        /* backward: receives the gradient w.r.t. state_in (NULL: not wanted) */
     const MgModelHooks *hooks;      /* NULL: none */
+    double *token_losses;           /* [out] B x L host: each position's loss (0 where the target is ignored);
+                                     * NULL: not wanted (long-context evaluation by position) */
 } MgPassArgs;
 
 /* Forward, loss, and backward on one micro-batch: gradients ACCUMULATE into the gradient arena. Returns
@@ -237,6 +239,9 @@ int64_t mg_decoder_position(const MgDecoder *d);
 /* The most tokens per sequence the decoder can consume (llama: seq_len, its key/value cache), 0 = unlimited
  * (megalodon). Stepping past it is a fatal error. */
 int64_t mg_decoder_context(const MgDecoder *d);
+/* The most tokens per sequence this model can see (llama: seq_len, no carried state and RoPE positions
+ * trained up to it), 0 = unlimited (megalodon: carried state). The same as mg_decoder_context. */
+int64_t mg_model_context(const MgModel *m);
 /* Backend bytes the decoder allocated (state, caches, work buffers). */
 size_t mg_decoder_bytes(const MgDecoder *d);
 /* Without a model: the backend bytes mg_decoder_create(m, B) allocates for its caches and work buffers

@@ -114,9 +114,8 @@ void mg_decoder_reset(MgDecoder *d) {
 }
 
 int64_t mg_decoder_position(const MgDecoder *d) { return d->pos; }
-int64_t mg_decoder_context(const MgDecoder *d) {
-    return d->m->arch->decode_context ? d->m->arch->decode_context(&d->m->cfg) : 0;
-}
+int64_t mg_model_context(const MgModel *m) { return m->arch->decode_context ? m->arch->decode_context(&m->cfg) : 0; }
+int64_t mg_decoder_context(const MgDecoder *d) { return mg_model_context(d->m); }
 size_t mg_decoder_bytes(const MgDecoder *d) { return d->bytes; }
 const float *mg_decoder_last_logits(const MgDecoder *d) { return d->last_logits; }
 

@@ -759,23 +759,27 @@ static void forward_body(MgModel *m, MgPass *ps, const MgPassArgs *a) {
     m->arch->final_forward(ps, m->fin, m->x[c->n_layers], m->fn_y, &st);
 }
 
-static double sum_losses(MgModel *m, int64_t rows) {
+/* The sum of a block's per-row losses; each of them also goes to out (host) when it is not NULL. */
+static double sum_losses(MgModel *m, int64_t rows, double *out) {
     double s = 0.0;
     if (m->be->state_dtype == MG_F64) {
         double buf[HEAD_ROWS];
         m->be->to_host(m->be, buf, m->losses, (size_t)rows * sizeof(double));
         for (int64_t i = 0; i < rows; i++) s += buf[i];
+        if (out) memcpy(out, buf, (size_t)rows * sizeof(double));
     } else {
         float buf[HEAD_ROWS];
         m->be->to_host(m->be, buf, m->losses, (size_t)rows * sizeof(float));
         for (int64_t i = 0; i < rows; i++) s += (double)buf[i];
+        if (out)
+            for (int64_t i = 0; i < rows; i++) out[i] = (double)buf[i];
     }
     return s;
 }
 
 /* LM head + cross-entropy in blocks of HEAD_ROWS rows; with backward, the head's input gradient goes to
  * gC (T x d) and the head weight gradient accumulates. Returns the summed loss. */
-static double head_loss(MgModel *m, const MgPass *ps, double grad_scale, int backward) {
+static double head_loss(MgModel *m, const MgPass *ps, double grad_scale, int backward, double *token_losses) {
     const MgConfig *c = &m->cfg;
     const int d = c->model_dim, V = c->vocab_size;
     double total = 0.0;
@@ -787,7 +791,7 @@ static double head_loss(MgModel *m, const MgPass *ps, double grad_scale, int bac
                                  .targets = m->targets_dev + r0, .grad_scale = grad_scale, .losses = m->losses,
                                  .dlogits = backward ? m->logits : NULL};
         m->be->cross_entropy(m->be, &ce);
-        total += sum_losses(m, R);
+        total += sum_losses(m, R, token_losses ? token_losses + r0 : NULL);
         if (backward)
             mg_linear_bwd(ps, R, d, V, xr, m->head, m->logits, mg_act_at(m, m->gC, r0 * d), m->g_head, NULL, 0);
     }
@@ -835,7 +839,7 @@ static MgPass begin_pass(MgModel *m, const MgPassArgs *a) {
 
 double mg_model_step(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
     MgPass ps = begin_pass(m, a);
-    double loss = head_loss(m, &ps, a->grad_scale, 1);
+    double loss = head_loss(m, &ps, a->grad_scale, 1, a->token_losses);
     backward_body(m, &ps, a);
     if (n_counted) *n_counted = count_targets(a->targets, ps.T);
     return loss;
@@ -843,7 +847,7 @@ double mg_model_step(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
 
 double mg_model_eval(MgModel *m, const MgPassArgs *a, int64_t *n_counted) {
     MgPass ps = begin_pass(m, a);
-    double loss = head_loss(m, &ps, 1.0, 0);
+    double loss = head_loss(m, &ps, 1.0, 0, a->token_losses);
     if (n_counted) *n_counted = count_targets(a->targets, ps.T);
     return loss;
 }
