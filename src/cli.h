@@ -18,5 +18,7 @@ int cmd_eval(int argc, char **argv);     /* src/train/eval.c */
 int cmd_sample(int argc, char **argv);   /* src/sample.c */
 int cmd_bench(int argc, char **argv);    /* src/bench.c */
 int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */
+int cmd_import(int argc, char **argv); /* cmd_weights.c */
+int cmd_export(int argc, char **argv); /* cmd_weights.c */
 
 #endif
