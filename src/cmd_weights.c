@@ -39,6 +39,7 @@ typedef struct {
     const MgStTensor **t;   /* n */
     int *file_of;           /* n */
     char *used;             /* n: taken by the mapping */
+    const char *label;      /* names the files in messages instead of their paths (a converted temp file) */
 } Source;
 
 static void source_free(Source *s) {
@@ -256,7 +257,8 @@ static int write_checkpoint(const char *out, const MgConfig *c, const Source *s,
             rc = mg_errf(err, errlen,
                          "%s: tensor '%s' (in '%s') is not part of a %s model with this config: unknown name, or "
                          "a feature this model lacks; nothing was written",
-                         origin, s->t[i]->name, s->files[s->file_of[i]].path, llama ? "Llama" : "Megalodon");
+                         origin, s->t[i]->name, s->label ? s->label : s->files[s->file_of[i]].path,
+                         llama ? "Llama" : "Megalodon");
     }
     if (rc) {
         free(src_of);
@@ -551,12 +553,13 @@ static int ignore_mega(const Source *s, int idx, const MgConfig *c, char *err, s
         for (int64_t j = 0; j < t->numel; j++) {
             double want = 1.0 / pow(c->rope_base, (double)(2 * j) / (double)dz);
             if (fabs(fr[j] - want) > 1e-5 * want) {
-                double base = pow(1.0 / fr[1 < t->numel ? 1 : 0], (double)dz / 2.0);
+                /* freqs[1] = base^(-2/dz) */
+                double got = fr[j], base = t->numel > 1 ? pow(1.0 / fr[1], (double)dz / 2.0) : 0.0;
                 free(fr);
                 return mg_errf(err, errlen,
                                "rope.freqs does not match rope_base = %g (element %lld is %g, expected %g; the "
                                "checkpoint's base looks like %g): set rope_base in the config",
-                               c->rope_base, (long long)j, (double)fr[j], want, base);
+                               c->rope_base, (long long)j, got, want, base);
             }
         }
         free(fr);
@@ -658,6 +661,7 @@ static int import_mega(const char *conf, int nfiles, char **files, const char *o
         if (!rc) {
             char origin[MG_PATH_MAX + 64];
             snprintf(origin, sizeof origin, "%s%s", files[0], nfiles > 1 ? " (+ shards)" : "");
+            s.label = "the state dicts";
             rc = write_checkpoint(out, &c, &s, 0, origin, "megalodon-torch", ignore_mega, err, errlen);
             source_free(&s);
         }
