@@ -127,8 +127,11 @@ ifeq ($(HAVE_MPI),1)
   MPI_TEST_BIN := $(BUILD)/tests/mpi_scan_check $(BUILD)/tests/mpi_train_check $(BUILD)/tests/tp_sweep
 endif
 
+# The logits helper of tests/test_weights_io.sh (a tool, not a test program).
+WIO_BIN := $(BUILD)/tests/wio_logits
+
 .PHONY: all deps test test-only clean features quickstart
-all: features $(BUILD)/megalodon $(TEST_BIN) $(MPI_TEST_BIN)
+all: features $(BUILD)/megalodon $(TEST_BIN) $(MPI_TEST_BIN) $(WIO_BIN)
 
 features:
 	@echo "megalodon build: $(FEATURES)"
@@ -165,6 +168,10 @@ $(BUILD)/tests/mpi_scan_check: $(BUILD)/obj/tests/parallel/mpi_scan_check.o $(LI
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/mpi_train_check: $(BUILD)/obj/tests/parallel/mpi_train_check.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/wio_logits: $(BUILD)/obj/tests/weights_io/wio_logits.o $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 

@@ -20,5 +20,7 @@ int cmd_eval_positions(int argc, char **argv); /* src/long_eval.c */
 int cmd_passkey(int argc, char **argv);  /* src/long_eval.c */
 int cmd_bench(int argc, char **argv);    /* src/bench.c */
 int cmd_ckpt(int argc, char **argv); /* cmd_ckpt.c */
+int cmd_import(int argc, char **argv); /* cmd_weights.c */
+int cmd_export(int argc, char **argv); /* cmd_weights.c */
 
 #endif

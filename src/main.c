@@ -23,6 +23,8 @@ static const MgCommand COMMANDS[] = {
     {"tokenize", cmd_tokenize, "encode text to token ids, or decode ids to text"},
     {"bench", cmd_bench, "training-step throughput (tokens/s, MFU) and peak memory on random tokens"},
     {"ckpt", cmd_ckpt, "inspect checkpoints: info FILE, diff A B (and bench: save/load MB/s)"},
+    {"import", cmd_import, "weights in: a Hugging Face Llama directory or official Megalodon state dicts -> checkpoint"},
+    {"export", cmd_export, "weights out: a llama checkpoint -> a Hugging Face directory (safetensors + config.json)"},
     {"plot", cmd_plot, "PNG curves of runs' log.jsonl: RUN_DIR... (runs scripts/plot_runs.py)"},
 };
 static const int NCOMMANDS = (int)(sizeof(COMMANDS) / sizeof(COMMANDS[0]));
