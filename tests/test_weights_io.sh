@@ -71,6 +71,21 @@ expect_fail() {
     fi
 }
 
+# the fixtures that need no error handling of their own, in one Python process (torch imported once)
+$PY $MK batch <<FIXTURES || { fail fixtures "make_weights batch"; exit 1; }
+llama --dir "$T/hf_bf16" --dtype bf16 --rope_theta 500000 --seed 3 --tokens "$T/tok2.bin" --logits "$T/ref2.bin"
+llama --dir "$T/hf_f16" --dtype f16 --tied --shards 3 --seed 5 --tokens "$T/tok3.bin" --logits "$T/ref3.bin"
+llama --dir "$T/e1" --drop model.layers.1.mlp.up_proj.weight
+llama --dir "$T/e2" --config_extra '{"intermediate_size": 40}'
+llama --dir "$T/e3" --extra model.layers.0.self_attn.q_bias
+llama --dir "$T/e4" --bad_dtype model.norm.weight
+llama --dir "$T/e5" --config_extra '{"rope_scaling": {"type": "linear", "factor": 2.0}}'
+llama --dir "$T/e6" --config_extra '{"model_type": "mistral"}'
+mega --conf tests/reference/tiny.conf --prefix "$T/dup" --dup
+mega --conf tests/reference/tiny.conf --prefix "$T/alpha" --extra layers.1.nffn.alpha
+mega --conf tests/reference/tiny.conf --prefix "$T/unk" --extra layers.0.mega.wq.weight
+FIXTURES
+
 # ---- Hugging Face Llama: import, logits ----------------------------------------------------------------
 $PY $MK llama --dir "$T/hf" --shards 2 --tokens "$T/tok.bin" --logits "$T/ref.bin" || { fail fixtures "make_weights llama"; exit 1; }
 out=$($M import hf "$T/hf" "$T/a.h5" 2>&1)
@@ -81,13 +96,11 @@ info=$($M ckpt info "$T/a.h5" 2>&1)
     pass "imported_ckpt_info_ok" "$(grep '^status' <<<"$info")" || fail "imported_ckpt_info_ok" "$(tail -n 3 <<<"$info")"
 import_logits "hf_f32_2shards_logits_equal_reference" "$T/a.h5" "$T/tok.bin" "$T/ref.bin"
 
-$PY $MK llama --dir "$T/hf_bf16" --dtype bf16 --rope_theta 500000 --seed 3 --tokens "$T/tok2.bin" --logits "$T/ref2.bin"
 $M import hf "$T/hf_bf16" "$T/bf16.h5" >/dev/null 2>&1 || fail "import_hf_bf16" "import failed"
 $M ckpt info "$T/bf16.h5" 2>/dev/null | grep -qE '\| *rope_base *= 500000$' && pass "rope_theta_maps_to_rope_base" "500000" ||
     fail "rope_theta_maps_to_rope_base" "$($M ckpt info "$T/bf16.h5" 2>&1 | grep rope_base)"
 import_logits "hf_bf16_single_file_rope500k_logits_equal_reference" "$T/bf16.h5" "$T/tok2.bin" "$T/ref2.bin"
 
-$PY $MK llama --dir "$T/hf_f16" --dtype f16 --tied --shards 3 --seed 5 --tokens "$T/tok3.bin" --logits "$T/ref3.bin"
 $M import hf "$T/hf_f16" "$T/f16.h5" >/dev/null 2>&1 || fail "import_hf_f16_tied" "import failed"
 import_logits "hf_f16_tied_3shards_logits_equal_reference" "$T/f16.h5" "$T/tok3.bin" "$T/ref3.bin"
 
@@ -173,21 +186,15 @@ import_logits "megalodon_torch_logits_equal_reference" "$T/m.h5" "$T/mtok.bin" "
 ls "$T"/m.h5.*.tmp >/dev/null 2>&1 && fail "megalodon_torch_temp_removed" "$(ls "$T")" || pass "megalodon_torch_temp_removed"
 
 # ---- refusals ------------------------------------------------------------------------------------------
-$PY $MK llama --dir "$T/e1" --drop model.layers.1.mlp.up_proj.weight
 expect_fail "refuses_missing_tensor" "tensor 'model.layers.1.mlp.up_proj.weight' \(our 'layers.1.ffn.fc3.weight'\) is missing" \
     "$T/e1.h5" $M import hf "$T/e1" "$T/e1.h5"
-$PY $MK llama --dir "$T/e2" --config_extra '{"intermediate_size": 40}'
 expect_fail "refuses_shape_mismatch" "tensor 'model.layers.0.mlp.gate_proj.weight' has shape \[48, 32\] but the config gives our 'layers.0.ffn.fc1.weight' the shape \[40, 32\]" \
     "$T/e2.h5" $M import hf "$T/e2" "$T/e2.h5"
-$PY $MK llama --dir "$T/e3" --extra model.layers.0.self_attn.q_bias
 expect_fail "refuses_unknown_tensor" "tensor 'model.layers.0.self_attn.q_bias' .*is not part of a Llama model" \
     "$T/e3.h5" $M import hf "$T/e3" "$T/e3.h5"
-$PY $MK llama --dir "$T/e4" --bad_dtype model.norm.weight
 expect_fail "refuses_unsupported_dtype" "tensor 'model.norm.weight' .*has dtype I32; weights import reads F32, BF16, F16 and F64" \
     "$T/e4.h5" $M import hf "$T/e4" "$T/e4.h5"
-$PY $MK llama --dir "$T/e5" --config_extra '{"rope_scaling": {"type": "linear", "factor": 2.0}}'
 expect_fail "refuses_rope_scaling" "rope_scaling is set" "$T/e5.h5" $M import hf "$T/e5" "$T/e5.h5"
-$PY $MK llama --dir "$T/e6" --config_extra '{"model_type": "mistral"}'
 expect_fail "refuses_other_model_type" "model_type is 'mistral', not 'llama'" "$T/e6.h5" $M import hf "$T/e6" "$T/e6.h5"
 cp -r "$T/hf" "$T/e7"
 truncate -s -100 "$T/e7/model-00002-of-00002.safetensors"
@@ -205,13 +212,10 @@ expect_fail "megalodon_refuses_shape_mismatch" "tensor 'layers.0.mega.cema.alpha
     "$T/m2.h5" $M import megalodon-torch --config "$T/ndim.conf" "$T/mg.part1.pt" "$T/mg.part2.pt" "$T/m2.h5"
 expect_fail "megalodon_refuses_missing_shard" "is missing" "$T/m3.h5" \
     $M import megalodon-torch --config tests/reference/tiny.conf "$T/mg.part1.pt" "$T/m3.h5"
-$PY $MK mega --conf tests/reference/tiny.conf --prefix "$T/dup" --dup
 expect_fail "megalodon_refuses_duplicated_tensor" "is in both .*dup.part1.pt and .*dup.part2.pt" "$T/m4.h5" \
     $M import megalodon-torch --config tests/reference/tiny.conf "$T/dup.part1.pt" "$T/dup.part2.pt" "$T/m4.h5"
-$PY $MK mega --conf tests/reference/tiny.conf --prefix "$T/alpha" --extra layers.1.nffn.alpha
 expect_fail "megalodon_refuses_rescale_nffn" "layers.1.nffn.alpha: the FFN output rescaling \(rescale_nffn\) is not supported" "$T/m5.h5" \
     $M import megalodon-torch --config tests/reference/tiny.conf "$T/alpha.part1.pt" "$T/alpha.part2.pt" "$T/m5.h5"
-$PY $MK mega --conf tests/reference/tiny.conf --prefix "$T/unk" --extra layers.0.mega.wq.weight
 expect_fail "megalodon_refuses_unknown_tensor" "tensor 'layers.0.mega.wq.weight' .*is not part of a Megalodon model" "$T/m6.h5" \
     $M import megalodon-torch --config tests/reference/tiny.conf "$T/unk.part1.pt" "$T/unk.part2.pt" "$T/m6.h5"
 echo "not a torch file" >"$T/junk.pt"

@@ -195,7 +195,14 @@ def make_mega(a):
     logits.to(torch.float32).numpy().astype("<f4").tofile(a.logits)
 
 
-def main():
+def main(argv=None):
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "batch":
+        # one fixture per line of stdin (the arguments of one call, shell-quoted): torch is imported once
+        import shlex
+        for line in sys.stdin:
+            if line.strip():
+                main(shlex.split(line))
+        return
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("llama", "mega"):
@@ -219,7 +226,7 @@ def main():
     s.add_argument("--conf", required=True)
     s.add_argument("--prefix", required=True)
     s.add_argument("--dup", action="store_true", help="put one tensor into both shards")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     (make_llama if a.cmd == "llama" else make_mega)(a)
 
 
