@@ -646,44 +646,58 @@ static MgAttentionArgs ring_args(const MgSp *s, const MgAttnExchange *x, const M
     return a;
 }
 
-/* The key/value pipeline of a pass: rank j sends its own block to j + 1, then receives blocks j - 1 .. 0
- * from j - 1 in turn, forwarding each to j + 1 before it is used (two host buffers: the receive of the
- * next block is posted while the current one is in use and forwarded). */
+/* The key/value pipeline of a pass (two host buffers: the receive of the next block is posted while the
+ * current one is in use and forwarded).
+ *   contiguous  rank j sends its own block to j + 1, then receives blocks j - 1 .. 0 from j - 1 in turn,
+ *               forwarding each to j + 1 before it is used (n = j steps; the last rank forwards nothing)
+ *   zigzag      the whole ring: rank j sends its own pair of blocks to j + 1 (mod k) and receives those of
+ *               j - 1, j - 2, ... (mod k) from j - 1 in turn, forwarding all but the last (n = k - 1) */
 typedef struct {
     MgTpRequest *sreq, *rreq;
     size_t nk, nv, msg;
-    int j, k;
+    int to, from, n, fwd_last;
 } RingPipe;
 
-static RingPipe ring_start(MgSp *s, const MgAttnExchange *x, const void *k, const void *v) {
+static RingPipe ring_start(MgSp *s, const MgAttnExchange *x, const void *k, const void *v, int zigzag) {
     const size_t es = mg_dtype_size(s->be->dtype), tok = (size_t)x->B * x->L * x->H;
-    RingPipe p = {.nk = tok * x->Dqk * es, .nv = tok * x->Dv * es, .j = s->cg->rank, .k = s->cg_k};
+    const int j = s->cg->rank, K = s->cg_k;
+    RingPipe p = {.nk = tok * x->Dqk * es, .nv = tok * x->Dv * es};
     p.msg = p.nk + p.nv;
-    if (p.j + 1 < p.k) {
-        ring_pack(s, s->rh[0], k, v, p.nk, p.nv);
-        p.sreq = mg_tp_isend(s->cg, p.j + 1, TAG_RING_KV, s->rh[0], p.msg);
+    if (zigzag) {
+        p.to = (j + 1) % K;
+        p.from = (j - 1 + K) % K;
+        p.n = K - 1;
+    } else {
+        p.to = j + 1 < K ? j + 1 : -1;
+        p.from = j - 1;
+        p.n = j;
+        p.fwd_last = 1;
     }
-    if (p.j > 0) p.rreq = mg_tp_irecv(s->cg, p.j - 1, TAG_RING_KV, s->rh[1], p.msg);
+    if (p.to >= 0) {
+        ring_pack(s, s->rh[0], k, v, p.nk, p.nv);
+        p.sreq = mg_tp_isend(s->cg, p.to, TAG_RING_KV, s->rh[0], p.msg);
+        s->st.bytes_sent += (int64_t)p.msg;
+    }
+    if (p.n > 0) p.rreq = mg_tp_irecv(s->cg, p.from, TAG_RING_KV, s->rh[1], p.msg);
     return p;
 }
 
-/* Step st (1 .. j): block j - st into s->rk, s->rv, forwarded to j + 1. */
+/* Step st (1 .. n): the next block into s->rk, s->rv, forwarded on. */
 static void ring_next(MgSp *s, RingPipe *p, int st) {
     const int cur = st % 2;
     mg_tp_wait(s->cg, p->rreq);
     p->rreq = NULL;
-    if (p->j + 1 < p->k) {
+    if (p->to >= 0 && (st < p->n || p->fwd_last)) {
         mg_tp_wait(s->cg, p->sreq); /* the other buffer is free again */
-        p->sreq = mg_tp_isend(s->cg, p->j + 1, TAG_RING_KV, s->rh[cur], p->msg);
+        p->sreq = mg_tp_isend(s->cg, p->to, TAG_RING_KV, s->rh[cur], p->msg);
         s->st.bytes_sent += (int64_t)p->msg;
     }
-    if (st < p->j) p->rreq = mg_tp_irecv(s->cg, p->j - 1, TAG_RING_KV, s->rh[1 - cur], p->msg);
+    if (st < p->n) p->rreq = mg_tp_irecv(s->cg, p->from, TAG_RING_KV, s->rh[1 - cur], p->msg);
     ring_unpack(s, s->rh[cur], s->rk, s->rv, p->nk, p->nv);
 }
 
 static void ring_end(MgSp *s, RingPipe *p) {
     if (p->sreq) mg_tp_wait(s->cg, p->sreq);
-    if (p->j + 1 < p->k) s->st.bytes_sent += (int64_t)p->msg;
     p->sreq = NULL;
 }
 
@@ -693,7 +707,7 @@ static void ring_forward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs
     MG_CHECK(k <= RING_MAX_K, "sequence parallel: ring attention over %d ranks of a chunk (at most %d)", k, RING_MAX_K);
     ring_buffers(s, x, 0);
     double tc = mg_now();
-    RingPipe p = ring_start(s, x, at->k, at->v);
+    RingPipe p = ring_start(s, x, at->k, at->v, 0);
     s->st.fwd_seconds += mg_now() - tc;
     MgAttentionArgs a = ring_args(s, x, at);
     void *lse = at->saved_lse ? at->saved_lse : s->rlse_acc; /* the merge needs it even without a backward */
@@ -728,7 +742,7 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     MG_CHECK(at->saved_lse && at->o && at->dq && at->dk && at->dv,
              "sequence parallel: ring attention backward needs the forward's lse and output and every gradient");
     double tc = mg_now();
-    RingPipe p = ring_start(s, x, at->k, at->v);
+    RingPipe p = ring_start(s, x, at->k, at->v, 0);
     const size_t nk = p.nk, nv = p.nv, msg = p.msg;
     MgTpRequest *own = NULL, *dsend[2] = {NULL, NULL};
     if (j + 1 < k) own = mg_tp_irecv(s->cg, j + 1, TAG_RING_DKV + j, s->rh[4], msg); /* the later ranks' share of my block */
@@ -779,6 +793,170 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     s->st.bwd_seconds += mg_now() - tc;
 }
 
+
+/* ---- the zigzag ring (two-piece passes, MgAttnExchange.pos1 > 0: an architecture without carried state) ----
+ * Rank r of the k ranks holds blocks r and 2k - 1 - r of h = L / 2 rows (its pass: block r, then block
+ * 2k - 1 - r). Its query half qh is global block qb = r or 2k - 1 - r; key half kh of rank s is block s or
+ * 2k - 1 - s. A query block sees an earlier key block whole and its own block causally, nothing later, so
+ * every rank attends to 2 diagonal blocks and 2k - 1 whole ones: the work is balanced. The key/value pairs
+ * travel the whole ring (k - 1 steps); in the backward their gradients travel with them, the rank before
+ * the owner handing them back to the owner at the last step. */
+enum { TAG_ZZ_DKV = TAG_RING_DKV + RING_MAX_K };
+
+static int64_t zz_block(int r, int K, int half) { return half ? 2 * (int64_t)K - 1 - r : r; }
+
+/* Queries of half qh (this rank) against key half kh of kt, vt (a whole pass, B x L x H x D) of rank src,
+ * one block-mode call per sequence. Forward (dk == NULL): merged into at->o and the lse accumulator
+ * (B x 2 x H x h), or written there when first. Backward: dq += (at->dq), dk, dv += (this half's rows). */
+static void zz_attend(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at, int qh, int kh, int src,
+                      const void *kt, const void *vt, int first, void *dk, void *dv) {
+    const MgBackend *be = s->be;
+    const int K = s->cg_k, r = s->cg->rank, L = x->L, h = L / 2, H = x->H;
+    const size_t es = mg_dtype_size(be->dtype), ss = s->ss;
+    for (int b = 0; b < x->B; b++) {
+        MgAttentionArgs a = *at;
+        a.B = 1;
+        a.Lq = a.Lk = h;
+        a.block = 1;
+        a.q_row0 = zz_block(r, K, qh) * h;
+        a.k_row0 = zz_block(src, K, kh) * h;
+        a.drop_chunk_len = a.drop_p > 0 ? x->chunk : 0;
+        a.drop_seq0 = at->drop_seq0 + (int64_t)b * (at->drop_seq_stride > 0 ? at->drop_seq_stride : 1);
+        const size_t qrow = (size_t)b * L + (size_t)qh * h, krow = (size_t)b * L + (size_t)kh * h;
+        a.q = (const char *)at->q + qrow * H * x->Dqk * es;
+        a.k = (const char *)kt + krow * H * x->Dqk * es;
+        a.v = (const char *)vt + krow * H * x->Dv * es;
+        void *o = (char *)at->o + qrow * H * x->Dv * es;
+        void *lse = (char *)s->rlse_acc + ((size_t)b * 2 + (size_t)qh) * H * h * ss;
+        if (!dk) {
+            a.o = first ? o : s->ro;
+            a.saved_lse = first ? lse : s->rlse;
+            be->attention_forward(be, &a);
+            if (!first) {
+                MgAttnMergeArgs m = {.B = 1, .Lq = h, .H = H, .Dv = x->Dv, .o = o, .lse = lse, .o_b = s->ro,
+                                     .lse_b = s->rlse};
+                be->attention_merge(be, &m);
+            }
+        } else {
+            a.o = o;
+            a.saved_lse = lse;
+            a.dout = (const char *)at->dout + qrow * H * x->Dv * es;
+            a.dq = (char *)at->dq + qrow * H * x->Dqk * es;
+            a.dk = (char *)dk + krow * H * x->Dqk * es;
+            a.dv = (char *)dv + krow * H * x->Dv * es;
+            a.accumulate = 1;
+            be->attention_backward(be, &a);
+        }
+    }
+}
+
+/* The pairs of (query half, key half) that see each other: own blocks (src == r) and another rank's. */
+static void zz_pairs(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at, int src, const void *kt,
+                     const void *vt, void *dk, void *dv) {
+    const int r = s->cg->rank;
+    if (src == r) {
+        zz_attend(s, x, at, 0, 0, r, kt, vt, 1, dk, dv); /* block r, causal */
+        zz_attend(s, x, at, 1, 1, r, kt, vt, 1, dk, dv); /* block 2k-1-r, causal */
+        zz_attend(s, x, at, 1, 0, r, kt, vt, 0, dk, dv); /* block 2k-1-r sees block r whole */
+        return;
+    }
+    if (src < r) zz_attend(s, x, at, 0, 0, src, kt, vt, 0, dk, dv);
+    zz_attend(s, x, at, 1, 0, src, kt, vt, 0, dk, dv);
+    if (src > r) zz_attend(s, x, at, 1, 1, src, kt, vt, 0, dk, dv);
+}
+
+/* The lse accumulator (B x 2 x H x h) <-> the op's saved lse (B x H x L). */
+static void zz_lse(MgSp *s, const MgAttnExchange *x, void *saved, int to_saved) {
+    const int L = x->L, h = L / 2, H = x->H;
+    const size_t ss = s->ss;
+    for (int b = 0; b < x->B; b++)
+        for (int qh = 0; qh < 2; qh++)
+            for (int hh = 0; hh < H; hh++) {
+                char *sv = (char *)saved + (((size_t)b * H + hh) * L + (size_t)qh * h) * ss;
+                char *ac = (char *)s->rlse_acc + ((((size_t)b * 2 + qh) * H + hh) * h) * ss;
+                if (to_saved) s->be->copy(s->be, sv, ac, (size_t)h * ss);
+                else s->be->copy(s->be, ac, sv, (size_t)h * ss);
+            }
+}
+
+static void zz_forward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    const int K = s->cg_k, r = s->cg->rank;
+    MG_CHECK(x->L % 2 == 0, "sequence parallel: a zigzag pass of %d tokens is not two equal pieces", x->L);
+    ring_buffers(s, x, 0);
+    double tc = mg_now();
+    RingPipe p = ring_start(s, x, at->k, at->v, 1);
+    s->st.fwd_seconds += mg_now() - tc;
+    zz_pairs(s, x, at, r, at->k, at->v, NULL, NULL);
+    for (int st = 1; st < K; st++) {
+        tc = mg_now();
+        ring_next(s, &p, st);
+        s->st.fwd_seconds += mg_now() - tc;
+        zz_pairs(s, x, at, (r - st + K) % K, s->rk, s->rv, NULL, NULL);
+        s->st.ring_blocks++;
+    }
+    tc = mg_now();
+    ring_end(s, &p);
+    s->st.fwd_seconds += mg_now() - tc;
+    if (at->saved_lse) zz_lse(s, x, at->saved_lse, 1);
+}
+
+static void zz_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
+    const MgBackend *be = s->be;
+    const int K = s->cg_k, r = s->cg->rank;
+    MG_CHECK(at->saved_lse && at->o && at->dq && at->dk && at->dv,
+             "sequence parallel: zigzag attention backward needs the forward's lse and output and every gradient");
+    ring_buffers(s, x, 1);
+    zz_lse(s, x, at->saved_lse, 0);
+    const size_t tok = (size_t)x->B * x->L * x->H;
+    const int64_t ek = (int64_t)(tok * x->Dqk), ev = (int64_t)(tok * x->Dv);
+    double tc = mg_now();
+    RingPipe p = ring_start(s, x, at->k, at->v, 1);
+    s->st.bwd_seconds += mg_now() - tc;
+    if (!at->accumulate) {
+        be->memset0(be, at->dq, p.nk);
+        be->memset0(be, at->dk, p.nk);
+        be->memset0(be, at->dv, p.nv);
+    }
+    zz_pairs(s, x, at, r, at->k, at->v, at->dk, at->dv);
+    MgTpRequest *dsend[2] = {NULL, NULL};
+    for (int st = 1; st < K; st++) {
+        const int cur = st % 2;
+        tc = mg_now();
+        ring_next(s, &p, st);
+        s->st.bwd_seconds += mg_now() - tc;
+        be->memset0(be, s->rdk, p.nk);
+        be->memset0(be, s->rdv, p.nv);
+        zz_pairs(s, x, at, (r - st + K) % K, s->rk, s->rv, s->rdk, s->rdv);
+        s->st.ring_blocks++;
+        tc = mg_now();
+        if (dsend[cur]) mg_tp_wait(s->cg, dsend[cur]); /* its buffer is reused below */
+        dsend[cur] = NULL;
+        if (st >= 2) { /* the share of the ranks this pair passed before */
+            mg_tp_recv(s->cg, p.from, TAG_ZZ_DKV, s->rh[4], p.msg);
+            be->to_device(be, s->rtmp, s->rh[4], p.nk);
+            be->axpy(be, ek, 1.0, s->rtmp, s->rdk);
+            be->to_device(be, s->rtmp, (char *)s->rh[4] + p.nk, p.nv);
+            be->axpy(be, ev, 1.0, s->rtmp, s->rdv);
+        }
+        ring_pack(s, s->rh[2 + cur], s->rdk, s->rdv, p.nk, p.nv);
+        dsend[cur] = mg_tp_isend(s->cg, p.to, TAG_ZZ_DKV, s->rh[2 + cur], p.msg); /* the last goes to the owner */
+        s->st.bytes_sent += (int64_t)p.msg;
+        s->st.bwd_seconds += mg_now() - tc;
+    }
+    tc = mg_now();
+    if (K > 1) { /* my pair's gradients from every other rank */
+        mg_tp_recv(s->cg, p.from, TAG_ZZ_DKV, s->rh[4], p.msg);
+        be->to_device(be, s->rtmp, s->rh[4], p.nk);
+        be->axpy(be, ek, 1.0, s->rtmp, at->dk);
+        be->to_device(be, s->rtmp, (char *)s->rh[4] + p.nk, p.nv);
+        be->axpy(be, ev, 1.0, s->rtmp, at->dv);
+    }
+    ring_end(s, &p);
+    for (int i = 0; i < 2; i++)
+        if (dsend[i]) mg_tp_wait(s->cg, dsend[i]);
+    s->st.bwd_seconds += mg_now() - tc;
+}
+
 static int use_ring(const MgSp *s, const MgAttnExchange *x) {
     if (s->attn_mode == MG_SP_ATTN_RING) return 1;
     /* auto: all-to-all when the heads divide (balanced, two exchanges), else the ring (O(slice) memory) */
@@ -788,6 +966,10 @@ static int use_ring(const MgSp *s, const MgAttnExchange *x) {
 static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
     MgSp *s = ctx;
     attn_group(s, x);
+    if (x->pos1 > 0) { /* a two-piece pass: the zigzag layout, only the ring serves it */
+        zz_forward(s, x, at);
+        return 1;
+    }
     if (use_ring(s, x)) {
         ring_forward(s, x, at);
         return 1;
@@ -809,6 +991,10 @@ static int h_attn_run(void *ctx, const MgAttnExchange *x, const MgAttentionArgs 
 
 static int h_attn_run_backward(void *ctx, const MgAttnExchange *x, const MgAttentionArgs *at) {
     MgSp *s = ctx;
+    if (s->cg && x->pos1 > 0) {
+        zz_backward(s, x, at);
+        return 1;
+    }
     if (s->cg && use_ring(s, x)) {
         ring_backward(s, x, at);
         return 1;

@@ -73,7 +73,8 @@ typedef struct {
     int sp;                      /* sequence-parallel ranks per data-parallel group (docs/parallelism.md) */
     char sp_scan[MG_NAME_MAX];   /* chain | pipelined | allgather | doubling */
     int sp_scan_pieces;          /* pipelined: pieces the state is cut into */
-    char sp_attention[MG_NAME_MAX]; /* auto | gather | alltoall: a chunk longer than a rank's slice */
+    char sp_attention[MG_NAME_MAX]; /* auto | ring | alltoall | gather: a chunk longer than a rank's slice */
+    char sp_layout[MG_NAME_MAX];    /* contiguous | zigzag (llama: two blocks per rank, balanced ring) */
     char sp_backward[MG_NAME_MAX];  /* chain | scan: how state gradients cross ranks */
 
     /* ---- checkpoints and continual pre-training ---- */

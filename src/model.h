@@ -47,6 +47,9 @@ typedef struct {
     int64_t pos0;       /* global position of this pass's first token in its sequences (a multiple of
                          * chunk_size when the sequence is cut into pieces) */
     int64_t seq_len;    /* global length of the sequences (0 = this pass's L) */
+    int64_t pos1;       /* > 0: a two-piece pass (the zigzag layout of sequence parallelism, architectures
+                         * without carried state only): tokens [0, L/2) sit at positions pos0.., tokens
+                         * [L/2, L) at pos1.. (pos0 + L/2 <= pos1) */
 } MgForwardOpts;
 
 /* ---- communication hooks ------------------------------------------------------------------------------
@@ -101,6 +104,7 @@ typedef struct {
 typedef struct {
     int layer, B, L, H, Dqk, Dv;
     int64_t pos0;             /* this slice's global position */
+    int64_t pos1;             /* > 0: the slice's second piece (zigzag: [L/2, L) at pos1), else 0 */
     int64_t chunk;            /* the chunk's length: min(chunk_size, the sequences' global length) */
     const void *k, *v;        /* this slice's keys and values */
     const void *kctx, *vctx;  /* set by the hook */

@@ -215,6 +215,7 @@ if [ $SAN = 0 ]; then
 refuse slice_not_whole_chunks "nor cuts one into equal parts" 2 --sp 2 --seq_len 48 --batch_tokens 0
 refuse batch_not_shared "cannot share equally" 2 --batch_tokens 256
 refuse alltoall_heads "do not divide them" 4 --sp 4 --chunk_size 128 --sp_attention alltoall
+refuse zigzag_megalodon "two state passes per layer" 2 --sp 2 --sp_layout zigzag
 # the memory check counts a rank's share (1/P of the moments, its slice's activations) times the ranks
 # of the node: 4 ranks of 150 MiB do not fit in 300 MiB, 2 do
 export MG_MEMORY_LIMIT_BYTES=300M

@@ -94,8 +94,10 @@ if command -v mpirun >/dev/null 2>&1 && $M features 2>/dev/null | grep -q '^MPI:
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
     DP=(--config configs/llama-tiny.conf --threads 1 --batch_tokens 256 --max_steps 4 --warmup_steps 1 --eval_batches 1)
     $M train "${DP[@]}" --out_dir "$T/d1" >/dev/null 2>&1
-    # name, ranks, extra arguments: DP 2; SP 2 (auto: all-to-all over the 4 heads); DP 2 x SP 2; SP 4 by the ring
-    for run in "dp2 2" "sp2 2 --sp 2" "dp2_sp2 4 --sp 2" "sp4_ring 4 --sp 4 --sp_attention ring"; do
+    # name, ranks, extra arguments: DP 2; SP 2 (auto: all-to-all over the 4 heads); DP 2 x SP 2; SP 4 by the
+    # ring, on contiguous slices and on the zigzag layout
+    for run in "dp2 2" "sp2 2 --sp 2" "dp2_sp2 4 --sp 2" "sp4_ring 4 --sp 4 --sp_attention ring" \
+        "sp4_zigzag 4 --sp 4 --sp_layout zigzag"; do
         set -- $run
         name=$1 np=$2
         shift 2
@@ -113,8 +115,10 @@ PYEOF
         if grep -q 'error' "$T/$name.log"; then echo "#   $(grep -m1 error "$T/$name.log")"; fi
         sp=1
         [ "${1:-}" = --sp ] && sp=$2
-        if grep -q "^ranks: $np = $((np / sp)) data-parallel group.* x sp $sp" "$T/$name.log"; then
-            pass "llama_${name}_layout" "$(grep -m1 '^ranks:' "$T/$name.log" | cut -c1-120)"
+        want="^ranks: $np = $((np / sp)) data-parallel group.* x sp $sp"
+        [[ $name == *zigzag* ]] && want="$want .*sp_layout zigzag"
+        if grep -q "$want" "$T/$name.log"; then
+            pass "llama_${name}_layout" "$(grep -m1 '^ranks:' "$T/$name.log" | cut -c1-160)"
         else
             fail "llama_${name}_layout" "$(grep -m1 '^ranks:' "$T/$name.log")"
         fi

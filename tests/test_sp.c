@@ -62,8 +62,25 @@ static int32_t *slice_cols(const int32_t *x, int L, int t0, int len) {
     return o;
 }
 
+static int g_zigzag; /* the zigzag layout (llama): rank r holds blocks r and 2P - 1 - r of L / (2P) tokens */
+
 static MgForwardOpts opts_for(const Rank *r, int pos0) {
     return (MgForwardOpts){.seed = 0x1234, .training = r->train, .seq0 = 0, .pos0 = pos0, .seq_len = r->L};
+}
+
+/* rank's share of B x L ids: its slice, or (zigzag) its two blocks one after the other */
+static int32_t *rank_cols(const int32_t *x, int L, int P, int rank) {
+    if (!g_zigzag) return slice_cols(x, L, rank * (L / P), L / P);
+    const int h = L / (2 * P);
+    int32_t *a = slice_cols(x, L, rank * h, h), *b = slice_cols(x, L, (2 * P - 1 - rank) * h, h);
+    int32_t *o = malloc(sizeof(int32_t) * (size_t)B * 2 * h);
+    for (int i = 0; i < B; i++) {
+        memcpy(o + (size_t)i * 2 * h, a + (size_t)i * h, sizeof(int32_t) * (size_t)h);
+        memcpy(o + (size_t)i * 2 * h + h, b + (size_t)i * h, sizeof(int32_t) * (size_t)h);
+    }
+    free(a);
+    free(b);
+    return o;
 }
 
 static void *rank_main(void *v) {
@@ -71,13 +88,14 @@ static void *rank_main(void *v) {
     MgBackend *be;
     MgModel *m = make_model(r->cfg, r->backend, &be);
     const int rank = r->tp->rank, Ls = r->L / r->P;
-    int32_t *tok = slice_cols(r->tok, r->L, rank * Ls, Ls), *tgt = slice_cols(r->tgt, r->L, rank * Ls, Ls);
+    int32_t *tok = rank_cols(r->tok, r->L, r->P, rank), *tgt = rank_cols(r->tgt, r->L, r->P, rank);
     MgSp *sp = mg_sp_create(r->tp, be, r->algo, r->pieces);
     mg_sp_set_attention(sp, r->attn);
     mg_sp_set_scan_backward(sp, r->scan_bwd);
     mg_model_zero_grads(m);
     MgPassArgs a = {.tokens = tok, .targets = tgt, .B = B, .L = Ls, .grad_scale = r->scale,
-                    .opts = opts_for(r, rank * Ls), .hooks = mg_sp_hooks(sp)};
+                    .opts = opts_for(r, g_zigzag ? rank * (Ls / 2) : rank * Ls), .hooks = mg_sp_hooks(sp)};
+    if (g_zigzag) a.opts.pos1 = (int64_t)(2 * r->P - 1 - rank) * (Ls / 2);
     r->loss = mg_model_step(m, &a, &r->counted);
     mg_sp_finish(sp);
     r->grads = malloc(sizeof(double) * (size_t)mg_model_params_table(m)->total);
@@ -168,7 +186,7 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     if (g_llama >= 0)
         snprintf(what, sizeof what, "%s, llama (%d heads, %d key/value heads), SP %d (%s)", backend, heads,
                  g_llama ? g_llama : heads, P,
-                 attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : attn == MG_SP_ATTN_RING ? "ring" : attn == MG_SP_ATTN_AUTO ? "auto" : "gather");
+                 g_zigzag ? "zigzag ring" : attn == MG_SP_ATTN_ALLTOALL ? "all-to-all" : attn == MG_SP_ATTN_RING ? "ring" : attn == MG_SP_ATTN_AUTO ? "auto" : "gather");
     else if (chunk > PER_RANK)
         snprintf(what, sizeof what, "%s, SP %d, %s scan, a chunk over %d ranks (%s, %d heads)", backend, P,
                  mg_scan_algo_name(algo), chunk / PER_RANK,
@@ -199,7 +217,8 @@ static void run_case(const char *backend, int P, MgScanAlgo algo, int chunk, MgS
     if (chunk > PER_RANK) {
         const int span = chunk / PER_RANK, ring = attn == MG_SP_ATTN_RING || (attn == MG_SP_ATTN_AUTO && heads % span);
         ok = 1;
-        for (int i = 0; i < P; i++) ok &= r[i].st.ring_blocks == (ring ? 2 * cfg.n_layers * (i % span) : 0);
+        for (int i = 0; i < P; i++)
+            ok &= r[i].st.ring_blocks == (g_zigzag ? 2 * cfg.n_layers * (P - 1) : ring ? 2 * cfg.n_layers * (i % span) : 0);
         snprintf(name, sizeof name, "%s: ring blocks attended as expected", what);
         tu_check(ok, name, "last rank: %lld blocks (%s)", (long long)r[P - 1].st.ring_blocks, ring ? "ring" : "no ring");
     }
@@ -253,6 +272,14 @@ int main(void) {
         run_case("cpu-f64", lla[i].P, MG_SCAN_CHAIN, 0, lla[i].attn, lla[i].heads, 1e-12, 1e-12);
         run_case("cpu-f32", lla[i].P, MG_SCAN_CHAIN, 0, lla[i].attn, lla[i].heads, 1e-6, 1e-5);
     }
+    /* the zigzag layout: every rank attends to 2P - 1 whole blocks and 2 diagonal ones */
+    g_zigzag = 1;
+    for (int P = 2; P <= 4; P++) {
+        g_llama = P == 3 ? 0 : 2;
+        run_case("cpu-f64", P, MG_SCAN_CHAIN, 0, MG_SP_ATTN_RING, 4, 1e-12, 1e-12);
+        run_case("cpu-f32", P, MG_SCAN_CHAIN, 0, MG_SP_ATTN_RING, 4, 1e-6, 1e-5);
+    }
+    g_zigzag = 0;
     g_llama = -1;
     /* attention across ranks: chunks of 2, 3 and 4 slices, gathering keys and values, all-to-all over
      * heads, or the ring (auto with 2 heads over 3 ranks: the ring) (P, ranks per chunk, path, heads) */

@@ -124,6 +124,8 @@ void mg_pass_attention_backward(MgPass *ps, int layer, MgAttentionArgs *at);
 int64_t mg_pass_rope_offset(const MgPass *ps);
 /* The length of the pass's sequences (MgForwardOpts.seq_len when set, else the pass's own L). */
 int64_t mg_pass_global_len(const MgPass *ps);
+/* The position of the second piece of a two-piece pass (MgForwardOpts.pos1), 0 for one piece. */
+int64_t mg_pass_pos1(const MgPass *ps);
 
 /* Shorthands over the backend. */
 void mg_linear_fwd(const MgPass *ps, int64_t T, int in, int out, const void *x, const void *w, const void *b,
@@ -152,6 +154,9 @@ typedef struct MgArch {
      * 0 or -1 with err. */
     int (*check_layout)(const MgConfig *c, int L, int64_t pos0, int64_t Lg, int attn_split, char *err,
                         size_t errlen);
+    /* 1: a pass may hold two pieces of its sequences (MgForwardOpts.pos1, with the attention hooks): only
+     * an architecture that carries no state along the sequence (llama) */
+    int two_pieces;
 
     size_t act_size, final_size, scratch_size; /* bytes of the per-layer / final / scratch structs */
     void (*plan_layer)(const MgConfig *c, MgPlan *p, void *act, int64_t T, int B);

@@ -462,6 +462,7 @@ void mg_attention_dropout(const MgPass *ps, int layer, int site, MgAttentionArgs
 /* ---- attention across ranks -------------------------------------------------------------------------------- */
 int64_t mg_pass_rope_offset(const MgPass *ps) { return ps->opts ? ps->opts->pos0 : 0; }
 int64_t mg_pass_global_len(const MgPass *ps) { return ps->opts ? global_len(ps) : ps->L; }
+int64_t mg_pass_pos1(const MgPass *ps) { return ps->opts && !ps->dec ? ps->opts->pos1 : 0; }
 
 static int attn_split(const MgPass *ps) {
     return ps->hooks && ((ps->hooks->attn_kv && ps->hooks->attn_kv_grad) ||
@@ -470,7 +471,7 @@ static int attn_split(const MgPass *ps) {
 
 static MgAttnExchange attn_desc(const MgPass *ps, int layer, const MgAttentionArgs *at) {
     MgAttnExchange x = {.layer = layer, .B = at->B, .L = at->Lq, .H = at->H, .Dqk = at->Dqk, .Dv = at->Dv,
-                        .pos0 = ps->opts ? ps->opts->pos0 : 0, .k = at->k, .v = at->v};
+                        .pos0 = ps->opts ? ps->opts->pos0 : 0, .pos1 = mg_pass_pos1(ps), .k = at->k, .v = at->v};
     x.chunk = MG_MIN((int64_t)at->chunk, global_len(ps));
     return x;
 }
@@ -709,8 +710,20 @@ static void check_pass(const MgModel *m, const MgPassArgs *a, int need_targets) 
                  (long long)a->opts.pos0, (long long)a->opts.seq0, L, (long long)Lg);
     const int split = a->hooks && ((a->hooks->attn_kv && a->hooks->attn_kv_grad) ||
                                    (a->hooks->attn_run && a->hooks->attn_run_backward));
-    if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, split, err, sizeof err))
+    if (a->opts.pos1 > 0) { /* two pieces: [0, L/2) at pos0, [L/2, L) at pos1 */
+        if (!m->arch->two_pieces || !split)
+            mg_fatal("model: a pass in two pieces (the zigzag layout) needs an architecture without carried state "
+                     "(arch %s %s) and the attention hooks of sequence parallelism",
+                     m->arch->name, m->arch->two_pieces ? "has none" : "carries state along the sequence");
+        const int h = L / 2;
+        if (L % 2 || Lg % h || a->opts.pos0 % h || a->opts.pos1 % h || a->opts.pos1 < a->opts.pos0 + h ||
+            a->opts.pos1 + h > Lg)
+            mg_fatal("model: a two-piece pass of %d tokens at positions %lld and %lld does not fit sequences of %lld "
+                     "in blocks of %d",
+                     L, (long long)a->opts.pos0, (long long)a->opts.pos1, (long long)Lg, h);
+    } else if (m->arch->check_layout && m->arch->check_layout(c, L, a->opts.pos0, Lg, split, err, sizeof err)) {
         mg_fatal("%s", err);
+    }
     const int64_t T = (int64_t)B * L;
     if (mg_check_ids(a->tokens, T, c->vocab_size, INT32_MIN, "token", err, sizeof err))
         mg_fatal("%s: the data does not match this model's vocab_size", err);

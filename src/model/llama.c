@@ -274,6 +274,31 @@ static MgRopeArgs rope_args(const MgPass *ps, int heads) {
     return r;
 }
 
+/* RoPE in place over a B x L x heads x dh tensor (forward: x; backward: the gradient), in one call, or for a
+ * two-piece pass (the zigzag layout: [0, L/2) at pos0, [L/2, L) at pos1) one call per row and piece. */
+static void rope_run(const MgPass *ps, int heads, void *t, int backward) {
+    MgRopeArgs r = rope_args(ps, heads);
+    const int64_t pos1 = mg_pass_pos1(ps);
+    const int n = pos1 > 0 ? 2 * ps->B : 1;
+    for (int i = 0; i < n; i++) {
+        void *p = t;
+        if (pos1 > 0) { /* row i / 2, piece i % 2 */
+            const int hl = ps->L / 2;
+            r.B = 1;
+            r.L = hl;
+            r.pos_offset = i % 2 ? pos1 : mg_pass_rope_offset(ps);
+            p = mg_act_at(ps->m, t, ((int64_t)(i / 2) * ps->L + (int64_t)(i % 2) * hl) * heads * head_dim(ps->c));
+        }
+        if (backward) {
+            r.dy = r.dx = p;
+            ps->be->rope_backward(ps->be, &r);
+        } else {
+            r.x = r.y = p;
+            ps->be->rope_forward(ps->be, &r);
+        }
+    }
+}
+
 static MgAttentionArgs attn_args(const MgPass *ps, const LayerAct *a) {
     const MgConfig *c = ps->c;
     const int dh = head_dim(c);
@@ -304,12 +329,8 @@ static void layer_forward(MgPass *ps, int l, void *actv, const void *x, void *xo
     void *kk = g > 1 ? a->o : a->k, *vv = g > 1 ? a->h : a->v;
     mg_linear_fwd(ps, T, d, kv, a->xn, w->wk, NULL, kk);
     mg_linear_fwd(ps, T, d, kv, a->xn, w->wv, NULL, vv);
-    MgRopeArgs rq = rope_args(ps, c->num_heads);
-    rq.x = rq.y = a->q;
-    be->rope_forward(be, &rq);
-    MgRopeArgs rk = rope_args(ps, kv_heads(c));
-    rk.x = rk.y = kk;
-    be->rope_forward(be, &rk);
+    rope_run(ps, c->num_heads, a->q, 0);
+    rope_run(ps, kv_heads(c), kk, 0);
     if (g > 1) {
         ensure_expand(ps, a);
         expand_heads(ps, a, kk, a->k);
@@ -371,12 +392,8 @@ static void layer_backward(MgPass *ps, int l, void *actv, const void *x, void *g
         expand_heads_bwd(ps, a, s->gk, gkk);
         expand_heads_bwd(ps, a, s->gv, gvv);
     }
-    MgRopeArgs rq = rope_args(ps, c->num_heads);
-    rq.dy = rq.dx = s->gq;
-    be->rope_backward(be, &rq);
-    MgRopeArgs rk = rope_args(ps, kv_heads(c));
-    rk.dy = rk.dx = gkk;
-    be->rope_backward(be, &rk);
+    rope_run(ps, c->num_heads, s->gq, 1);
+    rope_run(ps, kv_heads(c), gkk, 1);
     mg_linear_bwd(ps, T, d, d, a->xn, w->wq, s->gq, gn, gw->wq, NULL, 0);
     mg_linear_bwd(ps, T, d, kv, a->xn, w->wk, gkk, gn, gw->wk, NULL, 1);
     mg_linear_bwd(ps, T, d, kv, a->xn, w->wv, gvv, gn, gw->wv, NULL, 1);
@@ -416,6 +433,7 @@ const MgArch mg_arch_llama = {
     .resolve_layer = resolve_layer,
     .describe_state = describe_state,
     .check_layout = check_layout,
+    .two_pieces = 1,
     .act_size = sizeof(LayerAct),
     .final_size = sizeof(FinalAct),
     .scratch_size = sizeof(Scratch),

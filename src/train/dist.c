@@ -79,6 +79,25 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
                            "of attention chunks of %d nor cuts one into equal parts: use an sp for which seq_len / sp "
                            "is a multiple or a divisor of %d",
                            S, Ls, cg, cg);
+        if (!strcmp(c->sp_layout, "zigzag")) {
+            if (strcmp(c->arch, "llama"))
+                return mg_errf(err, n,
+                               "sp_layout zigzag gives each rank two separate blocks of every sequence, which arch %s "
+                               "cannot run: its CEMA and TimestepNorm carry state along the sequence, so a rank "
+                               "holding two pieces would need two state passes per layer; use sp_layout contiguous "
+                               "(sp_attention auto balances the attention with all-to-all when the heads allow)",
+                               c->arch);
+            if (L % (2 * S))
+                return mg_errf(err, n,
+                               "sp_layout zigzag cuts seq_len %d into 2 x sp = %d equal blocks, which it does not "
+                               "divide: use a seq_len that is a multiple of %d",
+                               L, 2 * S, 2 * S);
+            if (strcmp(c->sp_attention, "ring") && strcmp(c->sp_attention, "auto"))
+                return mg_errf(err, n,
+                               "sp_layout zigzag runs the attention by the ring only: use sp_attention ring or auto "
+                               "(not %s)",
+                               c->sp_attention);
+        }
         if (Ls < cg && !strcmp(c->sp_attention, "alltoall") && c->num_heads % (cg / Ls))
             return mg_errf(err, n,
                            "sp_attention alltoall splits the %d attention heads over the %d ranks that share each "
@@ -149,8 +168,20 @@ void mg_dist_end(MgDist *d) {
 
 int mg_dist_local_len(const MgDist *d, const MgConfig *c) { return c->seq_len / (d->configured ? d->grid.sp_size : 1); }
 
+static int zigzag(const MgDist *d, const MgConfig *c) {
+    return d->configured && d->grid.sp_size > 1 && !strcmp(c->sp_layout, "zigzag");
+}
+
 void mg_dist_slice(const MgDist *d, const MgConfig *c, int B, const int32_t *full, int32_t *out) {
     const int L = c->seq_len, Ls = mg_dist_local_len(d, c), t0 = d->configured ? d->grid.sp * Ls : 0;
+    if (zigzag(d, c)) { /* blocks sp and 2 S - 1 - sp of Ls / 2 tokens */
+        const int h = Ls / 2, S = d->grid.sp_size, r = d->grid.sp;
+        for (int b = 0; b < B; b++) {
+            memcpy(out + (size_t)b * Ls, full + (size_t)b * L + (size_t)r * h, sizeof(int32_t) * (size_t)h);
+            memcpy(out + (size_t)b * Ls + h, full + (size_t)b * L + (size_t)(2 * S - 1 - r) * h, sizeof(int32_t) * (size_t)h);
+        }
+        return;
+    }
     for (int b = 0; b < B; b++) memcpy(out + (size_t)b * Ls, full + (size_t)b * L + t0, sizeof(int32_t) * (size_t)Ls);
 }
 
@@ -158,8 +189,13 @@ MgForwardOpts mg_dist_opts(const MgDist *d, const MgConfig *c, uint64_t seed, in
     const int DP = d->configured ? d->grid.dp_size : 1, dp = d->configured ? d->grid.dp : 0;
     const int Ls = mg_dist_local_len(d, c), sp = d->configured ? d->grid.sp : 0;
     /* the loader gives DP group dp the step's sequences dp, dp + DP, ... */
-    return (MgForwardOpts){.seed = seed, .training = training, .seq0 = (int64_t)micro * B * DP + dp,
-                           .seq_stride = DP, .pos0 = (int64_t)sp * Ls, .seq_len = c->seq_len};
+    MgForwardOpts o = {.seed = seed, .training = training, .seq0 = (int64_t)micro * B * DP + dp,
+                       .seq_stride = DP, .pos0 = (int64_t)sp * Ls, .seq_len = c->seq_len};
+    if (zigzag(d, c)) {
+        o.pos0 = (int64_t)sp * (Ls / 2);
+        o.pos1 = (int64_t)(2 * d->grid.sp_size - 1 - sp) * (Ls / 2);
+    }
+    return o;
 }
 
 const MgModelHooks *mg_dist_hooks(const MgDist *d) { return d->sp ? mg_sp_hooks(d->sp) : NULL; }

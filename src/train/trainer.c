@@ -154,11 +154,12 @@ static void print_header(Trainer *t) {
            c->seq_len, t->n_micro, t->n_micro == 1 ? "" : "es", (long long)t->step_tokens);
     if (t->dist.P > 1)
         printf("ranks: %d = %d data-parallel group%s x sp %d (each rank: %d micro-batch%s of %d x %d tokens per step; "
-               "sp_scan %s; sp_attention %s; AdamW moments sharded over the %d ranks)\n",
+               "sp_scan %s; sp_attention %s%s; AdamW moments sharded over the %d ranks)\n",
                t->dist.P, t->dist.grid.dp_size, t->dist.grid.dp_size == 1 ? "" : "s", t->dist.grid.sp_size, t->n_micro,
                t->n_micro == 1 ? "" : "es", c->batch_size, mg_dist_local_len(&t->dist, c),
                t->dist.grid.sp_size > 1 && strcmp(c->arch, "llama") ? c->sp_scan : "-",
-               t->dist.grid.sp_size > 1 ? c->sp_attention : "-", t->dist.P);
+               t->dist.grid.sp_size > 1 ? c->sp_attention : "-",
+               t->dist.grid.sp_size > 1 && !strcmp(c->sp_layout, "zigzag") ? ", sp_layout zigzag" : "", t->dist.P);
     mg_model_print_memory(t->model, c->batch_size, c->seq_len);
     printf("backend: %s, %d threads\n", t->be->name, mg_get_threads());
     int64_t train_tokens = 0;
