@@ -6,7 +6,8 @@
 # reproduce it). docs/experiments.md describes the pairs and the runs made with it.
 #
 #   scripts/experiment.sh PAIR [--steps N | --tokens N] [--out DIR] [--mpirun "mpirun -np 4"]
-#                         [--build DIR] [--dry-run] [-- --KEY VALUE ...]
+#                         [--build DIR] [--pairs DIR] [--dry-run] [--report-only] [-- --KEY VALUE ...]
+#   (from the repository root: the pairs read data/corpus and data/tokenizer relative to it)
 #
 #   PAIR          a pair name: every configs/pairs/NAME-megalodon.conf with a NAME-llama.conf beside it
 #   --steps N     optimizer steps of each arm (default: the pair's max_steps); sets max_steps, so the
