@@ -637,6 +637,17 @@ static void ring_unpack(MgSp *s, const void *msg, void *k, void *v, size_t nk, s
     s->be->to_device(s->be, v, (const char *)msg + nk, nv);
 }
 
+/* dk += the message's first nk bytes, dv += the next nv (a received key/value gradient, staged through
+ * s->rtmp). */
+static void ring_add(MgSp *s, const void *msg, void *dk, void *dv, size_t nk, size_t nv) {
+    const MgBackend *be = s->be;
+    const size_t es = mg_dtype_size(be->dtype);
+    be->to_device(be, s->rtmp, msg, nk);
+    be->axpy(be, (int64_t)(nk / es), 1.0, s->rtmp, dk);
+    be->to_device(be, s->rtmp, (const char *)msg + nk, nv);
+    be->axpy(be, (int64_t)(nv / es), 1.0, s->rtmp, dv);
+}
+
 static MgAttentionArgs ring_args(const MgSp *s, const MgAttnExchange *x, const MgAttentionArgs *at) {
     MgAttentionArgs a = *at;
     a.block = 1;
@@ -737,8 +748,6 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     const MgBackend *be = s->be;
     const int k = s->cg_k, j = s->cg->rank;
     ring_buffers(s, x, 1);
-    const size_t tok = (size_t)x->B * x->L * x->H;
-    const int64_t ek = (int64_t)(tok * x->Dqk), ev = (int64_t)(tok * x->Dv);
     MG_CHECK(at->saved_lse && at->o && at->dq && at->dk && at->dv,
              "sequence parallel: ring attention backward needs the forward's lse and output and every gradient");
     double tc = mg_now();
@@ -769,10 +778,7 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
         dsend[cur] = NULL;
         if (j + 1 < k) { /* add the share of ranks j + 1 .. k - 1 */
             mg_tp_recv(s->cg, j + 1, TAG_RING_DKV + blk, s->rh[2 + cur], msg);
-            be->to_device(be, s->rtmp, s->rh[2 + cur], nk);
-            be->axpy(be, ek, 1.0, s->rtmp, s->rdk);
-            be->to_device(be, s->rtmp, (char *)s->rh[2 + cur] + nk, nv);
-            be->axpy(be, ev, 1.0, s->rtmp, s->rdv);
+            ring_add(s, s->rh[2 + cur], s->rdk, s->rdv, nk, nv);
         }
         ring_pack(s, s->rh[2 + cur], s->rdk, s->rdv, nk, nv);
         dsend[cur] = mg_tp_isend(s->cg, j - 1, TAG_RING_DKV + blk, s->rh[2 + cur], msg);
@@ -782,10 +788,7 @@ static void ring_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArg
     tc = mg_now();
     if (own) { /* my block's key and value gradients from the later ranks */
         mg_tp_wait(s->cg, own);
-        be->to_device(be, s->rtmp, s->rh[4], nk);
-        be->axpy(be, ek, 1.0, s->rtmp, at->dk);
-        be->to_device(be, s->rtmp, (char *)s->rh[4] + nk, nv);
-        be->axpy(be, ev, 1.0, s->rtmp, at->dv);
+        ring_add(s, s->rh[4], at->dk, at->dv, nk, nv);
     }
     ring_end(s, &p);
     for (int i = 0; i < 2; i++)
@@ -907,8 +910,6 @@ static void zz_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs 
              "sequence parallel: zigzag attention backward needs the forward's lse and output and every gradient");
     ring_buffers(s, x, 1);
     zz_lse(s, x, at->saved_lse, 0);
-    const size_t tok = (size_t)x->B * x->L * x->H;
-    const int64_t ek = (int64_t)(tok * x->Dqk), ev = (int64_t)(tok * x->Dv);
     double tc = mg_now();
     RingPipe p = ring_start(s, x, at->k, at->v, 1);
     s->st.bwd_seconds += mg_now() - tc;
@@ -933,10 +934,7 @@ static void zz_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs 
         dsend[cur] = NULL;
         if (st >= 2) { /* the share of the ranks this pair passed before */
             mg_tp_recv(s->cg, p.from, TAG_ZZ_DKV, s->rh[4], p.msg);
-            be->to_device(be, s->rtmp, s->rh[4], p.nk);
-            be->axpy(be, ek, 1.0, s->rtmp, s->rdk);
-            be->to_device(be, s->rtmp, (char *)s->rh[4] + p.nk, p.nv);
-            be->axpy(be, ev, 1.0, s->rtmp, s->rdv);
+            ring_add(s, s->rh[4], s->rdk, s->rdv, p.nk, p.nv);
         }
         ring_pack(s, s->rh[2 + cur], s->rdk, s->rdv, p.nk, p.nv);
         dsend[cur] = mg_tp_isend(s->cg, p.to, TAG_ZZ_DKV, s->rh[2 + cur], p.msg); /* the last goes to the owner */
@@ -946,10 +944,7 @@ static void zz_backward(MgSp *s, const MgAttnExchange *x, const MgAttentionArgs 
     tc = mg_now();
     if (K > 1) { /* my pair's gradients from every other rank */
         mg_tp_recv(s->cg, p.from, TAG_ZZ_DKV, s->rh[4], p.msg);
-        be->to_device(be, s->rtmp, s->rh[4], p.nk);
-        be->axpy(be, ek, 1.0, s->rtmp, at->dk);
-        be->to_device(be, s->rtmp, (char *)s->rh[4] + p.nk, p.nv);
-        be->axpy(be, ev, 1.0, s->rtmp, at->dv);
+        ring_add(s, s->rh[4], at->dk, at->dv, p.nk, p.nv);
     }
     ring_end(s, &p);
     for (int i = 0; i < 2; i++)
