@@ -859,6 +859,10 @@ static void megalodon_checks(const MgConfig *c, Problems *p) {
     }
 }
 
+int mg_config_attention_span(const MgConfig *c) {
+    return !strcmp(c->arch, "llama") || c->seq_len < c->chunk_size ? c->seq_len : c->chunk_size;
+}
+
 int mg_config_validate(const MgConfig *c, char *err, size_t errlen) {
     Problems P = {err, errlen, 0, 0};
     if (err && errlen) err[0] = 0;

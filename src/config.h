@@ -108,6 +108,9 @@ void mg_config_from_args(MgConfig *c, int argc, char **argv, const char *const *
 /* Cross-key validation (divisibility of heads, groups, chunk vs seq_len, ...). Returns -1 with a message
  * that says what to change. */
 int mg_config_validate(const MgConfig *c, char *err, size_t errlen);
+/* The length of one causal attention block of a training sequence: megalodon min(chunk_size, seq_len),
+ * llama the whole seq_len (what sequence parallelism splits across ranks when a slice is shorter). */
+int mg_config_attention_span(const MgConfig *c);
 
 /* Print every key = value (resolved), grouped, to f; or into a malloc'd string. */
 void mg_config_print(const MgConfig *c, FILE *f);

@@ -39,7 +39,7 @@ void mg_run_memory(const MgConfig *c, const MgParamTable *t, MgDtype compute, Mg
         /* the gradients staged on the host, the reduce-scatter's P copies of the shard, the reduced shard */
         m->dist = 2.0 * n * es + ceil(n / P) * es;
         const int llama = !strcmp(c->arch, "llama");
-        const double Ls = L / S, cg = llama ? L : fmin((double)c->chunk_size, L);
+        const double Ls = L / S, cg = mg_config_attention_span(c);
         if (S > 1 && Ls < cg) { /* a chunk over k ranks (docs/parallelism.md, "Attention across ranks") */
             const int k = (int)(cg / Ls), heads_divide = c->num_heads % k == 0;
             /* keys and values of one token (llama: expanded to every query head, 2 x model_dim) */

@@ -72,7 +72,7 @@ static int check_layout(const MgConfig *c, int P, char *err, size_t n) {
                            "sp x chunk_size = %lld, or another sp",
                            L, S, (long long)S * ch);
         /* the slice; the attention chunk's length (llama: the whole sequence) */
-        const int Ls = L / S, cg = L < ch || !strcmp(c->arch, "llama") ? L : ch;
+        const int Ls = L / S, cg = mg_config_attention_span(c);
         if (Ls >= cg ? Ls % cg != 0 : cg % Ls != 0)
             return mg_errf(err, n,
                            "with sp = %d each rank holds %d tokens of every sequence, which neither is a whole number "
