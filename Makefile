@@ -93,15 +93,43 @@ else
   FEATURES   += MPI:no
 endif
 
-# ---- CUDA (compiled where nvcc exists; the backend itself arrives in a later milestone) -------------
+# ---- CUDA (kernels/cuda/) ---------------------------------------------------------------------------
+# Where nvcc exists the real backend ("cuda", "cuda-fp32") is built for sm_80 and sm_90 and linked with
+# cudart and cuBLASLt; it needs a GPU only at run time. The same kernel sources are also compiled by the
+# C++ compiler against the CPU emulator (kernels/cuda/emu/: "cuda-emu", "cuda-emu-fp32"), so their tests run
+# on machines without a GPU. NO_CUDA=1 leaves the real backend out, NO_CUDA_EMU=1 the emulated one.
+CXX        ?= g++
+CUDA_HOME  ?= /usr/local/cuda
+CUDA_ARCHS ?= 80 90
 ifndef NO_CUDA
-  NVCC := $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+  NVCC := $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
 endif
+CUDA_SRC := $(wildcard kernels/cuda/*.cu)
 ifneq ($(NVCC),)
-  FEATURES += CUDA:yes(nvcc)
+  CUDA_LIBDIR := $(firstword $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib $(dir $(NVCC))../lib64))
+  NVCC_FLAGS  := -std=c++17 -O3 -g -lineinfo $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+                 -Xcompiler -Wall,-Wextra,-Wno-unknown-pragmas -I. -DMG_HAVE_CUDA
+  CUDA_OBJ    := $(patsubst kernels/cuda/%.cu,$(BUILD)/obj/cuda/%.o,$(CUDA_SRC))
+  CPPFLAGS    += -DMG_HAVE_CUDA
+  LDLIBS      += -L$(CUDA_LIBDIR) -lcublasLt -lcudart -Wl,-rpath,$(CUDA_LIBDIR)
+  FEATURES    += CUDA:yes(nvcc,sm_$(subst $() ,+sm_,$(CUDA_ARCHS)))
 else
-  FEATURES += CUDA:no
+  FEATURES += CUDA:no(no_nvcc)
 endif
+ifndef NO_CUDA_EMU
+  HAVE_CXX := $(shell echo 'int main(){return 0;}' | $(CXX) -std=c++17 -x c++ - -o /dev/null 2>/dev/null && echo 1)
+endif
+ifeq ($(HAVE_CXX),1)
+  CUDA_EMU_OBJ := $(patsubst kernels/cuda/%.cu,$(BUILD)/obj/cuda_emu/%.o,$(CUDA_SRC)) $(BUILD)/obj/cuda_emu/emu/cuda_emu.o
+  CPPFLAGS     += -DMG_HAVE_CUDA_EMU
+  FEATURES     += CUDA-emulator:yes
+else
+  FEATURES     += CUDA-emulator:no
+endif
+ifneq ($(CUDA_OBJ)$(CUDA_EMU_OBJ),)
+  LDLIBS += -lstdc++
+endif
+CXXFLAGS := -std=c++17 -Wall -Wextra -Wno-unknown-pragmas -D_GNU_SOURCE -g $(OPT) -fno-math-errno -DMG_CUDA_EMU
 
 CFLAGS := $(CFLAGS_BASE)
 
@@ -112,7 +140,7 @@ COMMON_SRC     := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard src/*/
 CPU_F32_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f32/%.o,$(CPU_KERNEL_SRC))
 CPU_F64_OBJ    := $(patsubst kernels/cpu/%.c,$(BUILD)/obj/cpu_f64/%.o,$(CPU_KERNEL_SRC))
 COMMON_OBJ     := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC))
-LIB_OBJ        := $(CPU_F32_OBJ) $(CPU_F64_OBJ) $(COMMON_OBJ)
+LIB_OBJ        := $(CPU_F32_OBJ) $(CPU_F64_OBJ) $(COMMON_OBJ) $(CUDA_OBJ) $(CUDA_EMU_OBJ)
 
 TEST_SRC       := $(wildcard tests/test_*.c)
 TEST_BIN       := $(patsubst tests/%.c,$(BUILD)/tests/%,$(filter-out tests/test_util.c,$(TEST_SRC)))
@@ -147,6 +175,18 @@ $(BUILD)/obj/cpu_f64/%.o: kernels/cpu/%.c
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/cuda/%.o: kernels/cuda/%.cu $(wildcard kernels/cuda/*.cuh kernels/cuda/*.h) kernels/ops.h src/common.h src/hash.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+$(BUILD)/obj/cuda_emu/%.o: kernels/cuda/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) -I. -MMD -MP $(CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/obj/cuda_emu/emu/%.o: kernels/cuda/emu/%.cc
+	@mkdir -p $(dir $@)
+	$(CXX) -I. -MMD -MP $(CXXFLAGS) -c $< -o $@
 
 # The state scan's bit-identity across algorithms needs every multiply and add rounded on its own
 # (parallel/state_scan.c): no contraction, and no vectorisation (GCC 12's complex-multiply pattern emits

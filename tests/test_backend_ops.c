@@ -17,7 +17,7 @@
 
 /* The backends under test, by registry name. Adding a backend = adding its name here (and to
  * kernels/backend_registry.c). The reference is always cpu-f64. */
-static const char *const backends_under_test[] = {"cpu-f32", "cpu-f64", "cuda"};
+static const char *const backends_under_test[] = {"cpu-f32", "cpu-f64", "cuda", "cuda-fp32", "cuda-emu", "cuda-emu-fp32"};
 
 #define REFERENCE_BACKEND "cpu-f64"
 

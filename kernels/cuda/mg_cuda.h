@@ -1,0 +1,27 @@
+/* The CUDA backend's entry points for the registry (kernels/backend_registry.c), callable from C.
+ * Names: "cuda" (= "cuda-bf16": bf16 storage, fp32 accumulation) and "cuda-fp32" (everything fp32: the
+ * parity path); the emulated builds of the same kernels (CPU fibers, for tests without a GPU) are
+ * "cuda-emu" and "cuda-emu-fp32". */
+#ifndef MG_CUDA_H
+#define MG_CUDA_H
+
+#include <stddef.h>
+
+#include "../ops.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* NULL with a message in err (no GPU, bad device id, initialisation failed) */
+MgBackend *mg_cuda_backend_create(const char *name, int device, char *err, size_t errlen);
+void mg_cuda_backend_destroy(MgBackend *be);
+MgBackend *mg_cuda_emu_backend_create(const char *name, int device, char *err, size_t errlen);
+void mg_cuda_emu_backend_destroy(MgBackend *be);
+/* One line about the device (name, memory, compute capability), or why there is none. */
+void mg_cuda_device_info(int device, char *out, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
