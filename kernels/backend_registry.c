@@ -25,9 +25,10 @@ static const MgBackend *cpu_template(const char *name, char *err, size_t errlen)
     return NULL;
 }
 
-static MgBackend *cuda_create(const char *name, int device, char *err, size_t errlen) {
+static MgBackend *cuda_create(const char *name, int device, int local_rank, char *err, size_t errlen) {
     if (is_emu_name(name)) {
 #ifdef MG_HAVE_CUDA_EMU
+        (void)local_rank; /* the emulator is one device */
         return mg_cuda_emu_backend_create(name, device, err, errlen);
 #else
         mg_errf(err, errlen, "device '%s': this build has no CUDA emulator (it needs a C++17 compiler; rebuild without "
@@ -36,9 +37,10 @@ static MgBackend *cuda_create(const char *name, int device, char *err, size_t er
 #endif
     }
 #ifdef MG_HAVE_CUDA
+    if (local_rank > 0) device = mg_cuda_device_for_local_rank(local_rank);
     return mg_cuda_backend_create(name, device, err, errlen);
 #else
-    (void)device;
+    (void)device, (void)local_rank;
     mg_errf(err, errlen,
             "device '%s': this build has no CUDA backend (nvcc was not found when it was built: install the CUDA "
             "toolkit, or set CUDA_HOME, and run make again), or use --device cpu",
@@ -49,7 +51,7 @@ static MgBackend *cuda_create(const char *name, int device, char *err, size_t er
 
 MgBackend *mg_backend_create(const char *name, int device, const MgBackendOptions *opts, char *err, size_t errlen) {
     if (opts && opts->threads > 0) mg_set_threads(opts->threads);
-    if (is_cuda_name(name)) return cuda_create(name, device, err, errlen);
+    if (is_cuda_name(name)) return cuda_create(name, device, opts ? opts->local_rank : 0, err, errlen);
     const MgBackend *tmpl = cpu_template(name, err, errlen);
     if (!tmpl) return NULL;
     if (device != 0) {
@@ -96,7 +98,7 @@ const MgBackend *mg_backend_get(const char *name) {
     if (is_cuda_name(name)) {
         for (int i = 0; i < ndefaults; i++)
             if (!strcmp(defaults[i].name, name)) return defaults[i].be;
-        MgBackend *be = cuda_create(name, 0, err, sizeof err);
+        MgBackend *be = cuda_create(name, 0, 0, err, sizeof err);
         if (!be) mg_fatal("%s", err);
         MG_CHECK(ndefaults < MAX_DEFAULTS, "mg_backend_get: too many default backends");
         snprintf(defaults[ndefaults].name, sizeof defaults[ndefaults].name, "%s", name);

@@ -349,7 +349,7 @@ typedef struct MgEvent MgEvent;
 enum { MG_STREAM_COMPUTE = 0, MG_STREAM_COMM = 1 };
 
 struct MgBackend {
-    const char *name;           /* "cpu-f32", "cpu-f64", later "cuda-bf16" */
+    const char *name;           /* "cpu-f32", "cpu-f64", "cuda-bf16", "cuda-fp32", "cuda-emu-bf16", ... */
     MgDtype dtype;              /* compute dtype: activations, parameters and their gradients */
     MgDtype state_dtype;        /* carried states, saved statistics, losses (see the conventions above) */
     int device;                 /* device id this instance drives (0 on the CPU) */
@@ -396,9 +396,13 @@ struct MgBackend {
  * memory pool). Create one per process and device, destroy it after every model using it is freed. */
 typedef struct {
     int threads;                /* CPU: OpenMP/BLAS threads (0 = leave the default) */
+    /* GPU: when > 0, the device is local_rank % (GPUs of this machine) instead of the `device` argument
+     * (one GPU per rank of an mpirun job; rank 0 of a node takes GPU 0). 0 or negative: `device`. */
+    int local_rank;
 } MgBackendOptions;
 
-/* name: "cpu" (= "cpu-f32"), "cpu-f64", later "cuda" (bf16) / "cuda-fp32". device: which device of that
+/* name: "cpu" (= "cpu-f32"), "cpu-f64", "cuda" (bf16) / "cuda-fp32", "cuda-emu" / "cuda-emu-fp32" (the CUDA
+ * kernels on the CPU emulator, kernels/cuda/emu/). device: which device of that
  * kind (must be 0 for the CPU). opts may be NULL. Returns NULL with a message in err (naming what to do)
  * if the backend is not built in, the device does not exist, or it cannot be initialised. */
 MgBackend *mg_backend_create(const char *name, int device, const MgBackendOptions *opts, char *err, size_t errlen);

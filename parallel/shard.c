@@ -21,6 +21,26 @@ static void sum_in_rank_order(MgDtype dtype, const char *recv, int P, int64_t le
         for (int64_t i = 0; i < len; i++) o[i] = s[i];
         for (int q = 1; q < P; q++)
             for (int64_t i = 0; i < len; i++) o[i] += s[(size_t)q * (size_t)len + (size_t)i];
+    } else if (dtype == MG_BF16) {
+        /* bf16 gradients (the CUDA backend): summed in float in rank order, rounded once */
+        uint16_t *o = out;
+        const uint16_t *s = (const uint16_t *)recv;
+        for (int64_t i = 0; i < len; i++) {
+            float acc = 0.0f;
+            for (int q = 0; q < P; q++) {
+                union {
+                    uint32_t u;
+                    float f;
+                } x = {(uint32_t)s[(size_t)q * (size_t)len + (size_t)i] << 16};
+                acc += x.f;
+            }
+            union {
+                float f;
+                uint32_t u;
+            } y = {acc};
+            o[i] = (y.u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((y.u >> 16) | 0x40)
+                                                     : (uint16_t)((y.u + 0x7fffu + ((y.u >> 16) & 1u)) >> 16);
+        }
     } else {
         double *o = out;
         const double *s = (const double *)recv;
@@ -31,7 +51,8 @@ static void sum_in_rank_order(MgDtype dtype, const char *recv, int P, int64_t le
 }
 
 void mg_reduce_scatter_sum(MgTransport *t, MgDtype dtype, const void *in, int64_t n, void *out) {
-    MG_CHECK(dtype == MG_F32 || dtype == MG_F64, "reduce-scatter: dtype %s is not supported", mg_dtype_name(dtype));
+    MG_CHECK(dtype == MG_F32 || dtype == MG_F64 || dtype == MG_BF16, "reduce-scatter: dtype %s is not supported",
+             mg_dtype_name(dtype));
     const int P = t->size, r = t->rank;
     const size_t es = mg_dtype_size(dtype);
     int64_t off, len;
@@ -105,7 +126,8 @@ struct MgShardReducer {
 };
 
 MgShardReducer *mg_shard_reducer_create(MgTransport *t, MgDtype dtype, int64_t n) {
-    MG_CHECK(dtype == MG_F32 || dtype == MG_F64, "shard reducer: dtype %s is not supported", mg_dtype_name(dtype));
+    MG_CHECK(dtype == MG_F32 || dtype == MG_F64 || dtype == MG_BF16, "shard reducer: dtype %s is not supported",
+             mg_dtype_name(dtype));
     MgShardReducer *r = mg_calloc(1, sizeof *r);
     r->t = t;
     r->dtype = dtype;

@@ -16,7 +16,7 @@
 void mg_shard_range(int64_t n, int P, int r, int64_t *off, int64_t *len);
 
 /* out[0 .. len_r) = sum over ranks q = 0, 1, ..., P-1 (in that order) of q's in[off_r .. off_r + len_r).
- * dtype: MG_F32 or MG_F64 (host memory). in is not modified. */
+ * dtype: MG_F32, MG_F64 or MG_BF16 (host memory; bf16 is summed in float and rounded once). in is not modified. */
 void mg_reduce_scatter_sum(MgTransport *t, MgDtype dtype, const void *in, int64_t n, void *out);
 
 /* In place: buf[shard q] receives rank q's buf[shard q], for every q (elements of es bytes). */

@@ -11,6 +11,9 @@
 #include "params.h"
 #include "rng.h"
 #include "run.h"
+#ifdef MG_HAVE_CUDA
+#include "../kernels/cuda/mg_cuda.h"
+#endif
 
 int cmd_bench(int argc, char **argv) {
     static const char *const extra[] = {"steps", "warmup", "profile", NULL};
@@ -25,6 +28,20 @@ int cmd_bench(int argc, char **argv) {
     if (steps < 1) mg_fatal("--steps must be at least 1");
     mg_set_threads(c.threads);
     const MgBackend *be = mg_backend_for(&c);
+    if (!strcmp(c.device, "cuda")) {
+#ifdef MG_HAVE_CUDA
+        /* the ceilings every figure below is read against (docs/performance.md) */
+        char info[256];
+        mg_cuda_device_info(be->device, info, sizeof info);
+        printf("device: %s\n", info);
+        double gbs = 0.0, tf = 0.0;
+        mg_cuda_ceilings(be, (size_t)1 << 30, 8192, 5, &gbs, &tf);
+        printf("ceilings: device-to-device copy %.0f GB/s (1 GiB, bytes read + written); %s matrix product 8192^3 "
+               "%.1f TFLOP/s (cuBLASLt, fp32 accumulation; %.1f%% of the 989.4 TFLOP/s bf16 dense peak)\n",
+               gbs, mg_dtype_name(be->dtype), tf, 100.0 * tf / 989.4);
+        printf("bench_ceilings copy_gbs=%.1f gemm_tflops=%.2f dtype=%s\n", gbs, tf, mg_dtype_name(be->dtype));
+#endif
+    }
     int profile = vals[2] && atoi(vals[2]);
     if (profile) be = mg_backend_profile_wrap(be);
     MgModel *m = mg_model_create(&c, be);

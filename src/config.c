@@ -102,8 +102,8 @@ static const KeyDef KEYS[] = {
     {"out_dir", T_STRING, F(out_dir), "runs/default", "run", R_ANY, NULL, "directory for logs and checkpoints"},
     {"seed", T_UINT64, F(seed), "1", "run", R_ANY, NULL, "random seed (initialisation, data order, dropout, sampling)"},
     {"threads", T_INT, F(threads), "0", "run", R_NONNEG, NULL, "CPU threads; 0 = OpenMP default"},
-    {"device", T_CHOICE, F(device), "cpu", "run", R_ANY, "cpu|cuda", "compute device"},
-    {"precision", T_CHOICE, F(precision), "fp32", "run", R_ANY, "fp32|bf16", "storage/compute precision (bf16: CUDA backend, fp32 master weights; today used only by `info`)"},
+    {"device", T_CHOICE, F(device), "cpu", "run", R_ANY, "cpu|cuda|cuda-emu", "compute device: cpu, cuda (an NVIDIA GPU; under mpirun each rank takes the GPU of its local rank), or cuda-emu (the CUDA kernels on the CPU emulator: for tests, slow)"},
+    {"precision", T_CHOICE, F(precision), "auto", "run", R_ANY, "auto|fp32|bf16", "storage/compute precision: bf16 = bf16 parameters, activations and gradients with fp32 accumulation, fp32 master weights, moments, states and losses (CUDA only); fp32 = everything fp32; auto = bf16 on cuda, fp32 on cpu"},
     {"tokenizer", T_STRING, F(tokenizer), "data/tokenizer/llama2.tok", "run", R_ANY, NULL, "tokenizer file"},
     {"stop_at", T_INT64, F(stop_at), "0", "run", R_NONNEG, NULL, "stop with a checkpoint once this step is done (resume later); 0 = run to max_steps"},
     {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100 bf16 dense, cuda)"},
@@ -857,6 +857,11 @@ static void megalodon_checks(const MgConfig *c, Problems *p) {
                 "(or chunk_size %d, a divisor of %d)",
                 s, ch, s / ch * ch, (int)MG_MIN((int64_t)(s / ch + 1) * ch, INT_MAX), ch, below, s);
     }
+}
+
+const char *mg_config_precision(const MgConfig *c) {
+    if (!strcmp(c->precision, "auto")) return strncmp(c->device, "cuda", 4) ? "fp32" : "bf16";
+    return c->precision;
 }
 
 int mg_config_attention_span(const MgConfig *c) {

@@ -66,7 +66,7 @@ typedef struct {
     uint64_t seed;
     int threads;                 /* 0 = OpenMP default */
     char device[MG_NAME_MAX];    /* cpu (cuda later) */
-    char precision[MG_NAME_MAX]; /* fp32 | bf16 (bf16: CUDA backend; today only `info`'s memory estimate) */
+    char precision[MG_NAME_MAX]; /* auto | fp32 | bf16 (bf16: CUDA only); mg_config_precision resolves auto */
     char tokenizer[MG_PATH_MAX]; /* tokenizer file (see docs/data.md) */
     int64_t stop_at;             /* stop (with a checkpoint) once this step is done; 0 = run to max_steps */
     double peak_tflops;          /* peak used for MFU; 0 = measured sgemm peak on cpu, 989.4 (H100 bf16) on cuda */
@@ -111,6 +111,8 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen);
 /* The length of one causal attention block of a training sequence: megalodon min(chunk_size, seq_len),
  * llama the whole seq_len (what sequence parallelism splits across ranks when a slice is shorter). */
 int mg_config_attention_span(const MgConfig *c);
+/* The precision a run computes in: "fp32" or "bf16" (precision = auto resolved by the device). */
+const char *mg_config_precision(const MgConfig *c);
 
 /* Print every key = value (resolved), grouped, to f; or into a malloc'd string. */
 void mg_config_print(const MgConfig *c, FILE *f);

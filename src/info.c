@@ -24,7 +24,7 @@ double mg_activation_bytes(const MgConfig *c, int B, int L, int act_bytes) {
 
 void mg_memory_estimate(const MgConfig *c, const MgParamTable *t, MgMemoryEstimate *m) {
     memset(m, 0, sizeof(*m));
-    const int bf16 = !strcmp(c->precision, "bf16");
+    const int bf16 = !strcmp(mg_config_precision(c), "bf16");
     m->param_bytes = bf16 ? 2 : 4;
     m->act_bytes = bf16 ? 2 : 4;
     const double n = (double)t->total;
@@ -209,7 +209,7 @@ void mg_info_print(const MgConfig *c, FILE *f) {
     mg_memory_estimate(c, &t, &m);
     const char *pn = m.param_bytes == 2 ? "bf16" : "fp32";
     fprintf(f, "\nmemory per device for one training step (micro-batch %d x %d tokens, precision %s):\n",
-            c->batch_size, c->seq_len, c->precision);
+            c->batch_size, c->seq_len, mg_config_precision(c));
     char lbl[64];
     snprintf(lbl, sizeof(lbl), "parameters (%s)", pn);
     fprintf(f, "  %-30s %12s\n", lbl, mg_format_bytes(m.params, a, sizeof(a)));

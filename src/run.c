@@ -1,20 +1,50 @@
 #include "run.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
 #include "../kernels/cpu/cpu_ops.h"
 #include "common.h"
 
+/* The registry name of a config's backend: cpu -> cpu-f32; cuda / cuda-emu -> bf16 or -fp32 by precision. */
+static const char *backend_name(const MgConfig *cfg, char *buf, size_t n) {
+    const char *prec = mg_config_precision(cfg);
+    if (!strcmp(cfg->device, "cpu")) {
+        if (strcmp(prec, "fp32") != 0)
+            mg_fatal("precision = %s needs device = cuda (the CPU backend computes in fp32): use precision = fp32 or "
+                     "auto, or --device cuda",
+                     prec);
+        return "cpu-f32";
+    }
+    snprintf(buf, n, "%s%s", cfg->device, !strcmp(prec, "bf16") ? "" : "-fp32");
+    return buf;
+}
+
+/* This process's rank among the ranks of its node, from the launcher's environment (-1 if not launched by
+ * one): each rank of an mpirun/srun job then drives the GPU of its local rank. */
+static int local_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                                       "SLURM_LOCALID", "LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *s = getenv(vars[i]);
+        if (!s || !*s) continue;
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end != s && !*end && v >= 0 && v < 1000000) return (int)v;
+    }
+    return -1;
+}
+
 const MgBackend *mg_backend_for(const MgConfig *cfg) {
-    if (!strcmp(cfg->device, "cpu")) return mg_backend_get("cpu-f32");
-    return mg_backend_get(cfg->device);
+    char buf[MG_NAME_MAX + 16];
+    return mg_backend_get(backend_name(cfg, buf, sizeof buf));
 }
 
 MgBackend *mg_backend_open(const MgConfig *cfg) {
-    char err[1024];
-    MgBackendOptions o = {.threads = cfg->threads};
-    MgBackend *be = mg_backend_create(!strcmp(cfg->device, "cpu") ? "cpu-f32" : cfg->device, 0, &o, err, sizeof err);
+    char err[1024], buf[MG_NAME_MAX + 16];
+    MgBackendOptions o = {.threads = cfg->threads, .local_rank = strcmp(cfg->device, "cpu") ? local_rank() : -1};
+    MgBackend *be = mg_backend_create(backend_name(cfg, buf, sizeof buf), 0, &o, err, sizeof err);
     if (!be) mg_fatal("%s", err);
     return be;
 }
@@ -51,7 +81,7 @@ double mg_peak_flops(const MgConfig *cfg, char *desc, size_t desc_len) {
         return cfg->peak_tflops * 1e12;
     }
     if (strcmp(cfg->device, "cpu") != 0) {
-        snprintf(desc, desc_len, "peak 989.4 TFLOP/s (H100 SXM bf16 dense)");
+        snprintf(desc, desc_len, "peak 989.4 TFLOP/s (H100/H200 SXM bf16 dense, the convention for every precision)");
         return 989.4e12;
     }
     /* Measured: the best of ten 1024^3 float32 products (~0.15 s), the ceiling our matrix products can

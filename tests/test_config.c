@@ -96,7 +96,7 @@ static void test_defaults(void) {
              !strcmp(c.tokenizer, "data/tokenizer/llama2.tok") && !strcmp(c.train_data, "data/corpus/train") &&
              !strcmp(c.val_data, "data/corpus/val") && c.temperature == 1.0 && c.top_k == 0 && c.top_p == 1.0 &&
              c.max_new_tokens == 64 && c.ckpt_keep == 3 && c.eval_batches == 8 && c.log_every == 1 &&
-             !strcmp(c.precision, "fp32") && c.n_layers == 0 && c.model_dim == 0 && c.resume[0] == 0 &&
+             !strcmp(c.precision, "auto") && c.n_layers == 0 && c.model_dim == 0 && c.resume[0] == 0 &&
              c.rewarm_steps == -1;
     tu_check(ok, "defaults", "official ModelConf defaults, AdamW 0.9/0.95/1e-8, sizes 0");
     expect_invalid("defaults_need_sizes", &c, NEEDLES("set n_layers, model_dim, num_heads", "(e.g. in a config file from configs/"));

@@ -439,6 +439,65 @@ static void destroy(MgBackend *be) {
     free(be);
 }
 
+/* ---- ceilings for the benchmark ------------------------------------------------------------------- */
+#ifndef MG_CUDA_EMU
+static void ceilings(const MgBackend *be, size_t bytes, int n, int reps, double *copy_gbs, double *gemm_tflops) {
+    Ctx *c = ctx(be);
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    void *a = be_alloc(be, bytes), *b = be_alloc(be, bytes);
+    double best = 1e30;
+    for (int r = 0; r <= reps; r++) {
+        CU_CHECK(cudaEventRecord(e0, c->stream[0]));
+        CU_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, c->stream[0]));
+        CU_CHECK(cudaEventRecord(e1, c->stream[0]));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0 && ms > 0 && ms < best) best = ms; /* r = 0 warms up */
+    }
+    *copy_gbs = 2.0 * (double)bytes / (best * 1e-3) / 1e9;
+    dev_free(c, a);
+    dev_free(c, b);
+    const size_t es = mg_dtype_size(be->dtype), nn = (size_t)n * (size_t)n;
+    void *A = be_alloc(be, nn * es), *B = be_alloc(be, nn * es), *C = be_alloc(be, nn * es);
+    /* small non-zero values: the product's speed does not depend on them, but zeros could be special-cased */
+    MgConvertArgs fill;
+    memset(&fill, 0, sizeof fill);
+    fill.n = (int64_t)nn;
+    fill.src_dtype = MG_F32;
+    fill.dst_dtype = be->dtype;
+    float *h = (float *)malloc(sizeof(float) * nn);
+    for (size_t i = 0; i < nn; i++) h[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+    void *tmp = be_alloc(be, sizeof(float) * nn);
+    be_to_device(be, tmp, h, sizeof(float) * nn);
+    fill.src = tmp;
+    fill.dst = A;
+    convert(be, &fill);
+    fill.dst = B;
+    convert(be, &fill);
+    dev_free(c, tmp);
+    free(h);
+    best = 1e30;
+    for (int r = 0; r <= reps; r++) {
+        CU_CHECK(cudaEventRecord(e0, c->stream[0]));
+        gemm(be, true, false, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n);
+        CU_CHECK(cudaEventRecord(e1, c->stream[0]));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0 && ms > 0 && ms < best) best = ms;
+    }
+    *gemm_tflops = 2.0 * (double)n * n * n / (best * 1e-3) / 1e12;
+    dev_free(c, A);
+    dev_free(c, B);
+    dev_free(c, C);
+    CU_CHECK(cudaEventDestroy(e0));
+    CU_CHECK(cudaEventDestroy(e1));
+}
+#endif
+
 } /* namespace mgcu */
 
 #ifdef MG_CUDA_EMU
@@ -451,6 +510,18 @@ extern "C" MgBackend *mg_cuda_backend_create(const char *name, int device, char 
     return mgcu::create(name, device, err, errlen);
 }
 extern "C" void mg_cuda_backend_destroy(MgBackend *be) { mgcu::destroy(be); }
+extern "C" void mg_cuda_ceilings(const MgBackend *be, size_t bytes, int n, int reps, double *copy_gbs,
+                                 double *gemm_tflops) {
+    mgcu::ceilings(be, bytes, n, reps, copy_gbs, gemm_tflops);
+}
+extern "C" int mg_cuda_device_for_local_rank(int local_rank) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return local_rank % count;
+}
 extern "C" void mg_cuda_device_info(int device, char *out, size_t len) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);

@@ -18,6 +18,12 @@ MgBackend *mg_cuda_backend_create(const char *name, int device, char *err, size_
 void mg_cuda_backend_destroy(MgBackend *be);
 MgBackend *mg_cuda_emu_backend_create(const char *name, int device, char *err, size_t errlen);
 void mg_cuda_emu_backend_destroy(MgBackend *be);
+/* The ceilings `megalodon bench` measures first on a CUDA backend: device-to-device copy bandwidth (GB/s,
+ * counting bytes read + written, of a bytes-sized buffer) and the backend's matrix product on n x n x n
+ * in its compute dtype (TFLOP/s, 2 n^3 per product), each the best of `reps` timed with CUDA events. */
+void mg_cuda_ceilings(const MgBackend *be, size_t bytes, int n, int reps, double *copy_gbs, double *gemm_tflops);
+/* local_rank % (GPUs of this machine), or 0 when no GPU can be counted (create then says why). */
+int mg_cuda_device_for_local_rank(int local_rank);
 /* One line about the device (name, memory, compute capability), or why there is none. */
 void mg_cuda_device_info(int device, char *out, size_t len);
 
