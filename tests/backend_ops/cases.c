@@ -215,10 +215,13 @@ static int case_cema_backward(BoCase *c, int v) { return cema_case(c, v, 1); }
 /* ---------------------------------------------------------------------------------------------- */
 /* RMSNorm, LayerNorm */
 
-/* T = 129 makes 9 row blocks of the CPU's deterministic parameter-gradient reduction, the last partial. */
+/* T = 129 makes 9 row blocks of the CPU's deterministic parameter-gradient reduction, the last partial.
+ * D > 1024 takes the CUDA backend's block-per-row kernels; nosave passes no saved statistics (backward
+ * recomputes them). */
 static const struct {
-    int T, D, affine, acc;
-} norm_shapes[] = {{37, 23, 1, 0}, {5, 3, 0, 1}, {129, 51, 1, 1}, {3, 301, 0, 0}, {0, 7, 1, 1}};
+    int T, D, affine, acc, nosave;
+} norm_shapes[] = {{37, 23, 1, 0, 0}, {5, 3, 0, 1, 0},      {129, 51, 1, 1, 0}, {3, 301, 0, 0, 0},
+                   {0, 7, 1, 1, 0},   {6, 2100, 1, 1, 0},   {41, 1100, 0, 0, 1}, {70, 45, 1, 1, 1}};
 
 static int rmsnorm_case(BoCase *c, int v, int bwd) {
     if (v >= NELEM(norm_shapes)) return 0;
@@ -230,12 +233,13 @@ static int rmsnorm_case(BoCase *c, int v, int bwd) {
     a->D = D;
     a->eps = 1e-6;
     a->accumulate = bwd && acc;
-    bo_shape(c, "T=%d D=%d%s%s", T, D, w ? " weight" : "", bwd && acc ? " acc" : "");
+    bo_shape(c, "T=%d D=%d%s%s%s", T, D, w ? " weight" : "", bwd && acc ? " acc" : "",
+             norm_shapes[v].nosave ? " nosave" : "");
     bo_tol(c, BO_TOL_REDUCTION); /* row sums of squares; dx needs mean(g * xh) */
     normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     if (w) normal(BO_IN_(c, A, weight, BO_ACT, D), D, 0.3);
     BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_rstd, BO_STATE, T);
+    if (!norm_shapes[v].nosave) BO_OUT_(c, A, saved_rstd, BO_STATE, T);
     bo_call(c, BO_OP(rmsnorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -257,15 +261,17 @@ static int layernorm_case(BoCase *c, int v, int bwd) {
     a->D = D;
     a->eps = 1e-5;
     a->accumulate = bwd && acc;
-    bo_shape(c, "T=%d D=%d%s", T, D, bwd && acc ? " acc" : "");
+    bo_shape(c, "T=%d D=%d%s%s", T, D, bwd && acc ? " acc" : "", norm_shapes[v].nosave ? " nosave" : "");
     bo_tol(c, BO_TOL_REDUCTION); /* row mean and variance */
     double *x = normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     for (size_t i = 0; i < n; i++) x[i] += 0.7; /* a mean to remove */
     normal(BO_IN_(c, A, weight, BO_ACT, D), D, 0.3);
     normal(BO_IN_(c, A, bias, BO_ACT, D), D, 0.3);
     BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_mean, BO_STATE, T);
-    BO_OUT_(c, A, saved_rstd, BO_STATE, T);
+    if (!norm_shapes[v].nosave) {
+        BO_OUT_(c, A, saved_mean, BO_STATE, T);
+        BO_OUT_(c, A, saved_rstd, BO_STATE, T);
+    }
     bo_call(c, BO_OP(layernorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -283,8 +289,9 @@ static int case_layernorm_backward(BoCase *c, int v) { return layernorm_case(c, 
 
 static int qknorm_case(BoCase *c, int v, int bwd) {
     static const struct {
-        int T, Z, H, acc;
-    } S[] = {{37, 21, 3, 0}, {13, 10, 5, 1}, {67, 35, 7, 1}, {1, 9, 1, 0}};
+        int T, Z, H, acc, nosave;
+    } S[] = {{37, 21, 3, 0, 0}, {13, 10, 5, 1, 0}, {67, 35, 7, 1, 0}, {1, 9, 1, 0, 0},
+             {5, 2200, 2, 1, 0}, {41, 12, 4, 0, 1}, {0, 6, 2, 1, 0}}; /* dz 1100: block per row */
     if (v >= NELEM(S)) return 0;
     typedef MgQKNormArgs A;
     const int T = S[v].T, Z = S[v].Z, H = S[v].H;
@@ -295,14 +302,14 @@ static int qknorm_case(BoCase *c, int v, int bwd) {
     a->H = H;
     a->eps = 1e-6;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "T=%d Z=%d H=%d%s", T, Z, H, bwd && S[v].acc ? " acc" : "");
+    bo_shape(c, "T=%d Z=%d H=%d%s%s", T, Z, H, bwd && S[v].acc ? " acc" : "", S[v].nosave ? " nosave" : "");
     bo_tol(c, BO_TOL_REDUCTION); /* per-head sums of squares */
     normal(BO_IN_(c, A, z, BO_ACT, n), n, 1.0);
     normal(BO_IN_(c, A, gamma, BO_ACT, 2 * (size_t)Z), 2 * (size_t)Z, 0.3);
     normal(BO_IN_(c, A, beta, BO_ACT, 2 * (size_t)Z), 2 * (size_t)Z, 0.3);
     BO_OUT_(c, A, q, BO_ACT, n);
     BO_OUT_(c, A, k, BO_ACT, n);
-    BO_OUT_(c, A, saved_rstd, BO_STATE, (size_t)T * H);
+    if (!S[v].nosave) BO_OUT_(c, A, saved_rstd, BO_STATE, (size_t)T * H);
     bo_call(c, BO_OP(qknorm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dq, BO_ACT, n), n, 1.0);
