@@ -1,5 +1,8 @@
 /* Up-front memory check (memcheck.h, docs/training.md). */
 #include "memcheck.h"
+#ifdef MG_HAVE_CUDA
+#include "../kernels/cuda/mg_cuda.h"
+#endif
 
 #include <ctype.h>
 #include <errno.h>
@@ -235,15 +238,27 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     if (off && !strcmp(off, "0")) return 0;
     char src[900];
     double avail = mg_memory_available(src, sizeof src);
-    if (avail < 0) return 0;
+    const int gpu = !strcmp(c->device, "cuda");
+#ifdef MG_HAVE_CUDA
+    if (gpu) {
+        /* each rank has a GPU of its own (its local rank's): the model, optimizer and activations live
+         * there; the checkpoint snapshot and token buffers stay in host memory */
+        const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        const int dev = lr ? mg_cuda_device_for_local_rank(atoi(lr)) : 0;
+        double fr = 0.0, tot = 0.0;
+        avail = mg_cuda_memory_info(dev, &fr, &tot) == 0 ? fr : -1.0;
+        snprintf(src, sizeof src, "free memory of GPU %d, of %.1f GiB", dev, tot / 1073741824.0);
+    }
+#endif
+    if (avail < 0) return 0; /* unknown (or no GPU: creating the backend says so) */
     MgParamTable t;
     mg_param_table_build(c, &t);
     MgRunMemory m;
     mg_run_memory(c, &t, compute, use, &m);
     mg_param_table_free(&t);
-    const int local = m.ranks > 1 ? local_ranks() : 1;
-    /* every rank on the node holds its own share; only rank 0 holds the checkpoint snapshot */
-    const double node = m.total * local - m.snapshot * (local - 1);
+    const int local = m.ranks > 1 && !gpu ? local_ranks() : 1;
+    /* every rank on the node holds its own share; only rank 0 holds the checkpoint snapshot (host memory) */
+    const double node = gpu ? m.total - m.snapshot - m.data : m.total * local - m.snapshot * (local - 1);
     if (node <= avail) return 0;
     char need[32], have[32], p[32], g[32], ms[32], mo[32], sn[32], ac[32], da[32], mg[32], dist[128] = "";
     mg_format_bytes(m.total, need, sizeof need);

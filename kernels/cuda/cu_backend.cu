@@ -514,6 +514,21 @@ extern "C" void mg_cuda_ceilings(const MgBackend *be, size_t bytes, int n, int r
                                  double *gemm_tflops) {
     mgcu::ceilings(be, bytes, n, reps, copy_gbs, gemm_tflops);
 }
+extern "C" int mg_cuda_memory_info(int device, double *free_bytes, double *total_bytes) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count || cudaSetDevice(device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    size_t f = 0, t = 0;
+    if (cudaMemGetInfo(&f, &t) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    *free_bytes = (double)f;
+    *total_bytes = (double)t;
+    return 0;
+}
 extern "C" int mg_cuda_device_for_local_rank(int local_rank) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count <= 0) {

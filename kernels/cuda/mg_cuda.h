@@ -22,6 +22,8 @@ void mg_cuda_emu_backend_destroy(MgBackend *be);
  * counting bytes read + written, of a bytes-sized buffer) and the backend's matrix product on n x n x n
  * in its compute dtype (TFLOP/s, 2 n^3 per product), each the best of `reps` timed with CUDA events. */
 void mg_cuda_ceilings(const MgBackend *be, size_t bytes, int n, int reps, double *copy_gbs, double *gemm_tflops);
+/* Free and total memory of a GPU (cudaMemGetInfo after selecting it); 0 on success, -1 without a GPU. */
+int mg_cuda_memory_info(int device, double *free_bytes, double *total_bytes);
 /* local_rank % (GPUs of this machine), or 0 when no GPU can be counted (create then says why). */
 int mg_cuda_device_for_local_rank(int local_rank);
 /* One line about the device (name, memory, compute capability), or why there is none. */
