@@ -8,9 +8,10 @@
  *
  * Forward
  *   1. k_tsn_fwd_chunk, a block per (b, chunk): per valid (step, group) the token moments
- *      m = mean_i x, s = mean_i (x - m)^2 (a sub-warp of W = pow2 >= D/G lanes per pair, two passes over
- *      the group's channels), stored in scratch; then one thread per group merges the chunk's steps in
- *      time order (the CPU's per-token update, in double) into the chunk summary (n, mean, var).
+ *      m = mean_i x, s = mean_i (x - m)^2 (a sub-warp of W lanes per pair, W = pow2 >= D/G/8 so that a
+ *      lane sums ~8 channels; two passes over the group's channels), stored in scratch; then one thread
+ *      per group merges the chunk's steps in time order (the CPU's per-token update, in double) into the
+ *      chunk summary (n, mean, var).
  *   2. k_tsn_fwd_scan, a warp per (b, group): an exclusive scan of the K chunk summaries with the Chan
  *      merge (each lane merges a contiguous run of chunks, then a fixed-shape shuffle scan over the 32
  *      lanes, then each lane re-walks its run), with the carried-in state merged in front. It gives each
@@ -444,10 +445,12 @@ static void tsn_validate(const MgTimestepNormArgs *a, const char *op, int backwa
                   "%s: nothing to compute (y and every carried-out state pointer are NULL)", op);
 }
 
-/* Lanes per (step, group) pair: the power of two >= D/G, at most a warp. */
+/* Lanes per (step, group) pair: the power of two >= D/G / 8, at most a warp, so that a lane sums about 8
+ * channels (good ILP) and the shuffle reductions over the W lanes stay short (log2 W steps per sum). */
 static int tsn_lanes(int dg) {
+    const int per_lane = (dg + 7) / 8;
     int w = 1;
-    while (w < dg && w < 32) w <<= 1;
+    while (w < per_lane && w < 32) w <<= 1;
     return w;
 }
 

@@ -98,7 +98,7 @@ static int timestep_norm_case(BoCase *c, int v, int bwd) {
      * state in (also of a fresh state); mask: padded steps, including a left-padded start (lead steps,
      * 3 unless given). The shape L=131 crosses the CPU kernel's parallel threshold. The CUDA kernels scan
      * over time chunks of 32 steps: L = 2111 and 1100 give more chunks than a warp has lanes (several per
-     * lane in its scans), with a whole padded first chunk and more (lead = 70) in a fresh row; D/G = 70
+     * lane in its scans), with a whole padded first chunk and more (lead = 70) in a fresh row; D/G = 260
      * and D/G = 1 exercise the widest and narrowest per-step reductions. lite: the forward computes the
      * carried-out state only (y and saved statistics NULL); the backward has no dx. */
     static const struct {
@@ -109,7 +109,7 @@ static int timestep_norm_case(BoCase *c, int v, int bwd) {
              {5, 131, 63, 9, 1, 1, 1, 1, 0, 0},
              {2, 19, 12, 4, 0, 1, 1, 0, 0, 0},
              {2, 2111, 10, 2, 1, 1, 1, 0, 70, 0},
-             {1, 1100, 70, 1, 0, 1, 0, 1, 0, 0},
+             {1, 1100, 260, 1, 0, 1, 0, 1, 0, 0},
              {3, 77, 16, 16, 1, 1, 1, 0, 40, 1},
              {2, 50, 12, 3, 0, 1, 0, 0, 0, 1}};
     if (v >= NELEM(S)) return 0;
