@@ -121,7 +121,7 @@ MG_DEV bool is_pad(const uint8_t *mask, int64_t row) { return mask && mask[row];
 
 /* Block (chunk k, batch row b). ms: B x L x G x 2 (m, s) of valid steps; summ: B x K x G x 3. */
 template <class T>
-__global__ void k_tsn_fwd_chunk(int L, int D, int G, int dg, int W, int K, const T *x, const uint8_t *mask, float *ms,
+__global__ void __launch_bounds__(TSN_THREADS, 4) k_tsn_fwd_chunk(int L, int D, int G, int dg, int W, int K, const T *x, const uint8_t *mask, float *ms,
                                 double *summ) {
     const int k = blockIdx.x, b = blockIdx.y, t0 = k * TSN_C, nt = imin(TSN_C, L - t0);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
@@ -202,7 +202,7 @@ __global__ void k_tsn_fwd_scan(int B, int G, int K, const int64_t *count_in, con
 
 /* Block (chunk k, batch row b): the saved statistics, then y. */
 template <class T>
-__global__ void k_tsn_fwd_out(int L, int D, int G, int dg, int K, double eps, const T *x, const uint8_t *mask,
+__global__ void __launch_bounds__(TSN_THREADS, 4) k_tsn_fwd_out(int L, int D, int G, int dg, int K, double eps, const T *x, const uint8_t *mask,
                               const T *weight, const T *bias, const float *ms, const double *carry, float *smean,
                               float *srstd, T *y) {
     const int k = blockIdx.x, b = blockIdx.y, t0 = k * TSN_C, nt = imin(TSN_C, L - t0);
@@ -263,7 +263,7 @@ MG_DEV double tsn_mu_prev(const float *smean, const float *mean_in, int G, int g
 
 /* Block (chunk k, batch row b). red: B x L x G x 3 (m, sa, ss); maps: B x K x G x 4. */
 template <class T>
-__global__ void k_tsn_bwd_chunk(int L, int D, int G, int dg, int W, int K, const T *x, const uint8_t *mask,
+__global__ void __launch_bounds__(TSN_THREADS, 3) k_tsn_bwd_chunk(int L, int D, int G, int dg, int W, int K, const T *x, const uint8_t *mask,
                                 const T *weight, const T *dy, const float *smean, const float *srstd,
                                 const float *mean_in, const int64_t *nstart, float *red, double *maps) {
     const int k = blockIdx.x, b = blockIdx.y, t0 = k * TSN_C, nt = imin(TSN_C, L - t0);
@@ -352,7 +352,7 @@ __global__ void k_tsn_bwd_scan(int B, int G, int K, const float *dmean_out, cons
 
 /* Block (chunk k, batch row b): dx and the chunk's column partials of dweight/dbias (part: 2 x B*K x D). */
 template <class T>
-__global__ void k_tsn_bwd_out(int L, int D, int G, int dg, int K, const T *x, const uint8_t *mask, const T *weight,
+__global__ void __launch_bounds__(TSN_THREADS, 4) k_tsn_bwd_out(int L, int D, int G, int dg, int K, const T *x, const uint8_t *mask, const T *weight,
                               const T *dy, const float *smean, const float *srstd, const float *mean_in,
                               const int64_t *nstart, float *red, const double *uv, T *dx, int acc, float *part) {
     const int k = blockIdx.x, b = blockIdx.y, t0 = k * TSN_C, nt = imin(TSN_C, L - t0);
