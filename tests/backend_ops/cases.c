@@ -95,15 +95,23 @@ static int case_linear_backward(BoCase *c, int v) { return linear_case(c, v, 1);
 
 static int timestep_norm_case(BoCase *c, int v, int bwd) {
     /* carried: count/mean/var in and out and the gradient of the state out; din: the gradient of the
-     * state in (also of a fresh state); mask: padded steps, including a left-padded start. The last
-     * shape crosses the CPU kernel's parallel threshold. */
+     * state in (also of a fresh state); mask: padded steps, including a left-padded start (lead steps,
+     * 3 unless given). The shape L=131 crosses the CPU kernel's parallel threshold. The CUDA kernels scan
+     * over time chunks of 32 steps: L = 2111 and 1100 give more chunks than a warp has lanes (several per
+     * lane in its scans), with a whole padded first chunk and more (lead = 70) in a fresh row; D/G = 260
+     * and D/G = 1 exercise the widest and narrowest per-step reductions. lite: the forward computes the
+     * carried-out state only (y and saved statistics NULL); the backward has no dx. */
     static const struct {
-        int B, L, D, G, carried, din, mask, acc;
-    } S[] = {{3, 37, 21, 3, 0, 0, 0, 0},
-             {2, 23, 15, 5, 1, 1, 1, 1},
-             {1, 7, 23, 1, 1, 1, 0, 0},
-             {5, 131, 63, 9, 1, 1, 1, 1},
-             {2, 19, 12, 4, 0, 1, 1, 0}};
+        int B, L, D, G, carried, din, mask, acc, lead, lite;
+    } S[] = {{3, 37, 21, 3, 0, 0, 0, 0, 0, 0},
+             {2, 23, 15, 5, 1, 1, 1, 1, 0, 0},
+             {1, 7, 23, 1, 1, 1, 0, 0, 0, 0},
+             {5, 131, 63, 9, 1, 1, 1, 1, 0, 0},
+             {2, 19, 12, 4, 0, 1, 1, 0, 0, 0},
+             {2, 2111, 10, 2, 1, 1, 1, 0, 70, 0},
+             {1, 1100, 260, 1, 0, 1, 0, 1, 0, 0},
+             {3, 77, 16, 16, 1, 1, 1, 0, 40, 1},
+             {2, 50, 12, 3, 0, 1, 0, 0, 0, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgTimestepNormArgs A;
     const int B = S[v].B, L = S[v].L, D = S[v].D, G = S[v].G;
@@ -115,8 +123,10 @@ static int timestep_norm_case(BoCase *c, int v, int bwd) {
     a->G = G;
     a->eps = 1e-5;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "B=%d L=%d D=%d G=%d%s%s%s%s", B, L, D, G, S[v].carried ? " state" : "",
-             bwd && S[v].din ? " dstate_in" : "", S[v].mask ? " mask" : "", bwd && S[v].acc ? " acc" : "");
+    const int lite = S[v].lite, lead = S[v].lead ? S[v].lead : 3;
+    bo_shape(c, "B=%d L=%d D=%d G=%d%s%s%s%s%s", B, L, D, G, S[v].carried ? " state" : "",
+             bwd && S[v].din ? " dstate_in" : "", S[v].mask ? " mask" : "", bwd && S[v].acc ? " acc" : "",
+             !lite ? "" : bwd ? " no-dx" : " stats-only");
     bo_tol(c, BO_TOL_REDUCTION); /* row statistics; the running state is carried in double on the CPU */
     double *x = normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     for (size_t i = 0; i < n; i++) x[i] += 0.5 * (double)(i % D) / D; /* channel-dependent means */
@@ -125,24 +135,28 @@ static int timestep_norm_case(BoCase *c, int v, int bwd) {
     if (S[v].mask) {
         double *m = BO_IN_(c, A, pad_mask, BO_U8, (size_t)B * L);
         for (int i = 0; i < B * L; i++) m[i] = tu_uniform() < 0.3;
-        for (int t = 0; t < L && t < 3; t++) m[t] = 1; /* row 0 starts with padding */
+        for (int t = 0; t < L && t < lead; t++) m[t] = 1; /* row 0 starts with padding */
     }
     if (S[v].carried) {
         double *cnt = BO_IN_(c, A, count_in, BO_I64, B);
         for (int b = 0; b < B; b++) cnt[b] = b == 0 ? 0 : floor(1 + 40 * tu_uniform()); /* 0 = fresh row */
         normal(BO_IN_(c, A, mean_in, BO_STATE, nbg), nbg, 0.5);
         tu_fill_uniform(BO_IN_(c, A, var_in, BO_STATE, nbg), nbg, 0.5, 2.0);
+    }
+    if (S[v].carried || (lite && !bwd)) {
         BO_OUT_(c, A, count_out, BO_I64, B);
         BO_OUT_(c, A, mean_out, BO_STATE, nbg);
         BO_OUT_(c, A, var_out, BO_STATE, nbg);
     }
-    BO_OUT_(c, A, y, BO_ACT, n);
-    BO_OUT_(c, A, saved_mean, BO_STATE, nstat);
-    BO_OUT_(c, A, saved_rstd, BO_STATE, nstat);
+    if (!(lite && !bwd)) {
+        BO_OUT_(c, A, y, BO_ACT, n);
+        BO_OUT_(c, A, saved_mean, BO_STATE, nstat);
+        BO_OUT_(c, A, saved_rstd, BO_STATE, nstat);
+    }
     bo_call(c, BO_OP(timestep_norm_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
-    normal(bo_buf(c, S[v].acc ? BO_ACC : BO_OUT, offsetof(A, dx), "dx", BO_ACT, n), n, 1.0);
+    if (!lite) normal(bo_buf(c, S[v].acc ? BO_ACC : BO_OUT, offsetof(A, dx), "dx", BO_ACT, n), n, 1.0);
     normal(BO_ACC_(c, A, dweight, BO_ACT, D), D, 1.0);
     normal(BO_ACC_(c, A, dbias, BO_ACT, D), D, 1.0);
     if (S[v].carried) {
