@@ -23,7 +23,8 @@
  *                                                definition: a bf16-rounded O would cost dq tens of
  *                                                percent at the cancellations of dS = P (dP - Di));
  *   block mode: Di = rowsum(dO * O)              k_att_di, one warp per row (o of the merged rows, ops.h);
- *   dV[key tile, Dv slice]   = sum over query tiles of P^T dO           k_att_dv, one block per key tile;
+ *   dV[key tile, Dv slice]   = sum over query tiles of P^T dO           k_att_dv, one block per key tile
+ *                                                (inside k_att_dk when Dv <= 64: the same P);
  *   dK[key tile, Dqk slice]  = sum over query tiles of dS^T Q           k_att_dk, one block per key tile;
  *   dQ[query tile, Dqk slice] = sum over key tiles of dS K              k_att_dq, one block per query tile;
  * with P = exp(S - lse) recomputed per tile and dS = P * (dP - Di) * scale, dP = dO V^T.
@@ -224,7 +225,7 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_fwd(AttP<T> p, 
     int64_t bid = blockIdx.x;
     const int vs = (int)(bid % nvs);
     bid /= nvs;
-    const int qt = (int)(bid % nqt);
+    const int qt = nqt - 1 - (int)(bid % nqt); /* the longest (last) query tiles start first */
     const AttTask<T> t = att_task(p, bid / nqt);
     const int64_t ldq = (int64_t)p.H * p.Dqk, ldv = (int64_t)p.H * p.Dv;
     const int i0 = qt * AT_B, nqr = p.g.nq - i0 < AT_B ? p.g.nq - i0 : AT_B;
@@ -302,7 +303,7 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_di_exact(AttP<T
     float *As = s_ab, *Bs = s_ab + AT_B * AT_LDS;
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
     const int64_t bid = blockIdx.x;
-    const int qt = (int)(bid % nqt);
+    const int qt = nqt - 1 - (int)(bid % nqt); /* the longest (last) query tiles start first */
     const AttTask<T> t = att_task(p, bid / nqt);
     const int64_t ldq = (int64_t)p.H * p.Dqk, ldv = (int64_t)p.H * p.Dv;
     const int i0 = qt * AT_B, nqr = p.g.nq - i0 < AT_B ? p.g.nq - i0 : AT_B;
@@ -356,8 +357,9 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_dv(AttP<T> p, i
     store_tile(acc, p.dv + t.voff + j0 * ldv, ldv, nkr, c0, p.Dv, p.acc);
 }
 
-/* dK: block = (task, key tile, Dqk slice), sum over query tiles of dS^T Q. */
-template <class T> __global__ void __launch_bounds__(AT_T) k_att_dk(AttP<T> p, int nkt, int nds) {
+/* dK: block = (task, key tile, Dqk slice), sum over query tiles of dS^T Q. With_dv (Dv <= 64): the
+ * Dqk-slice-0 block also sums dV = P^T dO from the same P, so no separate dV pass recomputes S. */
+template <class T> __global__ void __launch_bounds__(AT_T) k_att_dk(AttP<T> p, int nkt, int nds, int with_dv) {
     __shared__ float s_ab[2 * AT_B * AT_LDS];
     __shared__ float s_p[AT_B * AT_LDP];
     float *As = s_ab, *Bs = s_ab + AT_B * AT_LDS;
@@ -367,15 +369,24 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_dk(AttP<T> p, i
     bid /= nds;
     const int kt = (int)(bid % nkt);
     const AttTask<T> t = att_task(p, bid / nkt);
-    const int64_t ldq = (int64_t)p.H * p.Dqk;
+    const int64_t ldq = (int64_t)p.H * p.Dqk, ldv = (int64_t)p.H * p.Dv;
     const int j0 = kt * AT_B, nkr = p.g.nk - j0 < AT_B ? p.g.nk - j0 : AT_B, c0 = ds * AT_B;
-    float acc[4][4] = {};
+    const bool dv = with_dv && ds == 0;
+    float acc[4][4] = {}, accv[4][4] = {};
     for (int i0 = first_qtile(j0, p.g.off); i0 < p.g.nq; i0 += AT_B) {
         const int nqr = p.g.nq - i0 < AT_B ? p.g.nq - i0 : AT_B;
         float s[4][4] = {};
         tile_dot(s, p.q + t.qoff + i0 * ldq, ldq, nqr, p.k + t.koff + j0 * ldq, ldq, nkr, p.Dqk, As, Bs);
         tile_probs(s, p, t, i0, nqr, j0, nkr);
-        tile_ds(s, p, t, i0, nqr, j0, nkr, As, Bs);
+        if (dv) { /* dV += P^T dO (the whole Dv in one slice) */
+            __syncthreads();
+            for (int a = 0; a < 4; a++)
+                for (int c = 0; c < 4; c++) s_p[(ty + 16 * a) * AT_LDP + tx + 16 * c] = s[a][c];
+            load_tile(s_ab, p.dout + t.ooff + i0 * ldv, ldv, nqr, 0, p.Dv);
+            __syncthreads();
+            tile_pv(accv, s_p, s_ab, nqr, true);
+        }
+        tile_ds(s, p, t, i0, nqr, j0, nkr, As, Bs); /* starts with a barrier: s_p, s_ab are free again */
         __syncthreads();
         for (int a = 0; a < 4; a++)
             for (int c = 0; c < 4; c++) s_p[(ty + 16 * a) * AT_LDP + tx + 16 * c] = s[a][c];
@@ -384,6 +395,7 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_dk(AttP<T> p, i
         tile_pv(acc, s_p, s_ab, nqr, true);
     }
     store_tile(acc, p.dk + t.koff + j0 * ldq, ldq, nkr, c0, p.Dqk, p.acc);
+    if (dv) store_tile(accv, p.dv + t.voff + j0 * ldv, ldv, nkr, 0, p.Dv, p.acc);
 }
 
 /* dQ: block = (task, query tile, Dqk slice), sum over key tiles of dS K. */
@@ -395,7 +407,7 @@ template <class T> __global__ void __launch_bounds__(AT_T) k_att_dq(AttP<T> p, i
     int64_t bid = blockIdx.x;
     const int ds = (int)(bid % nds);
     bid /= nds;
-    const int qt = (int)(bid % nqt);
+    const int qt = nqt - 1 - (int)(bid % nqt); /* the longest (last) query tiles start first */
     const AttTask<T> t = att_task(p, bid / nqt);
     const int64_t ldq = (int64_t)p.H * p.Dqk;
     const int i0 = qt * AT_B, nqr = p.g.nq - i0 < AT_B ? p.g.nq - i0 : AT_B, c0 = ds * AT_B;
@@ -585,8 +597,10 @@ template <class T> static void attention_backward_t(const MgBackend *be, const M
     p.dq = (T *)a->dq;
     p.dk = (T *)a->dk;
     p.dv = (T *)a->dv;
-    if (p.dv) MG_LAUNCH((k_att_dv<T>), (unsigned)(ntasks * nkt * nvs), AT_T, 0, stream(be), p, nkt, nvs);
-    if (p.dk) MG_LAUNCH((k_att_dk<T>), (unsigned)(ntasks * nkt * nds), AT_T, 0, stream(be), p, nkt, nds);
+    const int fuse_dv = p.dk && p.dv && nvs == 1; /* narrow values: dV rides along in the dK pass */
+    if (p.dv && !fuse_dv)
+        MG_LAUNCH((k_att_dv<T>), (unsigned)(ntasks * nkt * nvs), AT_T, 0, stream(be), p, nkt, nvs);
+    if (p.dk) MG_LAUNCH((k_att_dk<T>), (unsigned)(ntasks * nkt * nds), AT_T, 0, stream(be), p, nkt, nds, fuse_dv);
     if (p.dq) MG_LAUNCH((k_att_dq<T>), (unsigned)(ntasks * nqt * nds), AT_T, 0, stream(be), p, nqt, nds);
 }
 
