@@ -411,7 +411,16 @@ static int attention_case(BoCase *c, int v, int bwd) {
              {2, 2, 5, 4, 9, 7, 48, 0.9, 0.3, 1, 1, 1, 10, 5, 48},
              {1, 3, 4, 6, 6, 6, 48, 1.0, 0.2, 0, 1, 1, 12, 12, 48},
              {2, 1, 3, 5, 7, 8, 48, 1.0, 0.2, 1, 1, 1, 30, 0, 48},
-             {1, 2, 4, 4, 140, 133, 300, 1.0, 0.0, 0, 1, 1, 150, 10, 0}};
+             {1, 2, 4, 4, 140, 133, 300, 1.0, 0.0, 0, 1, 1, 150, 10, 0},
+             /* wide heads: several 32-column and 64-column slices (CUDA tiles), a partial 64-row tile */
+             {1, 2, 70, 130, 67, 67, 67, 0.3, 0.1, 1, 1, 0, 0, 0, 0},
+             /* several 64-row tiles per chunk and several chunks, without a saved lse */
+             {2, 1, 8, 8, 260, 260, 130, 1.0, 0.2, 0, 0, 0, 0, 0, 0},
+             /* decoding over two query tiles; a rank's part of a longer chunk (drop_chunk_len) */
+             {1, 1, 4, 4, 70, 100, 128, 1.0, 0.2, 1, 1, 0, 0, 0, 0},
+             {1, 2, 5, 6, 5, 20, 20, 1.0, 0.3, 0, 1, 0, 0, 0, 40},
+             /* DropKey with global sequence, chunk and head indices (a DP / SP / head-parallel rank) */
+             {2, 2, 3, 5, 24, 24, 8, 1.0, 0.25, 0, 1, 0, 0, 0, 0}};
     if (v >= NELEM(S)) return 0;
     typedef MgAttentionArgs A;
     const int B = S[v].B, H = S[v].H, Dqk = S[v].Dqk, Dv = S[v].Dv, Lq = S[v].Lq, Lk = S[v].Lk;
@@ -433,6 +442,14 @@ static int attention_case(BoCase *c, int v, int bwd) {
     a->q_row0 = S[v].q0;
     a->k_row0 = S[v].k0;
     a->drop_chunk_len = S[v].C;
+    if (v == 15) {
+        a->drop_seq0 = 3;
+        a->drop_seq_stride = 2;
+        a->drop_chunks = 5;
+        a->drop_chunk0 = 1;
+        a->drop_heads = 4;
+        a->drop_head0 = 1;
+    }
     bo_shape(c, "B=%d H=%d Dqk=%d Dv=%d Lq=%d Lk=%d chunk=%d scale=%g drop_p=%g%s%s%s", B, H, Dqk, Dv, Lq, Lk,
              S[v].chunk, S[v].scale, S[v].drop_p, S[v].lse ? "" : " no-lse", bwd && S[v].acc ? " acc" : "",
              S[v].blk ? " block" : "");
