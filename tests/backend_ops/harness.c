@@ -460,8 +460,35 @@ static void set_field(void *args, size_t off, BoKind k, unsigned char *p) {
 /* Run the case's calls on `be` with host values `vals` (already quantised); zero_acc = start BO_ACC buffers
  * from zeros instead of their values. Returns the values of every buffer after the calls in out[i]
  * (malloc'd), and appends integrity problems (prefixed with `who`) to msg. */
-static void run_on(const BoCase *c, const MgBackend *be, double *const *vals, int zero_acc, double **out,
-                   const char *who, char *msg, size_t msglen) {
+/* Round what an earlier call wrote (every buffer that is not a pure input) to the element types the
+ * backend under test stores it in, so that a later call of the reference reads what the backend's later
+ * call reads (the forward's bf16 output o, say, read back by the backward). */
+static void quantise_between_calls(const BoCase *c, const MgBackend *be, const MgBackend *like, Live *live) {
+    for (int i = 0; i < c->nbufs; i++) {
+        const BoBuf *b = &c->bufs[i];
+        if (b->role == BO_IN || !b->n) continue;
+        Live *l = &live[i];
+        const Elem e = elem_of(b->kind, like);
+        if (e == l->elem || !elem_is_float(e)) continue;
+        unsigned char *host = mg_malloc(l->bytes), *tmp = mg_malloc(b->n * elem_size(e));
+        double *d = mg_malloc(b->n * sizeof(double));
+        if (b->host) memcpy(host, l->dev + BO_GUARD, l->bytes);
+        else be->to_host(be, host, l->dev + BO_GUARD, l->bytes);
+        load_elems(l->elem, d, host, b->n);
+        store_elems(e, tmp, d, b->n);
+        load_elems(e, d, tmp, b->n);
+        store_elems(l->elem, host, d, b->n);
+        if (b->host) memcpy(l->dev + BO_GUARD, host, l->bytes);
+        else be->to_device(be, l->dev + BO_GUARD, host, l->bytes);
+        free(host);
+        free(tmp);
+        free(d);
+    }
+}
+
+/* like: the backend under test when `be` is the reference (see quantise_between_calls), else NULL. */
+static void run_on(const BoCase *c, const MgBackend *be, const MgBackend *like, double *const *vals, int zero_acc,
+                   double **out, const char *who, char *msg, size_t msglen) {
     Live live[BO_MAX_BUFS];
     void *args = mg_malloc(c->args_size);
     memcpy(args, c->args, c->args_size);
@@ -498,7 +525,10 @@ static void run_on(const BoCase *c, const MgBackend *be, double *const *vals, in
         for (int f = 0; f < b->nfields; f++) set_field(args, b->fields[f], b->kind, l->dev + BO_GUARD);
     }
 
-    for (int k = 0; k < c->ncalls; k++) call_op(be, c->calls[k], args);
+    for (int k = 0; k < c->ncalls; k++) {
+        if (k > 0 && like) quantise_between_calls(c, be, like, live);
+        call_op(be, c->calls[k], args);
+    }
     be->synchronize(be);
 
     for (int i = 0; i < c->nbufs; i++) {
@@ -590,11 +620,11 @@ static void free_vals(const BoCase *c, double **v) {
 }
 
 /* Accumulating outputs: the run from the case's values must equal those values plus the run from zeros. */
-static void check_accumulation(const BoCase *c, const MgBackend *be, double *const *q, double *const *full,
-                               const char *who, char *msg, size_t msglen) {
+static void check_accumulation(const BoCase *c, const MgBackend *be, const MgBackend *like, double *const *q,
+                               double *const *full, const char *who, char *msg, size_t msglen) {
     double *zero[BO_MAX_BUFS];
     char scratch[1024] = "";
-    run_on(c, be, q, 1, zero, who, scratch, sizeof scratch); /* integrity was reported by the full run */
+    run_on(c, be, like, q, 1, zero, who, scratch, sizeof scratch); /* integrity was reported by the full run */
     for (int i = 0; i < c->nbufs; i++) {
         const BoBuf *b = &c->bufs[i];
         if (b->role != BO_ACC) continue;
@@ -649,10 +679,10 @@ void bo_case_check(const BoCase *c, const MgBackend *be, const MgBackend *ref, B
     snprintf(who_ref, sizeof who_ref, "reference %s", ref->name);
     snprintf(who_be, sizeof who_be, "%s", be->name);
     double *rv[BO_MAX_BUFS], *bv[BO_MAX_BUFS];
-    run_on(c, ref, q, 0, rv, who_ref, r->msg, sizeof r->msg);
-    if (has_acc(c)) check_accumulation(c, ref, q, rv, who_ref, r->msg, sizeof r->msg);
-    run_on(c, be, q, 0, bv, who_be, r->msg, sizeof r->msg);
-    if (has_acc(c)) check_accumulation(c, be, q, bv, who_be, r->msg, sizeof r->msg);
+    run_on(c, ref, be, q, 0, rv, who_ref, r->msg, sizeof r->msg);
+    if (has_acc(c)) check_accumulation(c, ref, be, q, rv, who_ref, r->msg, sizeof r->msg);
+    run_on(c, be, NULL, q, 0, bv, who_be, r->msg, sizeof r->msg);
+    if (has_acc(c)) check_accumulation(c, be, NULL, q, bv, who_be, r->msg, sizeof r->msg);
 
     double worst_ratio = -1;
     for (int i = 0; i < c->nbufs; i++) {
