@@ -167,12 +167,16 @@ static int cema_case(BoCase *c, int v, int bwd) {
      * the second partial; N = 64 is the largest order; L = 1 a single step. h_out doubles as "dh_out
      * given" in the backward, dh_in is the gradient of the state in (also of a zero state). */
     static const struct {
-        int B, L, D, N, h_in, h_out, dh_in, acc;
-    } S[] = {{3, 37, 23, 5, 0, 0, 0, 0},
-             {2, 131, 17, 3, 1, 1, 1, 1},
-             {1, 9, 5, 64, 1, 1, 1, 0},
-             {2, 1, 3, 1, 1, 0, 1, 1},
-             {2, 70, 33, 2, 0, 1, 1, 0}};
+        int B, L, D, N, h_in, h_out, dh_in, acc, state_only;
+    } S[] = {{3, 37, 23, 5, 0, 0, 0, 0, 0},
+             {2, 131, 17, 3, 1, 1, 1, 1, 0},
+             {1, 9, 5, 64, 1, 1, 1, 0, 0},
+             {2, 1, 3, 1, 1, 0, 1, 1, 0},
+             {2, 70, 33, 2, 0, 1, 1, 0, 0},
+             /* many time chunks of the CUDA scan (64 steps), N = 20 not a multiple of its 16 warps */
+             {2, 600, 40, 20, 1, 1, 1, 1, 0},
+             /* state only (y == NULL, forward): a sequence-parallel rank's local pass */
+             {2, 150, 9, 7, 1, 1, 1, 0, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgCemaArgs A;
     const int B = S[v].B, L = S[v].L, D = S[v].D, N = S[v].N;
@@ -183,8 +187,9 @@ static int cema_case(BoCase *c, int v, int bwd) {
     a->D = D;
     a->N = N;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "B=%d L=%d D=%d N=%d%s%s%s%s", B, L, D, N, S[v].h_in ? " h_in" : "", S[v].h_out ? " h_out" : "",
-             bwd && S[v].dh_in ? " dh_in" : "", bwd && S[v].acc ? " acc" : "");
+    const int state_only = !bwd && S[v].state_only;
+    bo_shape(c, "B=%d L=%d D=%d N=%d%s%s%s%s%s", B, L, D, N, S[v].h_in ? " h_in" : "", S[v].h_out ? " h_out" : "",
+             bwd && S[v].dh_in ? " dh_in" : "", bwd && S[v].acc ? " acc" : "", state_only ? " state_only" : "");
     bo_tol(c, BO_TOL_REDUCTION); /* sums over time; the CPU carries the recurrence in double */
     normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     normal(BO_IN_(c, A, alpha, BO_ACT, dn), dn, 1.0);
@@ -194,7 +199,7 @@ static int cema_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, omega, BO_ACT, D), D, 1.0);
     if (S[v].h_in) normal(BO_IN_(c, A, h_in, BO_STATE, nh), nh, 0.5);
     if (S[v].h_out || bwd) BO_OUT_(c, A, h_out, BO_STATE, nh);
-    BO_OUT_(c, A, y, BO_ACT, n);
+    if (!state_only) BO_OUT_(c, A, y, BO_ACT, n);
     bo_call(c, BO_OP(cema_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
