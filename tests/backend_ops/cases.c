@@ -561,13 +561,17 @@ static int case_dropout_backward(BoCase *c, int v) { return dropout_case(c, v, 1
 
 static int case_cross_entropy(BoCase *c, int v) {
     /* dl: 0 = losses only, 1 = dlogits, 2 = dlogits in place over the logits. std 10 makes confident
-     * rows; V = 1 is a single class (loss 0); 67 x 601 crosses the CPU's parallel threshold. */
+     * rows; V = 1 is a single class (loss 0); 67 x 601 crosses the CPU's parallel threshold. oob: some
+     * targets outside [0, V) that are not ignore_index (treated as ignored, never read). V > 1024 takes the
+     * CUDA block-per-row path (odd V: rows start at every 16-byte phase); 32000 is a real vocabulary. */
     static const struct {
         int T, V;
         double std, ignore_frac;
-        int dl;
-    } S[] = {{37, 51, 1.0, 0.2, 1}, {13, 1001, 10.0, 0.1, 2}, {5, 1, 1.0, 0.0, 1}, {29, 300, 3.0, 0.3, 0},
-             {67, 601, 2.0, 0.1, 1}, {0, 7, 1.0, 0.0, 1}};
+        int dl, oob;
+    } S[] = {{37, 51, 1.0, 0.2, 1, 0},   {13, 1001, 10.0, 0.1, 2, 0}, {5, 1, 1.0, 0.0, 1, 0},
+             {29, 300, 3.0, 0.3, 0, 0},  {67, 601, 2.0, 0.1, 1, 0},   {0, 7, 1.0, 0.0, 1, 0},
+             {19, 33, 2.0, 0.1, 2, 1},   {9, 4099, 3.0, 0.2, 2, 1},   {11, 2053, 1.0, 0.0, 1, 1},
+             {3, 32000, 5.0, 0.0, 1, 0}, {5, 1025, 10.0, 0.2, 0, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgCrossEntropyArgs A;
     const int T = S[v].T, V = S[v].V;
@@ -576,14 +580,15 @@ static int case_cross_entropy(BoCase *c, int v) {
     a->T = T;
     a->V = V;
     a->ignore_index = -100;
-    bo_shape(c, "T=%d V=%d std=%g ignored=%g%s", T, V, S[v].std, S[v].ignore_frac,
-             S[v].dl == 0 ? " no-dlogits" : S[v].dl == 2 ? " in-place" : "");
+    bo_shape(c, "T=%d V=%d std=%g ignored=%g%s%s", T, V, S[v].std, S[v].ignore_frac,
+             S[v].dl == 0 ? " no-dlogits" : S[v].dl == 2 ? " in-place" : "", S[v].oob ? " out-of-range" : "");
     double *tg = BO_IN_(c, A, targets, BO_I32, T);
     fill_ids(tg, T, V);
     int counted = 0;
     for (int t = 0; t < T; t++) {
         if (tu_uniform() < S[v].ignore_frac) tg[t] = -100;
-        counted += tg[t] != -100;
+        if (S[v].oob && t % 4 == 1) tg[t] = t % 3 == 0 ? V : t % 3 == 1 ? -1 : V + 1000000;
+        counted += tg[t] >= 0 && tg[t] < V;
     }
     a->grad_scale = 1.0 / (counted ? counted : 1);
     bo_tol(c, BO_TOL_REDUCTION); /* log-sum-exp over V */
