@@ -181,12 +181,16 @@ static int cema_case(BoCase *c, int v, int bwd) {
      * the second partial; N = 64 is the largest order; L = 1 a single step. h_out doubles as "dh_out
      * given" in the backward, dh_in is the gradient of the state in (also of a zero state). */
     static const struct {
-        int B, L, D, N, h_in, h_out, dh_in, acc;
-    } S[] = {{3, 37, 23, 5, 0, 0, 0, 0},
-             {2, 131, 17, 3, 1, 1, 1, 1},
-             {1, 9, 5, 64, 1, 1, 1, 0},
-             {2, 1, 3, 1, 1, 0, 1, 1},
-             {2, 70, 33, 2, 0, 1, 1, 0}};
+        int B, L, D, N, h_in, h_out, dh_in, acc, state_only;
+    } S[] = {{3, 37, 23, 5, 0, 0, 0, 0, 0},
+             {2, 131, 17, 3, 1, 1, 1, 1, 0},
+             {1, 9, 5, 64, 1, 1, 1, 0, 0},
+             {2, 1, 3, 1, 1, 0, 1, 1, 0},
+             {2, 70, 33, 2, 0, 1, 1, 0, 0},
+             /* many time chunks of the CUDA scan (64 steps), N = 20 not a multiple of its 16 warps */
+             {2, 600, 40, 20, 1, 1, 1, 1, 0},
+             /* state only (y == NULL, forward): a sequence-parallel rank's local pass */
+             {2, 150, 9, 7, 1, 1, 1, 0, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgCemaArgs A;
     const int B = S[v].B, L = S[v].L, D = S[v].D, N = S[v].N;
@@ -197,8 +201,9 @@ static int cema_case(BoCase *c, int v, int bwd) {
     a->D = D;
     a->N = N;
     a->accumulate = bwd && S[v].acc;
-    bo_shape(c, "B=%d L=%d D=%d N=%d%s%s%s%s", B, L, D, N, S[v].h_in ? " h_in" : "", S[v].h_out ? " h_out" : "",
-             bwd && S[v].dh_in ? " dh_in" : "", bwd && S[v].acc ? " acc" : "");
+    const int state_only = !bwd && S[v].state_only;
+    bo_shape(c, "B=%d L=%d D=%d N=%d%s%s%s%s%s", B, L, D, N, S[v].h_in ? " h_in" : "", S[v].h_out ? " h_out" : "",
+             bwd && S[v].dh_in ? " dh_in" : "", bwd && S[v].acc ? " acc" : "", state_only ? " state_only" : "");
     bo_tol(c, BO_TOL_REDUCTION); /* sums over time; the CPU carries the recurrence in double */
     normal(BO_IN_(c, A, x, BO_ACT, n), n, 1.0);
     normal(BO_IN_(c, A, alpha, BO_ACT, dn), dn, 1.0);
@@ -208,7 +213,7 @@ static int cema_case(BoCase *c, int v, int bwd) {
     normal(BO_IN_(c, A, omega, BO_ACT, D), D, 1.0);
     if (S[v].h_in) normal(BO_IN_(c, A, h_in, BO_STATE, nh), nh, 0.5);
     if (S[v].h_out || bwd) BO_OUT_(c, A, h_out, BO_STATE, nh);
-    BO_OUT_(c, A, y, BO_ACT, n);
+    if (!state_only) BO_OUT_(c, A, y, BO_ACT, n);
     bo_call(c, BO_OP(cema_forward));
     if (!bwd) return 1;
     normal(BO_IN_(c, A, dy, BO_ACT, n), n, 1.0);
@@ -599,13 +604,17 @@ static int case_dropout_backward(BoCase *c, int v) { return dropout_case(c, v, 1
 
 static int case_cross_entropy(BoCase *c, int v) {
     /* dl: 0 = losses only, 1 = dlogits, 2 = dlogits in place over the logits. std 10 makes confident
-     * rows; V = 1 is a single class (loss 0); 67 x 601 crosses the CPU's parallel threshold. */
+     * rows; V = 1 is a single class (loss 0); 67 x 601 crosses the CPU's parallel threshold. oob: some
+     * targets outside [0, V) that are not ignore_index (treated as ignored, never read). V > 1024 takes the
+     * CUDA block-per-row path (odd V: rows start at every 16-byte phase); 32000 is a real vocabulary. */
     static const struct {
         int T, V;
         double std, ignore_frac;
-        int dl;
-    } S[] = {{37, 51, 1.0, 0.2, 1}, {13, 1001, 10.0, 0.1, 2}, {5, 1, 1.0, 0.0, 1}, {29, 300, 3.0, 0.3, 0},
-             {67, 601, 2.0, 0.1, 1}, {0, 7, 1.0, 0.0, 1}};
+        int dl, oob;
+    } S[] = {{37, 51, 1.0, 0.2, 1, 0},   {13, 1001, 10.0, 0.1, 2, 0}, {5, 1, 1.0, 0.0, 1, 0},
+             {29, 300, 3.0, 0.3, 0, 0},  {67, 601, 2.0, 0.1, 1, 0},   {0, 7, 1.0, 0.0, 1, 0},
+             {19, 33, 2.0, 0.1, 2, 1},   {9, 4099, 3.0, 0.2, 2, 1},   {11, 2053, 1.0, 0.0, 1, 1},
+             {3, 32000, 5.0, 0.0, 1, 0}, {5, 1025, 10.0, 0.2, 0, 1}};
     if (v >= NELEM(S)) return 0;
     typedef MgCrossEntropyArgs A;
     const int T = S[v].T, V = S[v].V;
@@ -614,14 +623,15 @@ static int case_cross_entropy(BoCase *c, int v) {
     a->T = T;
     a->V = V;
     a->ignore_index = -100;
-    bo_shape(c, "T=%d V=%d std=%g ignored=%g%s", T, V, S[v].std, S[v].ignore_frac,
-             S[v].dl == 0 ? " no-dlogits" : S[v].dl == 2 ? " in-place" : "");
+    bo_shape(c, "T=%d V=%d std=%g ignored=%g%s%s", T, V, S[v].std, S[v].ignore_frac,
+             S[v].dl == 0 ? " no-dlogits" : S[v].dl == 2 ? " in-place" : "", S[v].oob ? " out-of-range" : "");
     double *tg = BO_IN_(c, A, targets, BO_I32, T);
     fill_ids(tg, T, V);
     int counted = 0;
     for (int t = 0; t < T; t++) {
         if (tu_uniform() < S[v].ignore_frac) tg[t] = -100;
-        counted += tg[t] != -100;
+        if (S[v].oob && t % 4 == 1) tg[t] = t % 3 == 0 ? V : t % 3 == 1 ? -1 : V + 1000000;
+        counted += tg[t] >= 0 && tg[t] < V;
     }
     a->grad_scale = 1.0 / (counted ? counted : 1);
     bo_tol(c, BO_TOL_REDUCTION); /* log-sum-exp over V */
