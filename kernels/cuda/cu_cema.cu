@@ -33,7 +33,12 @@
  * chunks and batch rows in index order), independent of scheduling.
  * Precision: states and products in fp32 (the CPU carries double); errors stay near m * 6e-8 relative for
  * a memory of m steps, and the chunk powers q^CH come from double. Parameter partials are fp32 within a
- * chunk, double across chunks. */
+ * chunk, double across chunks.
+ * Scratch (ws slots): 0 coefficients 9 N D floats; 1 and 2 the chunk summaries, B ceil(L/CH) N D complex
+ * each; 3 the backward's parameter partials, 5 B ceil(L/CH) N D floats (335 MB at B=1, L=32K, D=2048,
+ * N=16); 4 and 5 small. Aliasing: y may alias x and dx may alias dy (k_out's blocks overwrite only the
+ * tile they have read, and runs last), h_out may alias h_in and dh_in dh_out (read before written by
+ * the same thread). */
 #include <math.h>
 
 #include "cu_internal.cuh"
