@@ -33,7 +33,12 @@
  * chunks and batch rows in index order), independent of scheduling.
  * Precision: states and products in fp32 (the CPU carries double); errors stay near m * 6e-8 relative for
  * a memory of m steps, and the chunk powers q^CH come from double. Parameter partials are fp32 within a
- * chunk, double across chunks. */
+ * chunk, double across chunks.
+ * Scratch (ws slots): 0 coefficients 9 N D floats; 1 and 2 the chunk summaries, B ceil(L/CH) N D complex
+ * each; 3 the backward's parameter partials, 5 B ceil(L/CH) N D floats (335 MB at B=1, L=32K, D=2048,
+ * N=16); 4 and 5 small. Aliasing: y may alias x and dx may alias dy (k_out's blocks overwrite only the
+ * tile they have read, and runs last), h_out may alias h_in and dh_in dh_out (read before written by
+ * the same thread). */
 #include <math.h>
 
 #include "cu_internal.cuh"
@@ -213,7 +218,7 @@ template <class T, bool BWD>
 __global__ void k_out(int L, int D, int N, int nch, const T *u, const T *omega, const float *coef, const cf2 *init,
                       T *out, int acc) {
     __shared__ float us[CH][32];
-    __shared__ float part[16][ST][32];
+    MG_DYN_SMEM(float, part); /* [NW][ST][32]: per-step partial sums over each thread's orders */
     const int c = blockIdx.x, b = blockIdx.z, j0 = blockIdx.y * 32, t0 = c * CH, len = imin(CH, L - t0);
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5, j = j0 + lane;
     load_tile(u, L, D, b, t0, j0, us);
@@ -252,14 +257,14 @@ __global__ void k_out(int L, int D, int N, int nch, const T *u, const T *omega, 
                 mr[k] = Ar[k] * sr - Ai[k] * si;
                 mi[k] = Ar[k] * si + Ai[k] * sr;
             }
-            part[w][r][lane] = o;
+            part[(w * ST + r) * 32 + lane] = o;
         }
         __syncthreads();
         for (int k = threadIdx.x; k < cnt * 32; k += blockDim.x) {
             const int r = k >> 5, l = k & 31, jj = j0 + l;
             if (jj >= D) continue;
             float s = to_f(omega[jj]) * us[base + r][l];
-            for (int v = 0; v < nw; v++) s += part[v][r][l];
+            for (int v = 0; v < nw; v++) s += part[(v * ST + r) * 32 + l];
             T *dst = out + ((int64_t)b * L + t0 + base + r) * D + jj;
             *dst = from_f<T>(acc ? to_f(*dst) + s : s);
         }
@@ -416,6 +421,15 @@ static void cema_validate(const MgCemaArgs *a, const char *op, int backward) {
 /* Warps per block: enough that MAXK orders per thread cover N (at most 16 warps). */
 static int cema_warps(int N) { return N < 16 ? N : 16; }
 
+/* Blocks per (chunk, 32-channel group, batch row): grid.y and grid.z are limited to 65535. */
+static dim3 cema_grid(const MgCemaArgs *a, const char *op, int nch) {
+    MG_CHECK(a->B <= 65535 && (a->D + 31) / 32 <= 65535, "%s: B=%d or D=%d is too large for the CUDA grid", op, a->B,
+             a->D);
+    return dim3((unsigned)nch, (unsigned)((a->D + 31) / 32), (unsigned)a->B);
+}
+
+static size_t out_smem(int nw) { return (size_t)nw * ST * 32 * sizeof(float); }
+
 static float *cema_coef(const MgBackend *be, const MgCemaArgs *a, int nch) {
     const int64_t ND = (int64_t)a->N * a->D;
     float *coef = (float *)ws(be, 0, (size_t)C_COUNT * ND * sizeof(float));
@@ -430,49 +444,52 @@ void cema_forward(const MgBackend *be, const MgCemaArgs *a) {
     cema_validate(a, "cema_forward", 0);
     const int B = a->B, L = a->L, D = a->D, N = a->N, nch = (L + CH - 1) / CH, nw = cema_warps(N);
     const int64_t ND = (int64_t)N * D;
+    const dim3 grid = cema_grid(a, "cema_forward", nch);
     float *coef = cema_coef(be, a, nch);
     cf2 *E = (cf2 *)ws(be, 1, (size_t)B * nch * ND * sizeof(cf2));
-    const dim3 grid((unsigned)nch, (unsigned)((D + 31) / 32), (unsigned)B);
     MG_CU_DISPATCH(be, T, MG_LAUNCH((k_local<T>), grid, 32 * nw, 0, stream(be), L, D, N, nch, (const T *)a->x,
                                     (const T *)NULL, coef, E, (cf2 *)NULL));
     MG_LAUNCH(k_carry, grid_for((int64_t)B * ND, 256), 256, 0, stream(be), B, D, N, nch, coef, E,
               (const float *)a->h_in, (float *)a->h_out, (cf2 *)NULL, (const float *)NULL, (float *)NULL);
     if (!a->y) return;
-    MG_CU_DISPATCH(be, T, MG_LAUNCH((k_out<T, false>), grid, 32 * nw, 0, stream(be), L, D, N, nch, (const T *)a->x,
-                                    (const T *)a->omega, coef, (const cf2 *)E, (T *)a->y, 0));
+    MG_CU_DISPATCH(be, T, MG_LAUNCH((k_out<T, false>), grid, 32 * nw, out_smem(nw), stream(be), L, D, N, nch,
+                                    (const T *)a->x, (const T *)a->omega, coef, (const cf2 *)E, (T *)a->y, 0));
 }
 
 void cema_backward(const MgBackend *be, const MgCemaArgs *a) {
     cema_validate(a, "cema_backward", 1);
     const int B = a->B, L = a->L, D = a->D, N = a->N, nch = (L + CH - 1) / CH, nw = cema_warps(N);
+    const dim3 grid = cema_grid(a, "cema_backward", nch);
     const int64_t ND = (int64_t)N * D, nbc = (int64_t)B * nch;
     const int need_params = a->dalpha || a->ddelta || a->dtheta || a->dgamma || a->domega;
     if (!need_params && !a->dx && !a->dh_in) return;
     float *coef = cema_coef(be, a, nch);
     cf2 *S = need_params ? (cf2 *)ws(be, 1, (size_t)nbc * ND * sizeof(cf2)) : NULL;
     cf2 *F = (cf2 *)ws(be, 2, (size_t)nbc * ND * sizeof(cf2));
-    const dim3 grid((unsigned)nch, (unsigned)((D + 31) / 32), (unsigned)B);
     MG_CU_DISPATCH(be, T, MG_LAUNCH((k_local<T>), grid, 32 * nw, 0, stream(be), L, D, N, nch, (const T *)a->x,
                                     (const T *)a->dy, coef, S, F));
     MG_LAUNCH(k_carry, grid_for((int64_t)B * ND, 256), 256, 0, stream(be), B, D, N, nch, coef, S,
               (const float *)a->h_in, (float *)NULL, F, (const float *)a->dh_out, (float *)a->dh_in);
+    if (need_params) {
+        /* before dx is written: dx may alias dy (k_out only overwrites the tile its block has read) */
+        float *part = (float *)ws(be, 3, (size_t)nbc * G_COUNT * ND * sizeof(float));
+        float *part_om = (float *)ws(be, 4, (size_t)nbc * D * sizeof(float));
+        float *dth = (float *)ws(be, 5, (size_t)ND * sizeof(float));
+        MG_CU_DISPATCH(be, T, {
+            MG_LAUNCH((k_pgrad<T>), grid, 32 * nw, 0, stream(be), L, D, N, nch, (const T *)a->x, (const T *)a->dy,
+                      coef, (const cf2 *)S, (const cf2 *)F, part, part_om);
+            MG_LAUNCH((k_pfinal<T>), grid_for(ND, 128), 128, 0, stream(be), D, N, (int)nbc, (const T *)a->alpha,
+                      (const T *)a->delta, (const T *)a->theta, (const float *)part, (T *)a->dalpha,
+                      (T *)a->ddelta, (T *)a->dgamma, dth);
+            MG_LAUNCH((k_pfinal_ch<T>), grid_for(D, 128), 128, 0, stream(be), D, N, (int)nbc,
+                      (const T *)a->theta, (const float *)dth, (const float *)part_om, (T *)a->dtheta,
+                      (T *)a->domega);
+        });
+    }
     if (a->dx)
-        MG_CU_DISPATCH(be, T, MG_LAUNCH((k_out<T, true>), grid, 32 * nw, 0, stream(be), L, D, N, nch,
+        MG_CU_DISPATCH(be, T, MG_LAUNCH((k_out<T, true>), grid, 32 * nw, out_smem(nw), stream(be), L, D, N, nch,
                                         (const T *)a->dy, (const T *)a->omega, coef, (const cf2 *)F, (T *)a->dx,
                                         a->accumulate));
-    if (!need_params) return;
-    float *part = (float *)ws(be, 3, (size_t)nbc * G_COUNT * ND * sizeof(float));
-    float *part_om = (float *)ws(be, 4, (size_t)nbc * D * sizeof(float));
-    float *dth = (float *)ws(be, 5, (size_t)ND * sizeof(float));
-    MG_CU_DISPATCH(be, T, {
-        MG_LAUNCH((k_pgrad<T>), grid, 32 * nw, 0, stream(be), L, D, N, nch, (const T *)a->x, (const T *)a->dy, coef,
-                  (const cf2 *)S, (const cf2 *)F, part, part_om);
-        MG_LAUNCH((k_pfinal<T>), grid_for(ND, 128), 128, 0, stream(be), D, N, (int)nbc, (const T *)a->alpha,
-                  (const T *)a->delta, (const T *)a->theta, (const float *)part, (T *)a->dalpha, (T *)a->ddelta,
-                  (T *)a->dgamma, dth);
-        MG_LAUNCH((k_pfinal_ch<T>), grid_for(D, 128), 128, 0, stream(be), D, N, (int)nbc, (const T *)a->theta,
-                  (const float *)dth, (const float *)part_om, (T *)a->dtheta, (T *)a->domega);
-    });
 }
 
 } /* namespace mgcu */
