@@ -7,8 +7,8 @@
  *     gradients backward, gives the loss and gradients of the whole sequence;
  *   - determinism: the same step twice gives the same bits;
  *   - an AdamW step through the model's arenas (masters, bf16 copy) equals the CPU's update.
- * Tolerances (stated per check): fp32 loss 1e-5 and gradients 1e-4 (per tensor, max |a - b| / max |b|);
- * bf16 loss 2e-2 and gradients 1.5e-1 (bf16 keeps 8 bits; errors grow through the layers). A real GPU
+ * Tolerances (stated per check): fp32 loss 1e-5 and gradients 5e-5 (per tensor, max |a - b| / max |b|);
+ * bf16 loss 2e-2 and gradients 1e-1 (bf16 keeps 8 bits; errors grow through the layers). A real GPU
  * that is absent prints one skip line per backend with the reason. */
 #include <math.h>
 #include <stdlib.h>
@@ -133,8 +133,8 @@ static void check_parity(const Under *u, int llama) {
     tu_check(el <= (bf16 ? 2e-2 : 1e-5) && n1 == nr, name, "loss %.9g vs %.9g: rel err %.2e (tol %.0e), counted %lld/%lld",
              loss, loss_ref, el, bf16 ? 2e-2 : 1e-5, (long long)n1, (long long)nr);
     snprintf(name, sizeof name, "cuda %s %s step vs cpu-f64 gradients", u->name, arch);
-    tu_check(eg <= (bf16 ? 1.5e-1 : 1e-4), name, "worst tensor %s: %.2e (tol %.0e, %d tensors)", worst, eg,
-             bf16 ? 1.5e-1 : 1e-4, pt->count);
+    tu_check(eg <= (bf16 ? 1e-1 : 5e-5), name, "worst tensor %s: %.2e (tol %.0e, %d tensors)", worst, eg,
+             bf16 ? 1e-1 : 5e-5, pt->count);
     /* the same step again: the same bits */
     mg_model_zero_grads(m);
     const double loss2 = mg_model_step(m, &a, &n2);

@@ -51,7 +51,7 @@ TINY=(--config configs/tiny.conf --threads 2 --eval_every 1000 --eval_batches 1 
 
 # ---- is there a GPU? ---------------------------------------------------------------------------------
 t0=$(date +%s.%N)
-out=$($M train "${TINY[@]}" --device cuda --precision fp32 --max_steps 1 --out_dir "$T/probe" 2>&1)
+out=$($M train "${TINY[@]}" --device cuda --precision fp32 --max_steps 1 --warmup_steps 0 --out_dir "$T/probe" 2>&1)
 rc=$?
 t1=$(date +%s.%N)
 GPU=0
