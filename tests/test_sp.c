@@ -49,10 +49,12 @@ static void grads_to_double(MgModel *m, double *out) {
     const MgBackend *be = mg_model_backend(m);
     const int64_t n = mg_model_params_table(m)->total;
     if (be->dtype == MG_F64) {
-        memcpy(out, mg_model_grads(m), sizeof(double) * (size_t)n);
+        be->to_host(be, out, mg_model_grads(m), sizeof(double) * (size_t)n);
     } else {
-        const float *g = mg_model_grads(m);
+        float *g = malloc(sizeof(float) * (size_t)n);
+        be->to_host(be, g, mg_model_grads(m), sizeof(float) * (size_t)n);
         for (int64_t i = 0; i < n; i++) out[i] = g[i];
+        free(g);
     }
 }
 
@@ -297,5 +299,20 @@ int main(void) {
         run_case("cpu-f32", spans[i].P, MG_SCAN_CHAIN, spans[i].span * PER_RANK, spans[i].attn, spans[i].heads, 1e-6,
                  1e-5);
     }
+    /* the CUDA backend's kernels (fp32, on the CPU emulator) under the same layouts: the state scans forward
+     * and backward, the ring and all-to-all across a chunk, and llama's zigzag ring */
+    const char *cu = "cuda-emu-fp32";
+    run_case(cu, 2, MG_SCAN_CHAIN, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
+    run_case(cu, 3, MG_SCAN_PIPELINED, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
+    g_scan_bwd = 1;
+    run_case(cu, 4, MG_SCAN_RECURSIVE_DOUBLING, CHUNK, MG_SP_ATTN_AUTO, 2, 1e-6, 1e-5);
+    g_scan_bwd = 0;
+    run_case(cu, 3, MG_SCAN_CHAIN, 3 * PER_RANK, MG_SP_ATTN_RING, 2, 1e-6, 1e-5);
+    run_case(cu, 4, MG_SCAN_CHAIN, 2 * PER_RANK, MG_SP_ATTN_ALLTOALL, 2, 1e-6, 1e-5);
+    g_zigzag = 1;
+    g_llama = 2;
+    run_case(cu, 2, MG_SCAN_CHAIN, 0, MG_SP_ATTN_RING, 4, 1e-6, 1e-5);
+    g_zigzag = 0;
+    g_llama = -1;
     return tu_finish();
 }
