@@ -107,3 +107,18 @@ if $M train "${TINY[@]}" --device cpu --max_steps $STEPS --stop_at 5 --resume au
 else
     fail "a $DEV checkpoint resumes on the cpu" "$(tail -n 3 "$T/x2b.log")"
 fi
+
+# ---- the CUDA backend under MPI: sequence parallelism (2 ranks) equals one process -----------------------
+if $M features 2>/dev/null | grep -q '^MPI: *yes' && command -v mpirun >/dev/null 2>&1; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    SPA=(--config configs/tiny.conf --threads 1 --eval_every 1000 --eval_batches 1 --log_every 1 --ckpt_async false
+         --max_steps 3 --warmup_steps 1 --device $DEV --precision fp32)
+    $M train "${SPA[@]}" --out_dir "$T/sp1" >"$T/sp1.log" 2>&1
+    if mpirun -np 2 $M train "${SPA[@]}" --sp 2 --out_dir "$T/sp2" >"$T/sp2.log" 2>&1; then
+        compare "$DEV under mpirun, sp 2 = one process" 1e-5 "$(losses "$T/sp2/log.jsonl")" "$(losses "$T/sp1/log.jsonl")"
+    else
+        fail "$DEV under mpirun, sp 2" "$(tail -n 3 "$T/sp2.log")"
+    fi
+else
+    echo "SKIP cuda_mpi (this build has no MPI or mpirun is missing; install openmpi: make deps)"
+fi
