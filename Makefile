@@ -113,6 +113,25 @@ ifneq ($(NVCC),)
   CPPFLAGS    += -DMG_HAVE_CUDA
   LDLIBS      += -L$(CUDA_LIBDIR) -lcublasLt -lcudart -Wl,-rpath,$(CUDA_LIBDIR)
   FEATURES    += CUDA:yes(nvcc,sm_$(subst $() ,+sm_,$(CUDA_ARCHS)))
+  # NCCL (the data-parallel collectives GPU to GPU, parallel/nccl.c): with the toolkit's or a system copy
+  ifndef NO_NCCL
+    NCCL_INC := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+    NCCL_LIB := $(firstword $(wildcard $(CUDA_LIBDIR)/libnccl.so /usr/lib/$(MULTIARCH)/libnccl.so))
+  endif
+  ifneq ($(NCCL_INC)$(NCCL_LIB),)
+    ifneq ($(NCCL_INC),)
+      ifneq ($(NCCL_LIB),)
+        HAVE_NCCL := 1
+      endif
+    endif
+  endif
+  ifeq ($(HAVE_NCCL),1)
+    CPPFLAGS += -DMG_HAVE_NCCL
+    LDLIBS   += -L$(dir $(NCCL_LIB)) -lnccl -Wl,-rpath,$(dir $(NCCL_LIB))
+    FEATURES += NCCL:yes
+  else
+    FEATURES += NCCL:no
+  endif
 else
   FEATURES += CUDA:no(no_nvcc)
 endif
@@ -192,6 +211,7 @@ $(BUILD)/obj/cuda_emu/emu/%.o: kernels/cuda/emu/%.cc
 # (parallel/state_scan.c): no contraction, and no vectorisation (GCC 12's complex-multiply pattern emits
 # vfmaddsub even with -ffp-contract=off).
 $(BUILD)/obj/parallel/%.o: CFLAGS += -ffp-contract=off -fno-tree-vectorize
+$(BUILD)/obj/parallel/nccl.o: CPPFLAGS += $(if $(HAVE_NCCL),-I$(dir $(NCCL_INC)))
 
 # Objects are linked directly (no archive) so that every op object is always part of the link.
 $(BUILD)/megalodon: $(BUILD)/obj/src/main.o $(LIB_OBJ)

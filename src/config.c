@@ -112,6 +112,7 @@ static const KeyDef KEYS[] = {
     {"sp_scan", T_CHOICE, F(sp_scan), "chain", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan (docs/parallelism.md: the chain is the fastest across layers)"},
     {"sp_scan_pieces", T_INT, F(sp_scan_pieces), "4", "run", R_POS, NULL, "sp_scan pipelined: pieces the state is cut into"},
     {"sp_backward", T_CHOICE, F(sp_backward), "chain", "run", R_ANY, "chain|scan", "state gradients across ranks: the reverse chain, or reverse scans with sp_scan's algorithm (each state op's backward then runs twice)"},
+    {"dp_comm", T_CHOICE, F(dp_comm), "auto", "run", R_ANY, "auto|host|nccl|staged", "data-parallel gradient reduce-scatter and parameter all-gather: host = through host memory over MPI, overlapped with the backward; nccl = GPU to GPU (device = cuda); staged = the nccl path's code through host memory (tests); auto = nccl on cuda when built with NCCL, else host"},
     {"sp_layout", T_CHOICE, F(sp_layout), "contiguous", "run", R_ANY, "contiguous|zigzag", "where a rank's tokens sit in the sequence: one contiguous slice, or (arch llama, with the ring) blocks r and 2 sp - 1 - r of 2 sp, which balances the causal attention's work"},
     {"sp_attention", T_CHOICE, F(sp_attention), "auto", "run", R_ANY, "auto|ring|alltoall|gather", "attention chunks longer than a rank's slice: ring (key/value blocks passed rank to rank), all-to-all over heads, or gather keys/values (auto: all-to-all when the chunk's ranks divide num_heads, else ring)"},
 

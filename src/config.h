@@ -75,6 +75,7 @@ typedef struct {
     int sp_scan_pieces;          /* pipelined: pieces the state is cut into */
     char sp_attention[MG_NAME_MAX]; /* auto | ring | alltoall | gather: a chunk longer than a rank's slice */
     char sp_layout[MG_NAME_MAX];    /* contiguous | zigzag (llama: two blocks per rank, balanced ring) */
+    char dp_comm[MG_NAME_MAX];      /* auto | host | nccl | staged: the data-parallel collectives (parallel/devcomm.h) */
     char sp_backward[MG_NAME_MAX];  /* chain | scan: how state gradients cross ranks */
 
     /* ---- checkpoints and continual pre-training ---- */

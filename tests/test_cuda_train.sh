@@ -119,6 +119,21 @@ if $M features 2>/dev/null | grep -q '^MPI: *yes' && command -v mpirun >/dev/nul
     else
         fail "$DEV under mpirun, sp 2" "$(tail -n 3 "$T/sp2.log")"
     fi
+    # data parallelism with the device collectives (dp_comm staged: the NCCL path's code through host memory,
+    # the bits of the host path), in bf16
+    DPA=(--config configs/tiny.conf --threads 1 --eval_every 1000 --eval_batches 1 --log_every 1 --ckpt_async false
+         --max_steps 3 --warmup_steps 1 --device cuda-emu --precision bf16)
+    mpirun -np 2 $M train "${DPA[@]}" --dp_comm host --out_dir "$T/dph" >"$T/dph.log" 2>&1
+    mpirun -np 2 $M train "${DPA[@]}" --dp_comm staged --out_dir "$T/dps" >"$T/dps.log" 2>&1
+    d=$($M ckpt diff "$T/dph/ckpt_00000003.h5" "$T/dps/ckpt_00000003.h5" 2>&1 | grep '^summary')
+    grep -q 'identical=[1-9][0-9]* differing=0 ' <<<"$d" && pass "dp 2 in bf16: the device collectives (staged) give the host path's weights and moments bit for bit" "$d" ||
+        fail "dp 2 device collectives (staged) = host path" "${d:-$(tail -n 3 "$T/dps.log")}"
+    out=$(mpirun -np 2 $M train "${DPA[@]}" --device cpu --precision fp32 --dp_comm nccl --out_dir "$T/dpn" 2>&1)
+    if grep -q "needs a GPU backend\|this build has no NCCL" <<<"$out"; then
+        pass "dp_comm = nccl on the cpu is refused with a message" "$(grep -m1 error <<<"$out" | cut -c1-160)"
+    else
+        fail "dp_comm = nccl on the cpu" "$(tail -n 3 <<<"$out" | cut -c1-300)"
+    fi
 else
     echo "SKIP cuda_mpi (this build has no MPI or mpirun is missing; install openmpi: make deps)"
 fi

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../parallel/devcomm.h"
 #include "../../parallel/shard.h"
 #include "../common.h"
 #include "../launch.h"
@@ -149,14 +150,28 @@ void mg_dist_configure(MgDist *d, const MgConfig *c, const MgBackend *be, int64_
         const size_t es = mg_dtype_size(be->dtype);
         mg_shard_range(total, d->P, d->rank, &d->shard_off, &d->shard_len);
         d->gshard = be->alloc(be, (size_t)MG_MAX(d->shard_len, 1) * es);
-        d->host_grads = mg_malloc((size_t)total * es);
-        d->reducer = mg_shard_reducer_create(d->world, be->dtype, total);
         d->be = be;
+        const char *kind = c->dp_comm;
+        if (!strcmp(kind, "auto")) kind = !strcmp(c->device, "cuda") && mg_devcomm_nccl_built() ? "nccl" : "host";
+        if (strcmp(kind, "host") != 0) {
+            d->dc = mg_devcomm_create(kind, d->world, be, err, sizeof err);
+            if (!d->dc) mg_fatal("%s", err);
+            if (be->dtype != MG_F32) {
+                d->g32 = be->alloc(be, sizeof(float) * (size_t)total);
+                d->gs32 = be->alloc(be, sizeof(float) * (size_t)MG_MAX(d->shard_len, 1));
+            }
+        } else {
+            d->host_grads = mg_malloc((size_t)total * es);
+            d->reducer = mg_shard_reducer_create(d->world, be->dtype, total);
+        }
     }
     d->configured = 1;
 }
 
 void mg_dist_end(MgDist *d) {
+    if (d->g32) d->be->free(d->be, d->g32);
+    if (d->gs32) d->be->free(d->be, d->gs32);
+    mg_devcomm_free(d->dc);
     mg_shard_reducer_free(d->reducer);
     mg_sp_free(d->sp);
     free(d->host_grads);
@@ -211,6 +226,7 @@ static void on_grads_ready(void *ctx, int64_t off, int64_t count) {
 
 const MgModelHooks *mg_dist_last_hooks(MgDist *d, void *grads) {
     if (d->P == 1) return NULL;
+    if (d->dc) return mg_dist_hooks(d); /* the device collectives run after the backward, on its stream */
     d->last_hooks = d->sp ? *mg_sp_hooks(d->sp) : (MgModelHooks){0};
     d->last_hooks.grads_ready = on_grads_ready;
     d->last_hooks.grads_ctx = d;

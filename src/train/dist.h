@@ -26,6 +26,8 @@ typedef struct {
     MgModelHooks last_hooks; /* the hooks of a step's last micro-batch: SP + grads_ready */
     const MgBackend *be;
     void *grads;           /* the model's gradient arena (backend memory) */
+    struct MgDevComm *dc;  /* dp_comm nccl/staged: the collectives on backend memory (NULL: the host path) */
+    float *g32, *gs32;     /* dc with a non-fp32 compute dtype: the gradient in fp32, and its reduced shard */
 } MgDist;
 
 /* Before anything else in a command: join the launch. Under mpirun/srun with P > 1 processes (and a

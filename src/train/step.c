@@ -3,6 +3,7 @@
  * target of the step, global-norm clipping, the scheduled learning rate, AdamW. */
 #include <math.h>
 
+#include "../../parallel/devcomm.h"
 #include "../../parallel/shard.h"
 #include "../common.h"
 #include "../rng.h"
@@ -18,10 +19,27 @@ static double update_distributed(Trainer *t, int64_t step, double *lr_out) {
     const MgBackend *be = t->be;
     const int64_t n = mg_model_params_table(t->model)->total;
     const size_t es = mg_dtype_size(be->dtype);
-    be->synchronize(be);
-    /* the last micro-batch's backward started the reduce-scatter bucket by bucket (mg_dist_last_hooks) */
-    mg_dist_reduce_finish(d, d->host_grads); /* this rank's shard, in front */
-    be->to_device(be, d->gshard, d->host_grads, (size_t)d->shard_len * es);
+    if (d->dc) {
+        /* on backend memory: the gradient in fp32, reduce-scattered, this rank's shard back in the compute
+         * dtype (the host path's arithmetic: a float sum rounded once) */
+        const void *grads = mg_model_grads(t->model);
+        float *g32 = d->g32 ? d->g32 : (float *)grads, *gs32 = d->gs32 ? d->gs32 : (float *)d->gshard;
+        if (d->g32) {
+            MgConvertArgs cv = {.n = n, .src_dtype = be->dtype, .dst_dtype = MG_F32, .src = grads, .dst = g32};
+            be->convert(be, &cv);
+        }
+        d->dc->reduce_scatter_f32(d->dc, g32, gs32, n);
+        if (d->gs32 && d->shard_len > 0) {
+            MgConvertArgs cv = {.n = d->shard_len, .src_dtype = MG_F32, .dst_dtype = be->dtype, .src = gs32,
+                                .dst = d->gshard};
+            be->convert(be, &cv);
+        }
+    } else {
+        be->synchronize(be);
+        /* the last micro-batch's backward started the reduce-scatter bucket by bucket (mg_dist_last_hooks) */
+        mg_dist_reduce_finish(d, d->host_grads); /* this rank's shard, in front */
+        be->to_device(be, d->gshard, d->host_grads, (size_t)d->shard_len * es);
+    }
     double ss = d->shard_len > 0 ? be->sum_squares(be, d->gshard, d->shard_len) : 0.0;
     mg_dist_sum(d, &ss, 1);
     const double gnorm = sqrt(ss);
@@ -37,9 +55,14 @@ static double update_distributed(Trainer *t, int64_t step, double *lr_out) {
                           .weight_decay = c->weight_decay, .grad_scale = clip, .step = step};
         be->adamw_update(be, &aw);
     }
-    be->synchronize(be);
-    mg_all_gather_shards(d->world, sizeof(float), masters, n);
-    if (sep) mg_all_gather_shards(d->world, es, params, n);
+    if (d->dc) {
+        d->dc->all_gather(d->dc, masters, n, sizeof(float));
+        if (sep) d->dc->all_gather(d->dc, params, n, es);
+    } else {
+        be->synchronize(be);
+        mg_all_gather_shards(d->world, sizeof(float), masters, n);
+        if (sep) mg_all_gather_shards(d->world, es, params, n);
+    }
     *lr_out = lr;
     return gnorm;
 }
