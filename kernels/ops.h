@@ -420,7 +420,11 @@ extern const MgBackend mg_cpu_backend_f64;
 /* Profiling: a backend that forwards to `inner` and times every op (kernels/profile.c). */
 const MgBackend *mg_backend_profile_wrap(const MgBackend *inner);
 void mg_profile_reset(void);
+/* Per op: ms, %, calls per step, GB/s of the minimum-traffic model and TFLOP/s (kernels/profile.c states
+ * the conventions); with ceilings set (> 0), also the fraction of the ceiling each op is bound by. */
 void mg_profile_report(FILE *f, int steps);
+/* The measured ceilings (device-to-device copy GB/s, matrix-product TFLOP/s) the report is read against. */
+void mg_profile_set_ceilings(double copy_gbs, double gemm_tflops);
 
 /* Set the number of CPU threads used by OpenMP regions and BLAS (0 = leave the default). */
 void mg_set_threads(int n);

@@ -40,6 +40,7 @@ int cmd_bench(int argc, char **argv) {
                "%.1f TFLOP/s (cuBLASLt, fp32 accumulation; %.1f%% of the 989.4 TFLOP/s bf16 dense peak)\n",
                gbs, mg_dtype_name(be->dtype), tf, 100.0 * tf / 989.4);
         printf("bench_ceilings copy_gbs=%.1f gemm_tflops=%.2f dtype=%s\n", gbs, tf, mg_dtype_name(be->dtype));
+        mg_profile_set_ceilings(gbs, tf); /* the --profile table's "of ceiling" column */
 #endif
     }
     int profile = vals[2] && atoi(vals[2]);
