@@ -235,6 +235,30 @@ else
     fi
 fi
 
+# ---- training on the GPU, and the per-op profile's ceilings -------------------------------------------
+# test_cuda_train.sh: tiny for 50 steps in fp32 and in bf16 on the GPU against the CPU's losses (it needs the
+# default corpus: data/corpus from scripts/prepare_data.sh, carried to a machine without the network);
+# test_bench_profile.sh: the bench's op table with the measured ceilings.
+for st in cuda_train:tests/test_cuda_train.sh:240 bench_profile:tests/test_bench_profile.sh:120; do
+    name=${st%%:*}; rest=${st#*:}; script=${rest%%:*}; lim=${rest#*:}
+    if [ ! -x "$script" ]; then
+        record "$name" "SKIPPED (no $script)" 0 ""; section "$name" "SKIPPED" 0 "\`$script\` is not in this tree."; continue
+    fi
+    if [ "$name" = cuda_train ] && [ ! -d data/corpus/train ]; then
+        record "$name" "SKIPPED (no corpus)" 0 "data/corpus/train is missing: run scripts/prepare_data.sh where there is a network and bring data/ along"
+        section "$name" "SKIPPED (no corpus)" 0 "data/corpus/train is missing: run scripts/prepare_data.sh where there is a network and bring data/ along."
+        continue
+    fi
+    can_run "$name" "${GPU_CHECK_TRAIN_TIMEOUT_S:-$lim}"
+    if [ "$GO" = 1 ]; then
+        log=$LOGS/$name.log
+        run_timed "$log" "$T" env MG_BUILD="$BIN" bash "$script"
+        tu_verdict "$log" "$RC" "$T"
+        record "$name" "$VERDICT" "$SECS" "$NOTE"
+        section "$name ($script)" "$VERDICT" "$SECS" "$NOTE" "$log" 30
+    fi
+done
+
 # ---- benchmark ------------------------------------------------------------------------------------------
 BENCH_ROWS=()
 BENCH_OK=0
