@@ -106,7 +106,7 @@ static const KeyDef KEYS[] = {
     {"precision", T_CHOICE, F(precision), "auto", "run", R_ANY, "auto|fp32|bf16", "storage/compute precision: bf16 = bf16 parameters, activations and gradients with fp32 accumulation, fp32 master weights, moments, states and losses (CUDA only); fp32 = everything fp32; auto = bf16 on cuda, fp32 on cpu"},
     {"tokenizer", T_STRING, F(tokenizer), "data/tokenizer/llama2.tok", "run", R_ANY, NULL, "tokenizer file"},
     {"stop_at", T_INT64, F(stop_at), "0", "run", R_NONNEG, NULL, "stop with a checkpoint once this step is done (resume later); 0 = run to max_steps"},
-    {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100 bf16 dense, cuda)"},
+    {"peak_tflops", T_DOUBLE, F(peak_tflops), "0", "run", R_NONNEG, NULL, "peak TFLOP/s for MFU; 0 = measured sgemm peak (cpu) or 989.4 (H100/H200 bf16 dense, cuda)"},
 
     {"sp", T_INT, F(sp), "1", "run", R_POS, NULL, "sequence-parallel ranks per data-parallel group: mpirun -np P runs P/sp groups (docs/parallelism.md)"},
     {"sp_scan", T_CHOICE, F(sp_scan), "chain", "run", R_ANY, "chain|pipelined|allgather|doubling", "algorithm of the sequence-parallel state scan (docs/parallelism.md: the chain is the fastest across layers)"},

@@ -380,9 +380,17 @@ const char *bo_case_shape(const BoCase *c) { return c->shape; }
  *  - CHAINED 1e-3: attention's backward, a chain of reductions with a cancellation inside
  *    (dS = P (dP - D), on top of the softmax recomputed from the saved log-sum-exp). Worst measured:
  *    2.0e-4 (DropKey with chunk 5).
- * Normwise errors are far smaller (<= 2e-6 in float32 over 100 seeds). float64 against the float64 reference allows
- * summation-order differences of another implementation (the CPU against itself is bitwise equal).
- * bfloat16 keeps 8 bits (u = 2^-8): its column is provisional until a bf16 backend is measured. */
+ * Normwise errors are far smaller (<= 2e-6 in float32 over 100 seeds), and have a tighter bound of their own
+ * (norm_tolerance): 1e-5 for float32, 2e-2 for bfloat16, the bounds the CUDA backend is held to.
+ * float64 against the float64 reference allows summation-order differences of another implementation
+ * (the CPU against itself is bitwise equal).
+ * bfloat16 keeps 8 bits (u = 2^-8); measured on the CUDA kernels (emulated, 3 seeds): worst element-wise
+ * 7.7e-3 (TimestepNorm backward), worst normwise 3.1e-3. */
+/* The normwise bound: the class tolerance, at most 1e-5 (float32) or 2e-2 (bfloat16). */
+static double norm_tolerance(double tol, Elem e) {
+    return e == E_F32 ? fmin(tol, 1e-5) : e == E_BF16 ? fmin(tol, 2e-2) : tol;
+}
+
 static double tolerance(BoTolClass cls, Elem e) {
     static const double f32[] = {0.0, 5e-5, 2e-4, 1e-3};
     static const double bf16[] = {0.0, 5e-2, 1e-1, 2e-1};
@@ -694,9 +702,9 @@ void bo_case_check(const BoCase *c, const MgBackend *be, const MgBackend *ref, B
         errors(bv[i], rv[i], b->n, c->floor_frac, &mr, &nr);
         if (!elem_is_float(e) && mr != 0) {
             msg_add(r->msg, sizeof r->msg, "%s (%s) differs from the reference", b->name, elem_name(e));
-        } else if (!(mr <= tol && nr <= tol)) {
-            msg_add(r->msg, sizeof r->msg, "%s: max_rel_err=%.2e norm_rel_err=%.2e over tol %.0e (%s)", b->name, mr,
-                    nr, tol, elem_name(e));
+        } else if (!(mr <= tol && nr <= norm_tolerance(tol, e))) {
+            msg_add(r->msg, sizeof r->msg, "%s: max_rel_err=%.2e norm_rel_err=%.2e over tol %.0e (normwise %.0e, %s)",
+                    b->name, mr, nr, tol, norm_tolerance(tol, e), elem_name(e));
         }
         /* The reported buffer is the one closest to its tolerance (the largest error where tol = 0). */
         const double ratio = isnan(mr) ? INFINITY : tol > 0 ? mr / tol : (mr > 0 ? INFINITY : 0);
