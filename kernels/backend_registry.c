@@ -42,8 +42,8 @@ static MgBackend *cuda_create(const char *name, int device, int local_rank, char
 #else
     (void)device, (void)local_rank;
     mg_errf(err, errlen,
-            "device '%s': this build has no CUDA backend (nvcc was not found when it was built: install the CUDA "
-            "toolkit, or set CUDA_HOME, and run make again), or use --device cpu",
+            "device '%s': this build has no CUDA backend (it was built without nvcc, or with NO_CUDA=1: install the "
+            "CUDA toolkit, or set CUDA_HOME, and run make again), or use --device cpu",
             name);
     return NULL;
 #endif

@@ -32,8 +32,7 @@ asm(".text\n"
 namespace emu {
 
 thread_local const uint3 *cur_tid;
-thread_local uint3 cur_bid;
-thread_local dim3 cur_bdim, cur_gdim;
+thread_local uint3 cur_bid, cur_bdim, cur_gdim;
 
 namespace {
 
@@ -165,7 +164,7 @@ void run_block(BlockRun &r, uint64_t block_linear) {
         fiber_init(f);
     }
     /* poison the dynamic shared memory: a read before a write shows up as NaN */
-    std::memset(r.smem.data(), 0xff, r.smem.size());
+    if (!r.smem.empty()) std::memset(r.smem.data(), 0xff, r.smem.size());
     std::vector<unsigned> order(nt);
     const unsigned nwarps = (nt + 31) / 32;
     for (uint64_t round = 0;; round++) {
@@ -264,8 +263,8 @@ void launch(dim3 grid, dim3 block, size_t smem, const char *name, const std::fun
     r.body = &body;
     r.name = name;
     r.smem.resize(smem);
-    cur_bdim = block;
-    cur_gdim = grid;
+    cur_bdim = {block.x, block.y, block.z};
+    cur_gdim = {grid.x, grid.y, grid.z};
     g_run = &r;
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)

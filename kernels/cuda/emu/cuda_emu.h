@@ -42,9 +42,10 @@ struct uint3 {
 #define __shared__ static thread_local
 
 namespace emu {
+/* The running thread's indices. Plain structs (no constructor): a thread_local of a class type with
+ * one is reached through a wrapper function, which the sanitizers' checks trip over inside a fiber. */
 extern thread_local const uint3 *cur_tid;
-extern thread_local uint3 cur_bid;
-extern thread_local dim3 cur_bdim, cur_gdim;
+extern thread_local uint3 cur_bid, cur_bdim, cur_gdim;
 void syncthreads();
 void syncwarp();
 /* Every lane of the warp contributes v; all[i] receives lane i's value. */
