@@ -865,6 +865,8 @@ const char *mg_config_precision(const MgConfig *c) {
     return c->precision;
 }
 
+MgDtype mg_config_compute_dtype(const MgConfig *c) { return !strcmp(mg_config_precision(c), "bf16") ? MG_BF16 : MG_F32; }
+
 int mg_config_attention_span(const MgConfig *c) {
     return !strcmp(c->arch, "llama") || c->seq_len < c->chunk_size ? c->seq_len : c->chunk_size;
 }

@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "common.h"
+
 #define MG_PATH_MAX 1024
 #define MG_NAME_MAX 64
 
@@ -114,6 +116,8 @@ int mg_config_validate(const MgConfig *c, char *err, size_t errlen);
 int mg_config_attention_span(const MgConfig *c);
 /* The precision a run computes in: "fp32" or "bf16" (precision = auto resolved by the device). */
 const char *mg_config_precision(const MgConfig *c);
+/* The compute dtype of that precision (MG_BF16 or MG_F32), without creating a backend. */
+MgDtype mg_config_compute_dtype(const MgConfig *c);
 
 /* Print every key = value (resolved), grouped, to f; or into a malloc'd string. */
 void mg_config_print(const MgConfig *c, FILE *f);

@@ -224,8 +224,7 @@ void mg_info_print(const MgConfig *c, FILE *f) {
                "  yet; sequence parallelism would divide the activations by its size)\n");
     /* what `train` checks before it allocates (memcheck.h), for this machine */
     {
-        const MgBackend *kind = mg_backend_for(c);
-        const MgDtype dt = kind ? kind->dtype : MG_F32;
+        const MgDtype dt = mg_config_compute_dtype(c); /* no backend needed: info runs without the device */
         MgRunMemory rm;
         mg_run_memory(c, &t, dt, MG_MEM_TRAIN, &rm);
         char src[900];

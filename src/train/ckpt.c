@@ -379,8 +379,7 @@ MgModel *mg_model_from_checkpoint(const char *cmd, int argc, char **argv, const 
     mg_config_from_args(&cfg, argc, argv, extra_keys, extra_values);
     mg_ckpt_meta_free(&meta);
     if (mg_config_validate(&cfg, err, sizeof err)) mg_fatal("%s", err);
-    const MgBackend *kind = mg_backend_for(&cfg);
-    if (mg_memory_check(&cfg, kind ? kind->dtype : MG_F32, strcmp(cmd, "sample") ? MG_MEM_EVAL : MG_MEM_SAMPLE, err,
+    if (mg_memory_check(&cfg, mg_config_compute_dtype(&cfg), strcmp(cmd, "sample") ? MG_MEM_EVAL : MG_MEM_SAMPLE, err,
                         sizeof err))
         mg_fatal("%s", err);
     mg_set_threads(cfg.threads);

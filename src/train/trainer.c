@@ -195,8 +195,8 @@ static void trainer_setup(Trainer *t, int argc, char **argv) {
     mg_config_defaults(c);
     mg_config_from_args(c, argc, argv, NULL, NULL);
     if (mg_config_validate(c, err, sizeof err)) mg_fatal("%s", err);
-    const MgBackend *kind = mg_backend_for(c);
-    if (mg_memory_check(c, kind ? kind->dtype : MG_F32, MG_MEM_TRAIN, err, sizeof err)) mg_fatal("%s", err);
+    /* the dtype from the config: no backend instance yet (on a GPU a second one would hold memory) */
+    if (mg_memory_check(c, mg_config_compute_dtype(c), MG_MEM_TRAIN, err, sizeof err)) mg_fatal("%s", err);
     if (t->dist.P == 1 && c->sp > 1)
         mg_fatal("sp = %d needs %d or more processes (mpirun -np P, P a multiple of sp); this is one process: "
                  "launch it with mpirun/srun, or use sp = 1",
