@@ -417,6 +417,16 @@ const MgBackend *mg_backend_get(const char *name);
 extern const MgBackend mg_cpu_backend_f32;
 extern const MgBackend mg_cpu_backend_f64;
 
+/* Argument checks shared by the backends (kernels/validate.c): fatal with the op's message on bad
+ * arguments. The attention geometry: chunks per batch row, queries and keys per chunk, and the causal
+ * offset (query i sees keys j <= i + off). */
+typedef struct {
+    int nchunks;
+    int nq, nk, off;
+} MgAttGeom;
+MgAttGeom mg_attention_geometry(const MgAttentionArgs *a, const char *who);
+void mg_timestep_norm_validate(const MgTimestepNormArgs *a, const char *op, int backward);
+
 /* Profiling: a backend that forwards to `inner` and times every op (kernels/profile.c). */
 const MgBackend *mg_backend_profile_wrap(const MgBackend *inner);
 void mg_profile_reset(void);

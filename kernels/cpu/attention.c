@@ -33,63 +33,7 @@
 
 #define ATT_RB 128 /* query rows per block */
 
-typedef struct {
-    int nchunks;     /* chunks per batch row */
-    int nq, nk, off; /* queries and keys per chunk; query i sees keys j <= i + off */
-} AttGeom;
-
-static AttGeom attention_geometry(const MgAttentionArgs *a, const char *who) {
-    MG_CHECK(a->B >= 0 && a->H >= 1 && a->Dqk >= 1 && a->Dv >= 1,
-             "%s: bad shape B=%d H=%d Dqk=%d Dv=%d (need B >= 0, H, Dqk, Dv >= 1)", who, a->B, a->H, a->Dqk,
-             a->Dv);
-    MG_CHECK(a->Lq >= 1 && a->Lk >= 1, "%s: bad lengths Lq=%d Lk=%d (need >= 1)", who, a->Lq, a->Lk);
-    MG_CHECK(a->chunk >= 1, "%s: chunk=%d must be >= 1", who, a->chunk);
-    MG_CHECK(a->drop_p >= 0.0 && a->drop_p < 1.0, "%s: drop_p=%g must be in [0, 1)", who, a->drop_p);
-    MG_CHECK(a->drop_heads >= 0 && (a->drop_heads == 0 || (a->drop_head0 >= 0 && a->drop_head0 + a->H <= a->drop_heads)),
-             "%s: heads %lld.. of %lld do not hold the H=%d heads of this call", who, (long long)a->drop_head0,
-             (long long)a->drop_heads, a->H);
-    MG_CHECK(a->drop_chunk_len >= 0 && (a->drop_chunk_len == 0 || a->Lk <= a->drop_chunk_len),
-             "%s: drop_chunk_len=%lld must be 0 or hold the Lk=%d keys", who, (long long)a->drop_chunk_len, a->Lk);
-    MG_CHECK(a->q && a->k && a->v, "%s: q, k and v must not be NULL", who);
-    AttGeom g;
-    if (a->block) {
-        MG_CHECK(a->k_row0 >= 0 && a->q_row0 >= a->k_row0,
-                 "%s: block mode needs 0 <= k_row0 <= q_row0 (got q_row0=%lld, k_row0=%lld): a key block after the "
-                 "queries has no visible key",
-                 who, (long long)a->q_row0, (long long)a->k_row0);
-        MG_CHECK(a->drop_p == 0.0 ||
-                     (a->drop_chunk_len > 0 && a->q_row0 + a->Lq <= a->drop_chunk_len && a->k_row0 + a->Lk <= a->drop_chunk_len),
-                 "%s: block mode with DropKey needs drop_chunk_len = the chunk's length, holding rows q_row0 + Lq "
-                 "and k_row0 + Lk (got %lld, %lld, %lld)",
-                 who, (long long)a->drop_chunk_len, (long long)(a->q_row0 + a->Lq), (long long)(a->k_row0 + a->Lk));
-        MG_CHECK(a->q_row0 - a->k_row0 <= (int64_t)1 << 30, "%s: q_row0 - k_row0 too large", who);
-        g.nchunks = 1;
-        g.nq = a->Lq;
-        g.nk = a->Lk;
-        g.off = (int)(a->q_row0 - a->k_row0);
-        return g;
-    }
-    if (a->Lq == a->Lk) {
-        const int L = a->Lq, c = MG_MIN(a->chunk, L);
-        MG_CHECK(L % c == 0,
-                 "%s: sequence length L=%d is not a multiple of the attention chunk size %d; use a length that "
-                 "is a multiple of the chunk size (or at most one chunk)",
-                 who, L, a->chunk);
-        g.nchunks = L / c;
-        g.nq = g.nk = c;
-        g.off = 0;
-    } else {
-        MG_CHECK(a->Lq < a->Lk && a->Lk <= a->chunk,
-                 "%s: decoding needs Lq < Lk <= chunk (got Lq=%d, Lk=%d, chunk=%d): the queries are the last Lq "
-                 "of Lk keys inside one chunk; flush the cache at chunk boundaries",
-                 who, a->Lq, a->Lk, a->chunk);
-        g.nchunks = 1;
-        g.nq = a->Lq;
-        g.nk = a->Lk;
-        g.off = a->Lk - a->Lq;
-    }
-    return g;
-}
+typedef MgAttGeom AttGeom;
 
 /* Pointers of one task's chunk: row 0 of the chunk for head h, row stride H*D. */
 typedef struct {
@@ -258,7 +202,7 @@ static void attention_backward_task(const MgAttentionArgs *a, const AttGeom *g, 
 }
 
 void CPU_FN(attention_forward)(const MgBackend *be, const MgAttentionArgs *a) {
-    const AttGeom g = attention_geometry(a, "attention_forward");
+    const AttGeom g = mg_attention_geometry(a, "attention_forward");
     const int64_t ntasks = (int64_t)a->B * g.nchunks * a->H;
     if (ntasks == 0) return;
     MG_CHECK(a->o, "attention_forward: output o is NULL");
@@ -278,7 +222,7 @@ void CPU_FN(attention_forward)(const MgBackend *be, const MgAttentionArgs *a) {
 }
 
 void CPU_FN(attention_backward)(const MgBackend *be, const MgAttentionArgs *a) {
-    const AttGeom g = attention_geometry(a, "attention_backward");
+    const AttGeom g = mg_attention_geometry(a, "attention_backward");
     const int64_t ntasks = (int64_t)a->B * g.nchunks * a->H;
     if (ntasks == 0 || (!a->dq && !a->dk && !a->dv)) return;
     MG_CHECK(a->dout, "attention_backward: dout is NULL");

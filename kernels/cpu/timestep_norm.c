@@ -12,26 +12,9 @@
 /* Threads only pay off above a few tens of microseconds of work (gradient checks call tiny sizes). */
 MG_MAYBE_UNUSED static int tsn_parallel(const MgTimestepNormArgs *a) { return (double)a->B * a->L * a->D >= 32768.0; }
 
-static void tsn_validate(const MgTimestepNormArgs *a, const char *op, int backward) {
-    MG_CHECK(a->B >= 1 && a->L >= 1 && a->D >= 1 && a->G >= 1,
-             "%s: B, L, D and G must all be >= 1 (got B=%d L=%d D=%d G=%d)", op, a->B, a->L, a->D, a->G);
-    MG_CHECK(a->D % a->G == 0, "%s: D=%d is not divisible by the number of groups G=%d; pick G dividing D", op,
-             a->D, a->G);
-    MG_CHECK(a->eps >= 0.0, "%s: eps must be >= 0 (got %g)", op, a->eps);
-    MG_CHECK((a->count_in == NULL) == (a->mean_in == NULL) && (a->mean_in == NULL) == (a->var_in == NULL),
-             "%s: pass all three of count_in, mean_in, var_in (carried state) or none of them (fresh state)",
-             op);
-    MG_CHECK(a->x && a->weight && a->bias, "%s: x, weight and bias must not be NULL", op);
-    if (backward || a->y)
-        MG_CHECK(a->saved_mean && a->saved_rstd, "%s: saved_mean and saved_rstd (B x L x G) must not be NULL", op);
-    if (backward) MG_CHECK(a->dy, "%s: dy must not be NULL", op);
-    else MG_CHECK(a->y || a->count_out || a->mean_out || a->var_out,
-                  "%s: nothing to compute (y and every carried-out state pointer are NULL)", op);
-}
-
 void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs *a) {
     (void)be;
-    tsn_validate(a, "timestep_norm_forward", 0);
+    mg_timestep_norm_validate(a, "timestep_norm_forward", 0);
     const int B = a->B, L = a->L, D = a->D, G = a->G, dg = D / G;
     const real *x = a->x, *w = a->weight, *bias = a->bias;
     const real *mean_in = a->mean_in, *var_in = a->var_in;
@@ -91,7 +74,7 @@ void CPU_FN(timestep_norm_forward)(const MgBackend *be, const MgTimestepNormArgs
  * Parameter gradients go to per-batch-row partials (each task owns a disjoint slice), then are summed
  * over b in order, so the result does not depend on the thread count. */
 void CPU_FN(timestep_norm_backward)(const MgBackend *be, const MgTimestepNormArgs *a) {
-    tsn_validate(a, "timestep_norm_backward", 1);
+    mg_timestep_norm_validate(a, "timestep_norm_backward", 1);
     const int B = a->B, L = a->L, D = a->D, G = a->G, dg = D / G;
     const real *x = a->x, *w = a->weight, *dy = a->dy;
     const real *smean = a->saved_mean, *srstd = a->saved_rstd;

@@ -428,23 +428,6 @@ template <class T> __global__ void k_tsn_colsum(int64_t P, int D, const float *p
 
 /* ---- host wrappers ------------------------------------------------------------------------------------- */
 
-static void tsn_validate(const MgTimestepNormArgs *a, const char *op, int backward) {
-    MG_CHECK(a->B >= 1 && a->L >= 1 && a->D >= 1 && a->G >= 1,
-             "%s: B, L, D and G must all be >= 1 (got B=%d L=%d D=%d G=%d)", op, a->B, a->L, a->D, a->G);
-    MG_CHECK(a->D % a->G == 0, "%s: D=%d is not divisible by the number of groups G=%d; pick G dividing D", op,
-             a->D, a->G);
-    MG_CHECK(a->eps >= 0.0, "%s: eps must be >= 0 (got %g)", op, a->eps);
-    MG_CHECK((a->count_in == NULL) == (a->mean_in == NULL) && (a->mean_in == NULL) == (a->var_in == NULL),
-             "%s: pass all three of count_in, mean_in, var_in (carried state) or none of them (fresh state)",
-             op);
-    MG_CHECK(a->x && a->weight && a->bias, "%s: x, weight and bias must not be NULL", op);
-    if (backward || a->y)
-        MG_CHECK(a->saved_mean && a->saved_rstd, "%s: saved_mean and saved_rstd (B x L x G) must not be NULL", op);
-    if (backward) MG_CHECK(a->dy, "%s: dy must not be NULL", op);
-    else MG_CHECK(a->y || a->count_out || a->mean_out || a->var_out,
-                  "%s: nothing to compute (y and every carried-out state pointer are NULL)", op);
-}
-
 /* Lanes per (step, group) pair: the power of two >= D/G / 8, at most a warp, so that a lane sums about 8
  * channels (good ILP) and the shuffle reductions over the W lanes stay short (log2 W steps per sum). */
 static int tsn_lanes(int dg) {
@@ -457,7 +440,7 @@ static int tsn_lanes(int dg) {
 static unsigned tsn_scan_blocks(int B, int G) { return (unsigned)(((int64_t)B * G + 3) / 4); } /* 4 warps each */
 
 void timestep_norm_forward(const MgBackend *be, const MgTimestepNormArgs *a) {
-    tsn_validate(a, "timestep_norm_forward", 0);
+    mg_timestep_norm_validate(a, "timestep_norm_forward", 0);
     const int B = a->B, L = a->L, D = a->D, G = a->G, dg = D / G, K = (L + TSN_C - 1) / TSN_C, W = tsn_lanes(dg);
     const size_t nstat = (size_t)B * L * G, nsum = (size_t)B * K * G;
     float *ms = (float *)ws(be, 0, sizeof(float) * 2 * nstat);
@@ -476,7 +459,7 @@ void timestep_norm_forward(const MgBackend *be, const MgTimestepNormArgs *a) {
 }
 
 void timestep_norm_backward(const MgBackend *be, const MgTimestepNormArgs *a) {
-    tsn_validate(a, "timestep_norm_backward", 1);
+    mg_timestep_norm_validate(a, "timestep_norm_backward", 1);
     const int B = a->B, L = a->L, D = a->D, G = a->G, dg = D / G, K = (L + TSN_C - 1) / TSN_C, W = tsn_lanes(dg);
     const bool need_state = a->dx || a->dmean_in || a->dvar_in, need_params = a->dweight || a->dbias;
     if (!need_state && !need_params) return;
