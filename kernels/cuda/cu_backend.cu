@@ -435,6 +435,7 @@ static void destroy(MgBackend *be) {
     CU_CHECK(cudaStreamDestroy(c->stream[1]));
     free(c->live);
     free(c->cache);
+    free(c->algos);
     free(c);
     free(be);
 }

@@ -21,6 +21,7 @@ struct Ctx {
     void *blas;                      /* cublasLtHandle_t (NULL in the emulator) */
     void *blas_ws;                   /* cuBLASLt workspace */
     size_t blas_ws_bytes;
+    void *algos;                     /* cu_linear.cu: cuBLASLt's algorithm choices by shape (this instance's) */
     void *ws[WS_SLOTS];              /* op workspace: grow-only device buffers */
     size_t ws_bytes[WS_SLOTS];
     int64_t grows;

@@ -29,8 +29,10 @@ struct AlgoEntry {
     int used;
 };
 enum { ALGO_CACHE = 128 };
-static AlgoEntry g_algos[ALGO_CACHE];
-static int g_nalgos;
+struct AlgoCache { /* per backend instance: instances on other threads or devices never share it */
+    AlgoEntry e[ALGO_CACHE];
+    int n;
+};
 
 static void gemm_lt(const MgBackend *be, bool ta, bool tb, int m, int n, int k, float alpha, const void *A, int lda,
                     const void *B, int ldb, float beta, void *C, int ldc, const void *bias) {
@@ -52,9 +54,11 @@ static void gemm_lt(const MgBackend *be, bool ta, bool tb, int m, int n, int k, 
     BLAS_CHECK(cublasLtMatrixLayoutCreate(&lb, dt, tb ? n : k, tb ? k : n, ldb));
     BLAS_CHECK(cublasLtMatrixLayoutCreate(&lc, dt, m, n, ldc));
     AlgoKey key = {ta, tb, m, n, k, lda, ldb, ldc, (int)dt, bias != NULL, beta == 0.0f};
+    if (!c->algos) c->algos = mg_calloc(1, sizeof(AlgoCache));
+    AlgoCache *cache = (AlgoCache *)c->algos;
     const cublasLtMatmulAlgo_t *algo = NULL;
-    for (int i = 0; i < g_nalgos; i++)
-        if (!memcmp(&g_algos[i].key, &key, sizeof key)) algo = &g_algos[i].algo;
+    for (int i = 0; i < cache->n; i++)
+        if (!memcmp(&cache->e[i].key, &key, sizeof key)) algo = &cache->e[i].algo;
     if (!algo) {
         cublasLtMatmulPreference_t pref;
         BLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -72,10 +76,10 @@ static void gemm_lt(const MgBackend *be, bool ta, bool tb, int m, int n, int k, 
         if (found < 1)
             mg_fatal("cuBLASLt: no algorithm for a %s product m=%d n=%d k=%d (ta=%d tb=%d lda=%d ldb=%d ldc=%d)",
                      be->dtype == MG_BF16 ? "bf16" : "fp32", m, n, k, ta, tb, lda, ldb, ldc);
-        int slot = g_nalgos < ALGO_CACHE ? g_nalgos++ : (int)(((unsigned)m * 31u + (unsigned)n) % ALGO_CACHE);
-        g_algos[slot].key = key;
-        g_algos[slot].algo = res.algo;
-        algo = &g_algos[slot].algo;
+        int slot = cache->n < ALGO_CACHE ? cache->n++ : (int)(((unsigned)m * 31u + (unsigned)n) % ALGO_CACHE);
+        cache->e[slot].key = key;
+        cache->e[slot].algo = res.algo;
+        algo = &cache->e[slot].algo;
     }
     BLAS_CHECK(cublasLtMatmul(h, op, &alpha, A, la, B, lb, &beta, C, lc, C, lc, algo, c->blas_ws, c->blas_ws_bytes,
                               stream(be)));
