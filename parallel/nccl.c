@@ -8,6 +8,7 @@
  * from a unique id that rank 0 makes and the transport's all-gather hands to every rank (the MPI
  * bootstrap); each rank has already selected its GPU (the backend instance did). */
 #include "devcomm.h"
+#include "shard.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,8 @@ static void nccl_reduce_scatter(MgDevComm *c, const float *in, float *out, int64
     Nccl *x = c->ctx;
     const int P = c->size;
     const int64_t blk = (n + P - 1) / P;
-    const int64_t off = MG_MIN((int64_t)c->rank * blk, n), len = MG_MIN(off + blk, n) - off;
+    int64_t off, len;
+    mg_shard_range(n, P, c->rank, &off, &len); /* shard.h's shards: P blocks of blk, the last short */
     float *pad = pad_buffer(c, sizeof(float) * (size_t)(blk * P));
     c->be->copy(c->be, pad, in, sizeof(float) * (size_t)n);
     if (blk * P > n) c->be->memset0(c->be, pad + n, sizeof(float) * (size_t)(blk * P - n)); /* the padding adds 0 */
@@ -57,7 +59,8 @@ static void nccl_all_gather(MgDevComm *c, void *buf, int64_t n, size_t es) {
     Nccl *x = c->ctx;
     const int P = c->size;
     const int64_t blk = (n + P - 1) / P;
-    const int64_t off = MG_MIN((int64_t)c->rank * blk, n), len = MG_MIN(off + blk, n) - off;
+    int64_t off, len;
+    mg_shard_range(n, P, c->rank, &off, &len); /* shard.h's shards: P blocks of blk, the last short */
     char *pad = pad_buffer(c, es * (size_t)(blk * P));
     char *mine = pad + es * (size_t)c->rank * (size_t)blk;
     c->be->copy(c->be, mine, (char *)buf + es * (size_t)off, es * (size_t)len);

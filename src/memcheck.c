@@ -219,6 +219,21 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
     fprintf(f, "%s%-34s %12s\n", indent, "total", mg_format_bytes(m->total, a, sizeof a));
 }
 
+/* This process's rank among the ranks of its node, from the launcher's environment (-1 if not launched by
+ * one): each rank of an mpirun/srun job then drives the GPU of its local rank. */
+int mg_local_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                                       "SLURM_LOCALID", "LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *s = getenv(vars[i]);
+        if (!s || !*s) continue;
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end != s && !*end && v >= 0 && v < 1000000) return (int)v;
+    }
+    return -1;
+}
+
 /* Ranks of this launch on this node (they share its memory): from the launcher's environment, else 1. */
 static int local_ranks(void) {
     static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE",
@@ -243,8 +258,7 @@ int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err,
     if (gpu) {
         /* each rank has a GPU of its own (its local rank's): the model, optimizer and activations live
          * there; the checkpoint snapshot and token buffers stay in host memory */
-        const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-        const int dev = lr ? mg_cuda_device_for_local_rank(atoi(lr)) : 0;
+        const int lr = mg_local_rank(), dev = lr > 0 ? mg_cuda_device_for_local_rank(lr) : 0;
         double fr = 0.0, tot = 0.0;
         avail = mg_cuda_memory_info(dev, &fr, &tot) == 0 ? fr : -1.0;
         snprintf(src, sizeof src, "free memory of GPU %d, of %.1f GiB", dev, tot / 1073741824.0);

@@ -54,4 +54,8 @@ void mg_run_memory_print(const MgRunMemory *m, const MgConfig *c, MgDtype comput
  * that gives the breakdown and names the keys to change. */
 int mg_memory_check(const MgConfig *c, MgDtype compute, MgMemUse use, char *err, size_t errlen);
 
+/* This process's rank among the ranks of its node, from the launcher's environment (Open MPI, MPICH,
+ * MVAPICH, Slurm, LOCAL_RANK), or -1 when not launched by one: the GPU a rank drives. */
+int mg_local_rank(void);
+
 #endif

@@ -6,6 +6,7 @@
 
 #include "../kernels/cpu/cpu_ops.h"
 #include "common.h"
+#include "memcheck.h"
 
 /* The registry name of a config's backend: cpu -> cpu-f32; cuda / cuda-emu -> bf16 or -fp32 by precision. */
 static const char *backend_name(const MgConfig *cfg, char *buf, size_t n) {
@@ -21,21 +22,6 @@ static const char *backend_name(const MgConfig *cfg, char *buf, size_t n) {
     return buf;
 }
 
-/* This process's rank among the ranks of its node, from the launcher's environment (-1 if not launched by
- * one): each rank of an mpirun/srun job then drives the GPU of its local rank. */
-static int local_rank(void) {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
-                                       "SLURM_LOCALID", "LOCAL_RANK"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *s = getenv(vars[i]);
-        if (!s || !*s) continue;
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end != s && !*end && v >= 0 && v < 1000000) return (int)v;
-    }
-    return -1;
-}
-
 const MgBackend *mg_backend_for(const MgConfig *cfg) {
     char buf[MG_NAME_MAX + 16];
     return mg_backend_get(backend_name(cfg, buf, sizeof buf));
@@ -43,7 +29,7 @@ const MgBackend *mg_backend_for(const MgConfig *cfg) {
 
 MgBackend *mg_backend_open(const MgConfig *cfg) {
     char err[1024], buf[MG_NAME_MAX + 16];
-    MgBackendOptions o = {.threads = cfg->threads, .local_rank = strcmp(cfg->device, "cpu") ? local_rank() : -1};
+    MgBackendOptions o = {.threads = cfg->threads, .local_rank = strcmp(cfg->device, "cpu") ? mg_local_rank() : -1};
     MgBackend *be = mg_backend_create(backend_name(cfg, buf, sizeof buf), 0, &o, err, sizeof err);
     if (!be) mg_fatal("%s", err);
     return be;
